@@ -1,0 +1,3 @@
+from pgn.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""Adapters on disk: ``adapter.safetensors`` (trainable weights only) + ``adapter_config.json``.
+
+The backbone is never saved: an adapter names its backbone and is rebuilt on top of
+it. Both files are written atomically, so an interrupted save never leaves a
+half-written adapter.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .backbones import FrozenBackbone, create_backbone
+from .errors import PGNError
+from .files import atomic_path, write_json
+from .heads import LinearHead
+from .model import PromptedClassifier
+from .prompts import GeneratorConfig, InputIndependentPrompts, PromptGenerator
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "adapter.safetensors"
+CONFIG_FILE = "adapter_config.json"
+METHODS = ("pgn", "iip", "linear")
+
+
+@dataclass
+class AdapterConfig:
+    """Everything needed to rebuild an adapted classifier on top of its backbone."""
+
+    method: str                          # "pgn" | "iip" | "linear"
+    backbone: str                        # backbone name, e.g. "dinov2-s14-imgfocus"
+    backbone_width: int                  # D, checked on load
+    class_names: list[str]
+    img_size: int = 112                  # resolution the backbone sees
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    backbone_weights: str | None = None  # local weights file, when not the backbone's default
+    generator: dict | None = None        # GeneratorConfig fields (method "pgn")
+    num_prompts: int = 0                 # K (pgn and iip)
+    dataset: str | None = None
+    format_version: int = FORMAT_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise PGNError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+
+
+def build_classifier(cfg: AdapterConfig, backbone: FrozenBackbone) -> PromptedClassifier:
+    """A freshly initialised classifier for ``cfg`` on ``backbone``."""
+    if backbone.width != cfg.backbone_width:
+        raise PGNError(f"this adapter was made for a backbone of width {cfg.backbone_width}, but {backbone.name} "
+                       f"has width {backbone.width}; use --backbone {cfg.backbone}")
+    if cfg.method == "pgn":
+        prompts = PromptGenerator(GeneratorConfig(**(cfg.generator or {})), backbone.width)
+    elif cfg.method == "iip":
+        prompts = InputIndependentPrompts(cfg.num_prompts, backbone.width)
+    else:
+        prompts = None
+    return PromptedClassifier(backbone, prompts, LinearHead(backbone.feature_dim, len(cfg.class_names)))
+
+
+def adapter_state(model: PromptedClassifier) -> dict[str, torch.Tensor]:
+    """The trainable parts (and their buffers, e.g. BatchNorm statistics), never the backbone."""
+    return {k: v.detach().contiguous() for k, v in model.trainable_modules().state_dict().items()}
+
+
+def save_adapter(model: PromptedClassifier, cfg: AdapterConfig, directory: str | Path) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(adapter_state(model), str(tmp), metadata={"format": "pgn-adapter", "version": str(FORMAT_VERSION)})
+    write_json(directory / CONFIG_FILE, asdict(cfg))
+    return directory
+
+
+def read_adapter_config(directory: str | Path) -> AdapterConfig:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise PGNError(f"no adapter in {directory}: {CONFIG_FILE} is missing (train one with `pgn train`)")
+    try:
+        raw = json.loads(path.read_text())
+        return AdapterConfig(**raw)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise PGNError(f"{path} is not a valid adapter config ({e}); retrain or restore the file") from e
+
+
+def load_adapter(directory: str | Path, backbone: FrozenBackbone | None = None,
+                 map_location: str = "cpu") -> tuple[PromptedClassifier, AdapterConfig]:
+    """Rebuild the classifier saved in ``directory`` (on ``backbone``, or the one it names)."""
+    cfg = read_adapter_config(directory)
+    if cfg.format_version > FORMAT_VERSION:
+        raise PGNError(f"{directory} was written by a newer pgn (format {cfg.format_version}); upgrade pgn")
+    if backbone is None:
+        backbone = create_backbone(cfg.backbone, cfg.backbone_weights)
+    model = build_classifier(cfg, backbone)
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise PGNError(f"no adapter weights in {directory}: {WEIGHTS_FILE} is missing")
+    try:
+        state = load_file(str(path), device=map_location)
+    except (SafetensorError, OSError) as e:
+        raise PGNError(f"{path} is corrupt or not a safetensors file ({e}); retrain or restore it") from e
+    try:
+        model.trainable_modules().load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise PGNError(f"{path} does not match {CONFIG_FILE}: {str(e).splitlines()[0]}") from e
+    return model, cfg

@@ -1,0 +1,96 @@
+"""The frozen-backbone interface every ViT family implements.
+
+A prompted forward is split in two so prompt tokens can be inserted in between::
+
+    tokens = backbone.tokens(images)             # (B, 1 + H*W, D): patch embed + CLS + pos embed
+    tokens = torch.cat([tokens, prompts], 1)     # (B, 1 + H*W + K, D): the paper's "append" mode
+    feats = backbone.encode(tokens)              # (B, F): pre-norm -> blocks -> final norm -> CLS
+
+With no prompts this is exactly the library's own forward. Backbone parameters
+never require gradients and the module stays in eval mode even when a parent
+calls ``.train()``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images must be normalised for this backbone."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int  # native square input resolution in pixels
+
+
+class FrozenBackbone(nn.Module):
+    """Base class: a frozen ViT image tower with a split forward.
+
+    Subclasses set ``name``, ``patch_size``, ``width`` (D), ``feature_dim`` (F),
+    ``native_grid`` and ``preprocessing`` and implement the abstract methods.
+    """
+
+    name: str
+    patch_size: int
+    width: int
+    feature_dim: int
+    native_grid: tuple[int, int]
+    preprocessing: Preprocessing
+    description: str = ""
+
+    def freeze(self) -> "FrozenBackbone":
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return super().train(False)
+
+    def train(self, mode: bool = True) -> "FrozenBackbone":  # noqa: ARG002 - always eval
+        # A frozen backbone keeps dropout/BN statistics fixed whatever the parent does.
+        return super().train(False)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens (CLS, registers)."""
+        return 1
+
+    # --- the patch embedding, as a linear map (prompt inversion needs it) ---
+    def patch_embed_weight(self) -> torch.Tensor:
+        """(D, 3, P, P) convolution weight of the patch embedding."""
+        raise NotImplementedError
+
+    def patch_embed_bias(self) -> torch.Tensor:
+        """(D,) bias of the patch embedding (zeros if it has none)."""
+        raise NotImplementedError
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        return height // self.patch_size, width // self.patch_size
+
+    # --- the split forward ---
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images -> (B, prefix + H/P * W/P, D) embedded tokens."""
+        raise NotImplementedError
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) tokens -> (B, F) image feature taken at the CLS position."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, F): the unprompted feature."""
+        return self.encode(self.tokens(images))
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "patch_size": self.patch_size,
+            "width": self.width,
+            "feature_dim": self.feature_dim,
+            "native_grid": list(self.native_grid),
+            "input_size": self.preprocessing.input_size,
+            "mean": list(self.preprocessing.mean),
+            "std": list(self.preprocessing.std),
+            "parameters": sum(p.numel() for p in self.parameters()),
+        }

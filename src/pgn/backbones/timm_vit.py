@@ -1,0 +1,87 @@
+"""timm ``VisionTransformer`` behind the frozen-backbone interface."""
+from __future__ import annotations
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer
+
+from ..errors import PGNError
+from .base import FrozenBackbone, Preprocessing
+
+
+class TimmViT(FrozenBackbone):
+    """Wraps a timm ViT built with ``dynamic_img_size=True`` (any multiple of the patch size).
+
+    ``tokens`` calls timm's own ``patch_embed`` and ``_pos_embed`` so the K = 0 forward
+    is bit-identical to ``forward_features``; the positional embedding resampled for a
+    non-native grid is cached because the backbone is frozen.
+    """
+
+    def __init__(self, vit: VisionTransformer, name: str, description: str = ""):
+        super().__init__()
+        if not isinstance(vit, VisionTransformer):
+            raise PGNError(f"{name} is a {type(vit).__name__}, not a timm VisionTransformer; pick a ViT model")
+        if getattr(vit, "global_pool", "token") not in ("token", "") or vit.cls_token is None:
+            raise PGNError(f"{name} has no CLS token; PGN needs a ViT that classifies from its CLS token")
+        if vit.reg_token is not None or vit.no_embed_class:
+            # Prompt insertion and inversion below assume the classic layout [CLS, patches] + pos.
+            raise PGNError(f"{name} uses register tokens or class-free positional embeddings, which pgn does not support yet")
+        self.vit = vit
+        self.name = name
+        self.description = description
+        self.patch_size = int(vit.patch_embed.patch_size[0])
+        self.width = int(vit.embed_dim)
+        self.feature_dim = self.width
+        self.native_grid = tuple(int(g) for g in vit.patch_embed.grid_size)
+        cfg = getattr(vit, "pretrained_cfg", {}) or {}
+        self.preprocessing = Preprocessing(
+            mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+            std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+            input_size=int(vit.patch_embed.img_size[0]),
+        )
+        self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.freeze()
+
+    def patch_embed_weight(self) -> torch.Tensor:
+        return self.vit.patch_embed.proj.weight
+
+    def patch_embed_bias(self) -> torch.Tensor:
+        b = self.vit.patch_embed.proj.bias
+        return b if b is not None else torch.zeros(self.width, device=self.vit.pos_embed.device)
+
+    def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(1, 1 + H*W, D) positional embedding (CLS first) as timm computes it for ``grid``."""
+        grid = tuple(grid)
+        if grid == self.native_grid:
+            return self.vit.pos_embed
+        pe = self._pos_cache.get(grid)
+        if pe is None or pe.device != self.vit.pos_embed.device or pe.dtype != self.vit.pos_embed.dtype:
+            with torch.no_grad():
+                pe = resample_abs_pos_embed(
+                    self.vit.pos_embed, new_size=grid, old_size=self.native_grid,
+                    num_prefix_tokens=self.vit.num_prefix_tokens,
+                )
+            self._pos_cache[grid] = pe
+        return pe
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        vit = self.vit
+        x = vit.patch_embed(images)  # (B, H, W, D) with dynamic_img_size, else (B, H*W, D)
+        if x.ndim == 4:
+            B, H, W, D = x.shape
+            x = x.reshape(B, H * W, D)
+        else:
+            H, W = self.native_grid
+        cls = vit.cls_token.expand(x.shape[0], -1, -1)
+        return torch.cat([cls, x], dim=1) + self.pos_embed_for((H, W))
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        vit = self.vit
+        x = vit.norm_pre(tokens)
+        x = vit.blocks(x)
+        x = vit.norm(x)
+        return x[:, 0]
+
+    def _apply(self, fn, recurse=True):
+        self._pos_cache = {}  # device/dtype moves invalidate cached resampled embeddings
+        return super()._apply(fn, recurse)

@@ -1,0 +1,1 @@
+"""The ``pgn`` command line (sits on top of the library)."""

@@ -1,0 +1,259 @@
+"""``pgn``: train, evaluate, predict with and inspect PGN adapters on frozen ViTs."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..errors import PGNError
+
+DEMO_NOTE = "adapts the embedded backbone to ELPV with PGN and with a linear probe at the same budget"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from ..adapter import METHODS
+
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default="dinov2-s14-imgfocus",
+                   help="dinov2-s14-imgfocus (embedded, offline) or timm:<model> (default: %(default)s)")
+    g.add_argument("--weights", default=None, help="local weights file for the backbone")
+    g.add_argument("--method", default="pgn", choices=METHODS, help="pgn | iip (input-independent) | linear (probe)")
+    g.add_argument("--num-prompts", "-K", type=int, default=16, help="prompt tokens K (default: %(default)s)")
+    g.add_argument("--library-size", "-N", type=int, default=128, help="token library size N (default: %(default)s)")
+    g.add_argument("--generator", default="resnet10", choices=("resnet10", "resnet18"))
+    g.add_argument("--generator-size", type=int, default=112, help="generator input resolution (paper: 224)")
+    g.add_argument("--generator-widths", default="16,32,64,128", help="resnet10 stage widths")
+    g.add_argument("--mixing", default="softmax", choices=("softmax", "sigmoid"))
+
+
+def _add_data_args(p: argparse.ArgumentParser, default: str | None = "elpv") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=default,
+                   help="elpv | elpv4 | fashion-mnist | digits | folder:PATH" + (f" (default: {default})" if default else ""))
+    g.add_argument("--data-root", default=None, help="directory holding the dataset files, where it needs one")
+    g.add_argument("--img-size", type=int, default=None, help="backbone input resolution (default 112; paper 224)")
+    g.add_argument("--train-limit", type=int, default=None, help="use a stratified subset of this many training images")
+    g.add_argument("--test-limit", type=int, default=None, help="use a stratified subset of this many test images")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=3)
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--lr", type=float, default=0.1, help="prompt learning rate (paper: 0.1, SGD)")
+    g.add_argument("--head-lr", type=float, default=None, help="head learning rate (default: --lr)")
+    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--warmup-epochs", type=float, default=1.0)
+    g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables")
+    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    g.add_argument("--augment", action="store_true", help="the paper's train augmentation")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgn", description="Prompt Generation Networks for frozen Vision Transformers")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an adapter (PGN, IIP or linear probe) on a frozen backbone")
+    _add_model_args(p)
+    _add_data_args(p)
+    _add_train_args(p)
+    p.add_argument("--out", default=None, help="run directory (default: runs/<method>-<dataset>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+
+    p = sub.add_parser("eval", help="evaluate a trained adapter on a dataset's test split")
+    p.add_argument("run", help="run or adapter directory")
+    _add_data_args(p, default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--bf16", action="store_true")
+
+    p = sub.add_parser("predict", help="classify images with a trained adapter")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--adapter", required=True, help="run or adapter directory")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+
+    p = sub.add_parser("info", help="summarise a backbone, an adapter or an official checkpoint")
+    p.add_argument("--backbone", default=None)
+    p.add_argument("--weights", default=None)
+    p.add_argument("--adapter", default=None, help="run or adapter directory")
+    p.add_argument("--official", default=None, help="a checkpoint released with the paper (.pt)")
+
+    p = sub.add_parser("demo", help=DEMO_NOTE)
+    p.add_argument("--out", default=None, help="output directory (default: runs/demo-<time>)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--img-size", type=int, default=112)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _dataset(name: str, img_size: int, mean, std, augment: bool = False, root=None, train_limit=None,
+             test_limit=None, seed: int = 0):
+    from ..data import build_dataset
+
+    return build_dataset(name, img_size=img_size, mean=mean, std=std, augment=augment, root=root,
+                         train_limit=train_limit, test_limit=test_limit, seed=seed)
+
+
+def _check_size(img_size: int, patch: int) -> None:
+    if img_size < patch or img_size % patch:
+        raise PGNError(f"--img-size {img_size} must be a positive multiple of the backbone's patch size {patch}")
+
+
+def _train_config(args):
+    from ..training import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
+                       optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+                       grad_clip=args.grad_clip or None, bf16=args.bf16, seed=args.seed, num_workers=args.workers,
+                       progress=not args.no_progress)
+
+
+def _print_params(model) -> None:
+    print(f"trainable parameters: {model.num_trainable():,} (backbone {sum(p.numel() for p in model.backbone.parameters()):,}, frozen)")
+
+
+# --------------------------------------------------------------------------- commands
+
+def cmd_train(args) -> int:
+    from ..adapter import AdapterConfig, build_classifier, read_adapter_config
+    from ..backbones import create_backbone
+    from ..prompts import GeneratorConfig
+    from ..training import train
+
+    if args.resume:
+        if not args.out:
+            raise PGNError("--resume needs --out RUN_DIR naming the run to continue")
+        acfg = read_adapter_config(args.out)
+        img_size = acfg.img_size
+    else:
+        acfg = None
+        img_size = args.img_size or 112
+    backbone = create_backbone(args.backbone, args.weights)
+    _check_size(img_size, backbone.patch_size)
+    pre = backbone.preprocessing
+    data = _dataset(args.dataset, img_size, pre.mean, pre.std, args.augment, args.data_root,
+                    args.train_limit, args.test_limit, args.seed)
+    if acfg is None:
+        gen = None
+        if args.method == "pgn":
+            widths = tuple(int(w) for w in args.generator_widths.split(","))
+            gen = vars(GeneratorConfig(num_prompts=args.num_prompts, library_size=args.library_size,
+                                       arch=args.generator, widths=widths, input_size=args.generator_size,
+                                       mixing=args.mixing))
+        acfg = AdapterConfig(method=args.method, backbone=backbone.name, backbone_width=backbone.width,
+                             class_names=list(data.class_names), img_size=img_size, mean=pre.mean, std=pre.std,
+                             backbone_weights=args.weights, generator=gen,
+                             num_prompts=args.num_prompts if args.method != "linear" else 0, dataset=data.name)
+    elif acfg.class_names != list(data.class_names):
+        raise PGNError(f"{args.out} was trained on {acfg.dataset}; resume it with --dataset {acfg.dataset}")
+    model = build_classifier(acfg, backbone)
+    out = Path(args.out or f"runs/{args.method}-{data.name.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"backbone {backbone.name}: {backbone.description}")
+    print(f"dataset {data.name}: {len(data.train)} train / {len(data.test)} test, {len(data.class_names)} classes, {img_size}px")
+    _print_params(model)
+    row = train(model, acfg, data, _train_config(args), out, resume=args.resume, augment=args.augment)
+    print(json.dumps({"run": str(out), **row}))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from ..adapter import load_adapter
+    from ..training import evaluate
+
+    model, cfg = load_adapter(args.run)
+    name = args.dataset or cfg.dataset
+    if not name:
+        raise PGNError(f"{args.run} does not record its dataset; pass --dataset")
+    img_size = args.img_size or cfg.img_size
+    data = _dataset(name, img_size, cfg.mean, cfg.std, root=args.data_root, test_limit=args.test_limit)
+    if list(data.class_names) != list(cfg.class_names):
+        raise PGNError(f"{name} has classes {data.class_names[:5]}..., but the adapter was trained on "
+                       f"{cfg.dataset} with {len(cfg.class_names)} classes")
+    loader = torch.utils.data.DataLoader(data.test, batch_size=args.batch_size)
+    metrics = evaluate(model, loader, bf16=args.bf16)
+    print(json.dumps({"run": args.run, "dataset": name, "method": cfg.method, **metrics}))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import torch
+
+    from ..adapter import load_adapter
+    from ..data import eval_transform, load_image
+
+    model, cfg = load_adapter(args.adapter)
+    model.eval()
+    tf = eval_transform(cfg.img_size, cfg.mean, cfg.std)
+    for path in args.images:
+        x = tf(load_image(path)).unsqueeze(0)
+        with torch.inference_mode():
+            probs = model(x).float().softmax(-1)[0]
+        k = min(args.top_k, probs.numel())
+        top = probs.topk(k)
+        preds = [(cfg.class_names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
+        if args.json:
+            print(json.dumps({"image": path, "top": [{"label": lab, "score": s} for lab, s in preds]}))
+        else:
+            print(f"{path}: " + ", ".join(f"{lab} {s:.3f}" for lab, s in preds))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from ..backbones import create_backbone
+
+    if not (args.backbone or args.adapter or args.official):
+        args.backbone = "dinov2-s14-imgfocus"
+    if args.backbone:
+        print(json.dumps(create_backbone(args.backbone, args.weights).summary(), indent=2))
+    if args.adapter:
+        from ..adapter import load_adapter
+
+        model, cfg = load_adapter(args.adapter)
+        info = {"method": cfg.method, "backbone": cfg.backbone, "dataset": cfg.dataset,
+                "classes": len(cfg.class_names), "img_size": cfg.img_size, "num_prompts": cfg.num_prompts,
+                "generator": cfg.generator, "trainable_parameters": model.num_trainable(),
+                "backbone_parameters": sum(p.numel() for p in model.backbone.parameters())}
+        print(json.dumps(info, indent=2))
+    if args.official:
+        from ..prompts import load_official
+
+        gen = load_official(args.official)
+        c = gen.config
+        print(json.dumps({"checkpoint": args.official, "num_prompts": c.num_prompts, "library_size": c.library_size,
+                          "width": gen.library.tokens.shape[1], "widths": list(c.widths),
+                          "parameters": sum(p.numel() for p in gen.parameters())}, indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    return run_demo(out=out, epochs=args.epochs, img_size=args.img_size, lr=args.lr,
+                    progress=not args.no_progress)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "info": cmd_info, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except PGNError as e:
+        print(f"pgn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pgn: interrupted; checkpoints written so far are complete", file=sys.stderr)
+        return 130

@@ -1,0 +1,358 @@
+"""Image-classification datasets for adapting a frozen ViT.
+
+Every dataset is built in two layers:
+
+* a *base* dataset yielding ``(PIL image, label)`` for the whole pool of images
+  (in-memory uint8 arrays, or an ImageFolder on disk), and
+* :class:`Split`, a subset of a base (list of indices) that applies a transform and
+  yields ``(tensor (3, S, S) float normalised, label int)``.
+
+So train/test splits and ``*_limit`` subsets are just index arrays: the raw images are
+kept once in memory, never copied per split.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from pgn.errors import PGNError
+from pgn.paths import pgn_home
+from pgn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+
+DATASETS = ("elpv", "elpv4", "fashion-mnist", "digits", "folder:PATH")
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+ELPV_CLASSES = ["functional", "defective"]
+ELPV4_CLASSES = ["0%", "33%", "67%", "100%"]
+
+# Train/test splits of datasets without an official one always use this seed, so the
+# test set never changes between runs; ``seed`` only picks the *_limit subsets.
+SPLIT_SEED = 0
+TEST_FRACTION = 0.25
+
+
+@dataclass
+class DataSpec:
+    """Everything a run needs to know about a dataset."""
+
+    name: str  # canonical name, e.g. "elpv", "fashion-mnist", "folder:/abs/path"
+    class_names: list[str]
+    train: Dataset  # yields (image tensor (3, S, S) float normalised, label int)
+    test: Dataset
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+# --------------------------------------------------------------------------- images
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Read an image file as RGB; a missing, corrupt or unsupported file raises PGNError."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, so a truncated file fails here and not later
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise PGNError(f"image file {path} does not exist; check the dataset folder") from None
+    except UnidentifiedImageError:
+        raise PGNError(f"cannot read image {path}: not a supported image format; remove or replace it") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        # Truncated/corrupt data; PIL's message says what broke (one line).
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PGNError(f"cannot read image {path} ({reason}); remove or replace the file") from None
+
+
+# --------------------------------------------------------------------------- datasets
+
+class ArrayImages(Dataset):
+    """In-memory uint8 images (N, H, W) or (N, H, W, 3) -> (PIL image, label int)."""
+
+    def __init__(self, images: np.ndarray, targets: Sequence[int]):
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} labels")
+        self.images = images
+        self.targets = np.asarray(targets, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.images[i]), int(self.targets[i])
+
+
+class Split(Dataset):
+    """Items ``indices`` of a base dataset of (PIL image, label), passed through ``transform``.
+
+    Yields (tensor (3, S, S) float, label int). ``targets`` holds the labels (int64 array).
+    """
+
+    def __init__(self, base: Dataset, indices: Sequence[int], transform: Callable):
+        self.base = base
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.transform = transform
+        self.targets = np.asarray(base.targets, dtype=np.int64)[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img, label = self.base[int(self.indices[i])]
+        return self.transform(img), int(label)
+
+    def subset(self, n: int, seed: int) -> "Split":
+        """A deterministic, stratified subset of ``n`` items (all items if n >= len)."""
+        if n >= len(self):
+            return self
+        keep = _stratified_pick(self.targets, n, seed)
+        return Split(self.base, self.indices[keep], self.transform)
+
+
+def _stratified_pick(targets: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted positions of ``n`` of ``targets``, class proportions kept where possible."""
+    from sklearn.model_selection import train_test_split
+
+    pos = np.arange(len(targets))
+    try:
+        keep, _ = train_test_split(pos, train_size=n, stratify=targets, random_state=seed)
+    except ValueError:
+        # Too few items per class (or n < number of classes) to stratify: plain random pick.
+        keep = np.random.default_rng(seed).permutation(len(targets))[:n]
+    return np.sort(keep)
+
+
+def _split_indices(targets: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic stratified 75/25 split of positions 0..N-1 -> (train, test), sorted."""
+    from sklearn.model_selection import train_test_split
+
+    pos = np.arange(len(targets))
+    if len(pos) < 2:
+        raise PGNError(f"{where} has {len(pos)} image(s); need at least 2 to split into train and test")
+    try:
+        tr, te = train_test_split(pos, test_size=TEST_FRACTION, stratify=targets, random_state=SPLIT_SEED)
+    except ValueError:
+        # A class with a single image cannot be stratified; fall back to an unstratified split.
+        tr, te = train_test_split(pos, test_size=TEST_FRACTION, random_state=SPLIT_SEED)
+    return np.sort(tr), np.sort(te)
+
+
+# --------------------------------------------------------------------------- fashion-mnist
+
+_IDX_MAGIC = {"images": 2051, "labels": 2049}  # uint8 data, 3 resp. 1 dims
+
+
+def read_idx(path: str | os.PathLike, kind: str) -> np.ndarray:
+    """Parse a gzipped idx file: images -> uint8 (N, H, W), labels -> uint8 (N,)."""
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise PGNError(f"{path} does not exist; reinstall dataset-fashion-mnist or fix --data-root") from None
+    except (OSError, EOFError) as e:
+        raise PGNError(f"{path} is not a readable gzip file ({e}); re-download it") from None
+    ndim = 3 if kind == "images" else 1
+    header = 4 * (1 + ndim)
+    if len(raw) < header:
+        raise PGNError(f"{path} is truncated (no idx header); re-download it")
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != _IDX_MAGIC[kind]:
+        raise PGNError(f"{path} has idx magic number {magic}, expected {_IDX_MAGIC[kind]} for {kind}; "
+                       "is it the right file?")
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=header)
+    if data.size != int(np.prod(dims)):
+        raise PGNError(f"{path} holds {data.size} bytes of data but its header says {dims}; re-download it")
+    return data.reshape(dims)
+
+
+@functools.lru_cache(maxsize=4)
+def _fashion_mnist_arrays(root: str | None) -> dict[str, np.ndarray]:
+    """{"train_x", "train_y", "test_x", "test_y"}; images uint8 (N, 28, 28), labels (N,)."""
+    folder = Path(root or FASHION_MNIST_ROOT).expanduser()
+    if folder.is_dir():
+        out = {}
+        for split, prefix in (("train", "train"), ("test", "t10k")):
+            x = read_idx(folder / f"{prefix}-images-idx3-ubyte.gz", "images")
+            y = read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", "labels")
+            if len(x) != len(y):
+                raise PGNError(f"{folder}: {len(x)} {split} images but {len(y)} labels; re-download the files")
+            if y.size and y.max() >= len(FASHION_MNIST_CLASSES):
+                raise PGNError(f"{folder}: {split} label {y.max()} out of range; re-download the files")
+            out[f"{split}_x"], out[f"{split}_y"] = x, y
+        return out
+    if root is not None:  # an explicit root must exist; don't silently download elsewhere
+        raise PGNError(f"fashion-mnist folder {folder} does not exist; fix --data-root")
+    # Debian package not installed: try torchvision's download into the pgn cache.
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        cache = pgn_home() / "data"
+        tr = FashionMNIST(root=str(cache), train=True, download=True)
+        te = FashionMNIST(root=str(cache), train=False, download=True)
+    except Exception as e:  # network errors come in many types
+        raise PGNError(
+            f"fashion-mnist not found at {FASHION_MNIST_ROOT} and download failed ({type(e).__name__}); "
+            "run `apt-get install dataset-fashion-mnist` or pass --data-root DIR with the idx .gz files"
+        ) from None
+    return {"train_x": tr.data.numpy(), "train_y": tr.targets.numpy(),
+            "test_x": te.data.numpy(), "test_y": te.targets.numpy()}
+
+
+def _fashion_mnist(root, train_tf, test_tf) -> DataSpec:
+    a = _fashion_mnist_arrays(str(root) if root is not None else None)
+    train = ArrayImages(a["train_x"], a["train_y"])
+    test = ArrayImages(a["test_x"], a["test_y"])
+    return DataSpec("fashion-mnist", list(FASHION_MNIST_CLASSES),
+                    Split(train, np.arange(len(train)), train_tf),
+                    Split(test, np.arange(len(test)), test_tf))
+
+
+# --------------------------------------------------------------------------- elpv
+
+@functools.lru_cache(maxsize=1)
+def _elpv_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (2624, 300, 300), 4-class labels int64 (2624,)); loading takes seconds."""
+    try:
+        from elpv_dataset.utils import load_dataset
+    except ImportError:
+        raise PGNError("the elpv dataset needs its package: pip install elpv-dataset==1.0.0.post1") from None
+    try:
+        images, probs, _types = load_dataset()
+    except OSError as e:
+        raise PGNError(f"elpv-dataset is installed but its files are unreadable ({e}); "
+                       "reinstall: pip install --force-reinstall elpv-dataset==1.0.0.post1") from None
+    # Defect probabilities are 0, 1/3, 2/3, 1 -> classes 0..3.
+    labels4 = np.rint(np.asarray(probs) * 3).astype(np.int64)
+    return np.asarray(images, dtype=np.uint8), labels4
+
+
+def _elpv(four_class: bool, train_tf, test_tf) -> DataSpec:
+    images, labels4 = _elpv_arrays()
+    # Split stratified on the 4-class label, so elpv and elpv4 share the same images.
+    tr, te = _split_indices(labels4, "elpv")
+    if four_class:
+        name, classes, labels = "elpv4", list(ELPV4_CLASSES), labels4
+    else:  # probability >= 0.5 (i.e. 2/3 or 1) counts as defective
+        name, classes, labels = "elpv", list(ELPV_CLASSES), (labels4 >= 2).astype(np.int64)
+    base = ArrayImages(images, labels)
+    return DataSpec(name, classes, Split(base, tr, train_tf), Split(base, te, test_tf))
+
+
+# --------------------------------------------------------------------------- digits
+
+def _digits(train_tf, test_tf) -> DataSpec:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8), 0..16 -> 0..255
+    base = ArrayImages(images, d.target)
+    tr, te = _split_indices(base.targets, "digits")
+    return DataSpec("digits", [str(i) for i in range(10)], Split(base, tr, train_tf), Split(base, te, test_tf))
+
+
+# --------------------------------------------------------------------------- folder
+
+def _image_folder(path: Path):
+    """torchvision ImageFolder of (PIL image, label) read through :func:`load_image`."""
+    from torchvision.datasets import ImageFolder
+
+    try:
+        return ImageFolder(str(path), loader=load_image)
+    except FileNotFoundError as e:  # no class folders, or no image files in them
+        raise PGNError(f"{path} holds no images in class subfolders ({e}); "
+                       "expected PATH/<class>/<image>.png") from None
+
+
+def _folder(path_str: str, train_tf, test_tf) -> DataSpec:
+    if not path_str:
+        raise PGNError("folder dataset needs a path: use folder:/path/to/images")
+    path = Path(path_str).expanduser().resolve()
+    if not path.exists():
+        raise PGNError(f"dataset folder {path} does not exist; check the path after 'folder:'")
+    if not path.is_dir():
+        raise PGNError(f"dataset path {path} is not a folder; use folder:DIR with DIR/<class>/<image>")
+    name = f"folder:{path}"
+    test_dir = next((path / s for s in ("test", "val") if (path / s).is_dir()), None)
+    if (path / "train").is_dir() and test_dir is not None:
+        train, test = _image_folder(path / "train"), _image_folder(test_dir)
+        unknown = sorted(set(test.classes) - set(train.classes))
+        if unknown:
+            raise PGNError(f"{test_dir} has classes {unknown} that {path / 'train'} lacks; "
+                           "make the class folders match")
+        # Map test labels onto the train class indices (test may lack some classes).
+        remap = [train.class_to_idx[c] for c in test.classes]
+        test.samples = [(p, remap[y]) for p, y in test.samples]
+        test.imgs = test.samples
+        test.targets = [y for _, y in test.samples]
+        return DataSpec(name, list(train.classes),
+                        Split(train, np.arange(len(train)), train_tf),
+                        Split(test, np.arange(len(test)), test_tf))
+    # A lone train/ folder is split like a flat folder.
+    root = path / "train" if (path / "train").is_dir() else path
+    base = _image_folder(root)
+    tr, te = _split_indices(np.asarray(base.targets), str(root))
+    return DataSpec(name, list(base.classes), Split(base, tr, train_tf), Split(base, te, test_tf))
+
+
+# --------------------------------------------------------------------------- entry point
+
+def build_dataset(
+    name: str,
+    *,
+    img_size: int = 112,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    augment: bool = False,
+    root: str | None = None,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    seed: int = 0,
+) -> DataSpec:
+    """Build train and test datasets yielding (tensor (3, img_size, img_size), label int).
+
+    ``name`` is one of :data:`DATASETS` (``folder:PATH`` for an ImageFolder directory).
+    ``root`` overrides where fashion-mnist's idx files live. ``augment`` applies the
+    training augmentation to the train split only. ``train_limit``/``test_limit`` keep a
+    stratified subset of that many items, chosen by ``seed`` (the train/test split
+    itself is fixed, so the test set does not depend on ``seed``).
+    """
+    if not isinstance(img_size, int) or img_size < 1:
+        raise PGNError(f"image size must be a positive integer, got {img_size!r}")
+    for what, limit in (("train_limit", train_limit), ("test_limit", test_limit)):
+        if limit is not None and limit < 1:
+            raise PGNError(f"{what} must be a positive number of images, got {limit}")
+    train_tf = train_transform(img_size, mean, std) if augment else eval_transform(img_size, mean, std)
+    test_tf = eval_transform(img_size, mean, std)
+
+    raw = name.strip()
+    if raw.lower().startswith("folder:"):
+        spec = _folder(raw[len("folder:"):], train_tf, test_tf)
+    else:
+        key = raw.lower().replace("_", "-")
+        if key in ("fashion-mnist", "fashionmnist"):
+            spec = _fashion_mnist(root, train_tf, test_tf)
+        elif key in ("elpv", "elpv4"):
+            spec = _elpv(key == "elpv4", train_tf, test_tf)
+        elif key == "digits":
+            spec = _digits(train_tf, test_tf)
+        else:
+            raise PGNError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+
+    if train_limit is not None:
+        spec.train = spec.train.subset(train_limit, seed)
+    if test_limit is not None:
+        spec.test = spec.test.subset(test_limit, seed)
+    return spec

@@ -1,0 +1,71 @@
+"""Image transforms: PIL image (any size, grey or RGB) -> float tensor (3, S, S), normalised.
+
+The same pipelines serve files on disk and in-memory uint8 arrays (which are turned
+into PIL images per item), so every dataset is preprocessed identically.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from PIL import Image
+from torchvision import transforms as T
+
+BICUBIC = T.InterpolationMode.BICUBIC
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ToRGB:
+    """PIL image of any mode -> RGB; a grey image gets its channel repeated three times.
+
+    A class rather than a lambda so the transform pickles into DataLoader workers.
+    """
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return img if img.mode == "RGB" else img.convert("RGB")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def eval_transform(
+    img_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> T.Compose:
+    """Deterministic test pipeline: PIL image -> tensor (3, img_size, img_size).
+
+    Resize (shorter side, bicubic) + centre crop to a square. Grey images are turned
+    into RGB *after* resizing: the result is identical and resizing one channel is cheaper.
+    """
+    return T.Compose([
+        T.Resize(img_size, interpolation=BICUBIC),
+        T.CenterCrop(img_size),
+        ToRGB(),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+def train_transform(
+    img_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> T.Compose:
+    """The paper's training augmentation: PIL image -> tensor (3, img_size, img_size).
+
+    RandomResizedCrop with scale=(1, 1) keeps the whole image and only jitters the aspect
+    ratio; the colour augmentations need RGB (hue/saturation are no-ops on grey images),
+    so ToRGB comes before them.
+    """
+    return T.Compose([
+        T.RandomResizedCrop(img_size, scale=(1.0, 1.0), interpolation=BICUBIC),
+        ToRGB(),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.4)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomSolarize(threshold=128, p=0.2),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])

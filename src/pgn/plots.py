@@ -1,0 +1,63 @@
+"""Pictures of a run: prompt mixtures per image and training curves (matplotlib, Agg)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .files import atomic_path  # noqa: E402
+
+
+def denormalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """(B, 3, H, W) normalised -> (B, H, W, 3) RGB in [0, 1]."""
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (images.cpu().float() * s + m).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def plot_prompt_mixtures(images: torch.Tensor, coefficients: torch.Tensor, titles: list[str],
+                         mean, std, path: str | Path) -> Path:
+    """Each image beside its (K, N) mixture coefficients over the token library as a heat map."""
+    n = images.shape[0]
+    fig, axes = plt.subplots(n, 2, figsize=(11, 1.9 * n + 0.6), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 5]})
+    rgb = denormalize(images, mean, std)
+    vmax = float(coefficients.max())
+    for i in range(n):
+        axes[i, 0].imshow(rgb[i])
+        axes[i, 0].set_title(titles[i], fontsize=8)
+        axes[i, 0].axis("off")
+        im = axes[i, 1].imshow(coefficients[i].cpu().float(), aspect="auto", cmap="magma", vmin=0, vmax=vmax)
+        axes[i, 1].set_ylabel("prompt k", fontsize=8)
+        axes[i, 1].tick_params(labelsize=7)
+    axes[-1, 1].set_xlabel("library token n", fontsize=8)
+    fig.colorbar(im, ax=axes[:, 1].tolist(), fraction=0.02, pad=0.01, label="mixture coefficient")
+    fig.suptitle("PGN prompt mixtures: each prompt token is a softmax mixture over the token library", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_training_curves(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Loss and accuracy per epoch from ``metrics.jsonl`` rows."""
+    ep = [r["epoch"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a.plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
+    a.plot(ep, [r["test_loss"] for r in rows], "o-", label="test")
+    a.set_xlabel("epoch"), a.set_ylabel("cross-entropy"), a.legend()
+    b.plot(ep, [r["train_top1"] for r in rows], "o-", label="train top-1")
+    b.plot(ep, [r["test_top1"] for r in rows], "o-", label="test top-1")
+    b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,6 @@
+"""Prompt sources: the PGN (input-dependent) and the IIP baseline (input-independent)."""
+from .generator import GeneratorConfig, InputIndependentPrompts, PromptGenerator, ResNet10
+from .library import TokenLibrary
+from .official import load_official
+
+__all__ = ["GeneratorConfig", "InputIndependentPrompts", "PromptGenerator", "ResNet10", "TokenLibrary", "load_official"]

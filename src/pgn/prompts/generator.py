@@ -1,0 +1,146 @@
+"""The Prompt Generation Network: a small CNN that maps an image to K library mixtures."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import PGNError
+from .library import TokenLibrary
+
+
+@dataclass
+class GeneratorConfig:
+    """Shape of a PGN. Defaults are the paper's, except ``input_size`` (224 in the paper)."""
+
+    num_prompts: int = 16          # K: prompt tokens per image
+    library_size: int = 128        # N: tokens in the library (256 for CLIP in the paper)
+    arch: str = "resnet10"         # "resnet10" (official) or "resnet18" (torchvision, random init)
+    widths: tuple[int, ...] = (16, 32, 64, 128)  # resnet10 stage widths
+    input_size: int = 112          # images are resized to this before the generator
+    mixing: str = "softmax"        # "softmax" (paper default) or "sigmoid"
+    channels_last: bool = True     # faster convolutions on CPU and GPU
+
+    def __post_init__(self):
+        self.widths = tuple(int(w) for w in self.widths)
+        if self.num_prompts < 1:
+            raise PGNError(f"num_prompts must be >= 1 for a PGN, got {self.num_prompts}")
+        if self.library_size < 1:
+            raise PGNError(f"library_size must be >= 1, got {self.library_size}")
+        if self.arch not in ("resnet10", "resnet18"):
+            raise PGNError(f"unknown generator arch {self.arch!r}; choose resnet10 or resnet18")
+        if self.mixing not in ("softmax", "sigmoid"):
+            raise PGNError(f"unknown mixing {self.mixing!r}; choose softmax or sigmoid")
+        if len(self.widths) != 4 or min(self.widths) < 1:
+            raise PGNError(f"widths must be four positive stage widths, got {self.widths}")
+        if self.input_size < 32:
+            raise PGNError(f"generator input_size must be >= 32 px, got {self.input_size}")
+
+
+class BasicBlock(nn.Module):
+    """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus a shortcut (1x1 conv with bias where the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
+        )
+        self.shortcut = nn.Conv2d(c_in, c_out, 1, stride) if (stride != 1 or c_in != c_out) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return F.relu(self.body(x) + skip)
+
+
+class ResNet10(nn.Module):
+    """The official PGN "resnet10": stem, four one-block stages, global pool, linear head."""
+
+    def __init__(self, out_features: int, widths=(16, 32, 64, 128)):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
+        ins = (widths[0],) + tuple(widths[:-1])
+        self.stages = nn.ModuleList(BasicBlock(i, o, 1 if s == 0 else 2) for s, (i, o) in enumerate(zip(ins, widths)))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], out_features))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(x)
+
+
+def _resnet18(out_features: int) -> nn.Module:
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None)  # random init: nothing is downloaded
+    net.fc = nn.Linear(net.fc.in_features, out_features)
+    return net
+
+
+class PromptGenerator(nn.Module):
+    """Image -> K prompt tokens, each a mixture over a :class:`TokenLibrary`.
+
+    ``forward(images)``: (B, 3, H, W) normalised images -> (B, K, D) prompts.
+    ``coefficients(images)``: (B, K, N) mixture weights (softmax or sigmoid).
+    """
+
+    def __init__(self, config: GeneratorConfig, dim: int):
+        super().__init__()
+        self.config = config
+        out = config.num_prompts * config.library_size
+        self.net = ResNet10(out, config.widths) if config.arch == "resnet10" else _resnet18(out)
+        self.library = TokenLibrary(config.library_size, dim)
+        if config.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    @property
+    def num_prompts(self) -> int:
+        return self.config.num_prompts
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, K, N) unnormalised mixture logits."""
+        size = self.config.input_size
+        if images.shape[-2:] != (size, size):
+            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images).view(images.shape[0], self.config.num_prompts, self.config.library_size)
+
+    def coefficients(self, images: torch.Tensor) -> torch.Tensor:
+        z = self.logits(images).float()
+        return z.softmax(-1) if self.config.mixing == "softmax" else z.sigmoid()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.library(self.coefficients(images))
+
+
+class InputIndependentPrompts(nn.Module):
+    """IIP baseline: K free prompt vectors (std 0.02), the same for every image.
+
+    ``forward(images)``: (B, 3, H, W) -> (B, K, D).
+    """
+
+    def __init__(self, num_prompts: int, dim: int, init_std: float = 0.02):
+        super().__init__()
+        if num_prompts < 1:
+            raise PGNError(f"num_prompts must be >= 1 for IIP, got {num_prompts}")
+        self.prompts = nn.Parameter(torch.randn(num_prompts, dim) * init_std)
+
+    @property
+    def num_prompts(self) -> int:
+        return self.prompts.shape[0]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.prompts.unsqueeze(0).expand(images.shape[0], -1, -1)
