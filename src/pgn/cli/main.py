@@ -55,6 +55,19 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_backbone_override(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default=None, help="run the adapter on this backbone instead of the one it names")
+    p.add_argument("--weights", default=None, help="local weights file for --backbone")
+
+
+def _load(directory, args):
+    from ..adapter import load_adapter
+    from ..backbones import create_backbone
+
+    backbone = create_backbone(args.backbone, args.weights) if args.backbone else None
+    return load_adapter(directory, backbone=backbone)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgn", description="Prompt Generation Networks for frozen Vision Transformers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,12 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bf16", action="store_true")
+    _add_backbone_override(p)
 
     p = sub.add_parser("predict", help="classify images with a trained adapter")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--adapter", required=True, help="run or adapter directory")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print JSON lines")
+    _add_backbone_override(p)
 
     p = sub.add_parser("info", help="summarise a backbone, an adapter or an official checkpoint")
     p.add_argument("--backbone", default=None)
@@ -86,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help=DEMO_NOTE)
     p.add_argument("--out", default=None, help="output directory (default: runs/demo-<time>)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--img-size", type=int, default=112)
+    p.add_argument("--fp32", action="store_true", help="float32 even where bfloat16 is native")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--no-progress", action="store_true")
     return parser
@@ -168,10 +184,9 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from ..adapter import load_adapter
     from ..training import evaluate
 
-    model, cfg = load_adapter(args.run)
+    model, cfg = _load(args.run, args)
     name = args.dataset or cfg.dataset
     if not name:
         raise PGNError(f"{args.run} does not record its dataset; pass --dataset")
@@ -189,10 +204,9 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     import torch
 
-    from ..adapter import load_adapter
     from ..data import eval_transform, load_image
 
-    model, cfg = load_adapter(args.adapter)
+    model, cfg = _load(args.adapter, args)
     model.eval()
     tf = eval_transform(cfg.img_size, cfg.mean, cfg.std)
     for path in args.images:
@@ -241,7 +255,7 @@ def cmd_demo(args) -> int:
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     return run_demo(out=out, epochs=args.epochs, img_size=args.img_size, lr=args.lr,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, bf16=False if args.fp32 else None)
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "info": cmd_info, "demo": cmd_demo}

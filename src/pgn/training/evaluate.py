@@ -33,3 +33,11 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", bf16: bool = False,
     model.train(was_training)
     n = max(n, 1)
     return {"loss": loss_sum / n, "top1": correct1 / n, "top5": correct5 / n, "n": n}
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether bfloat16 matmuls run natively here (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private, so tolerate its absence
+    return bool(check and check())

@@ -174,9 +174,11 @@ def train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec,
                "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
                "lr": optimizer.param_groups[-1]["lr"], "train_seconds": round(train_time, 2),
                "train_images_per_s": round(seen / train_time, 2)}
+        if use_cache:
+            row["features_cached"] = True  # images/s counts the head alone
+        top5 = f" top5 {row['test_top5']:.4f}" if len(data.class_names) > 5 else ""
         log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_top1']:.4f}  "
-            f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:.4f} top5 {row['test_top5']:.4f}  "
-            f"({train_time:.0f}s, {row['train_images_per_s']:.1f} img/s)")
+            f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:.4f}{top5}  ({train_time:.0f}s)")
         # Checkpoint first, then the metrics row: a row in metrics.jsonl always has its checkpoint.
         save_adapter(model, adapter_cfg, run_dir)
         with atomic_path(state_path) as tmp:

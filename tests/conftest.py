@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny random-init timm ViTs, the embedded backbone, an isolated PGN_HOME."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a hub in tests
+
+import pytest  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+from pgn.backbones import TimmViT  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pgn_home(tmp_path_factory):
+    # Converted weights are cached per test session, never in the user's home.
+    os.environ.setdefault("PGN_HOME", str(tmp_path_factory.mktemp("pgn_home")))
+
+
+def make_tiny_vit(seed: int = 0, **kw) -> TimmViT:
+    """timm's ``test_vit`` (patch 16, width 64, 6 blocks), random init, any image size."""
+    torch.manual_seed(seed)
+    vit = timm.create_model("test_vit", pretrained=False, num_classes=0, dynamic_img_size=True, **kw)
+    return TimmViT(vit, name="timm:test_vit")
+
+
+@pytest.fixture
+def tiny_vit() -> TimmViT:
+    return make_tiny_vit()
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    pytest.importorskip("onnx")
+    from pgn.backbones import create_backbone
+
+    return create_backbone("dinov2-s14-imgfocus")

@@ -1,0 +1,117 @@
+"""The command line, run as a user runs it: subprocesses, real files, exit codes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_tiny_vit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pgn(*args, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "pgn", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=600)
+
+
+def one_line_error(result):
+    assert result.returncode != 0, result.stdout
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("pgn: error:"), result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("w") / "test_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in make_tiny_vit().vit.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory, tiny_weights):
+    run = tmp_path_factory.mktemp("runs") / "digits"
+    r = pgn("train", "--backbone", "timm:test_vit", "--weights", tiny_weights, "--dataset", "digits",
+            "--img-size", 32, "--epochs", 1, "--train-limit", 64, "--test-limit", 32, "-K", 2, "-N", 8,
+            "--generator-size", 32, "--out", run, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return run
+
+
+def test_train_writes_run_directory(digits_run):
+    names = {p.name for p in digits_run.iterdir()}
+    assert {"adapter.safetensors", "adapter_config.json", "config.json", "metrics.jsonl", "trainer_state.pt"} <= names
+    rows = [json.loads(line) for line in (digits_run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["epoch"] == 1 and 0 <= rows[0]["test_top1"] <= 1
+
+
+def test_eval_predict_info(digits_run, tmp_path):
+    r = pgn("eval", digits_run, "--test-limit", 32)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["n"] == 32 and out["dataset"] == "digits"
+    img = tmp_path / "seven.png"
+    Image.fromarray((np.random.RandomState(0).rand(8, 8) * 255).astype("uint8"), "L").save(img)
+    r = pgn("predict", "--adapter", digits_run, img, "--top-k", 2, "--json")
+    assert r.returncode == 0, r.stderr
+    pred = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(pred["top"]) == 2 and pred["top"][0]["label"] in [str(i) for i in range(10)]
+    r = pgn("info", "--adapter", digits_run)
+    assert r.returncode == 0, r.stderr
+    assert '"trainable_parameters"' in r.stdout
+
+
+def test_resume_from_cli(digits_run, tiny_weights):
+    r = pgn("train", "--backbone", "timm:test_vit", "--weights", tiny_weights, "--dataset", "digits",
+            "--epochs", 2, "--train-limit", 64, "--test-limit", 32, "--out", digits_run, "--resume", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert len((digits_run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_bad_inputs_exit_nonzero_with_one_line(digits_run, tmp_path):
+    assert "unknown backbone" in one_line_error(pgn("train", "--backbone", "nope", "--dataset", "digits"))
+    assert "does not exist" in one_line_error(pgn("info", "--backbone", "timm:test_vit", "--weights", "/no/file"))
+    assert "unknown dataset" in one_line_error(pgn("eval", digits_run, "--dataset", "imagenet-zzz"))
+    assert "does not exist" in one_line_error(pgn("predict", "--adapter", digits_run, tmp_path / "missing.png"))
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    assert "corrupt.png" in one_line_error(pgn("predict", "--adapter", digits_run, corrupt))
+    assert "no adapter" in one_line_error(pgn("predict", "--adapter", tmp_path, corrupt))
+    assert "not a readable" in one_line_error(pgn("info", "--official", corrupt))
+
+
+def test_checkpoint_for_another_width(digits_run):
+    # The digits adapter was trained on a width-64 ViT; the embedded backbone has width 384.
+    msg = one_line_error(pgn("eval", digits_run, "--backbone", "dinov2-s14-imgfocus"))
+    assert "width 64" in msg and "384" in msg
+
+
+def test_official_checkpoint_info():
+    r = pgn("info", "--official", ROOT / ".." / "shared" / "official_pgn" / "pgn_dino_cifar100.pt")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["parameters"] == 620_656
+
+
+def test_embedded_backbone_end_to_end_on_real_images(tmp_path):
+    """A few real ELPV images through the real embedded backbone: train, evaluate, predict."""
+    pytest.importorskip("elpv_dataset")
+    run = tmp_path / "elpv"
+    r = pgn("train", "--dataset", "elpv", "--epochs", 1, "--train-limit", 32, "--test-limit", 16, "--out", run,
+            "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "trainable parameters: 621,426" in r.stdout  # resnet10 K16 N128 on width 384 + a 2-class head
+    from elpv_dataset.utils import load_dataset
+
+    img = tmp_path / "cell.png"
+    Image.fromarray(load_dataset()[0][0]).save(img)  # a real 300x300 grey solar-cell image
+    r = pgn("predict", "--adapter", run, img)
+    assert r.returncode == 0, r.stderr
+    assert "defective" in r.stdout or "functional" in r.stdout

@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from pgn import PGNError
+from pgn.prompts import GeneratorConfig, InputIndependentPrompts, PromptGenerator, load_official
+
+OFFICIAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "official_pgn"
+# file -> (width D, trainable parameters stated for the release)
+RELEASED = {
+    "pgn_clip_cifar10.pt": (768, 1_032_304),
+    "pgn_clip_eurosat.pt": (768, 1_032_304),
+    "pgn_dino_cifar100.pt": (384, 620_656),
+    "pgn_vit_sun397.pt": (768, 669_808),
+}
+
+
+@pytest.mark.parametrize("mixing", ["softmax", "sigmoid"])
+def test_generator_shapes_and_mixing(mixing):
+    gen = PromptGenerator(GeneratorConfig(num_prompts=4, library_size=10, input_size=64, mixing=mixing), dim=32)
+    x = torch.randn(3, 3, 96, 96)
+    coeffs = gen.coefficients(x)
+    assert coeffs.shape == (3, 4, 10)
+    if mixing == "softmax":
+        assert torch.allclose(coeffs.sum(-1), torch.ones(3, 4), atol=1e-6)
+    else:
+        assert ((coeffs > 0) & (coeffs < 1)).all()
+    prompts = gen(x)
+    assert prompts.shape == (3, 4, 32)
+    assert torch.allclose(prompts, torch.einsum("bkn,nd->bkd", coeffs, gen.library.tokens), atol=1e-6)
+
+
+def test_generator_is_input_dependent_and_iip_is_not():
+    gen = PromptGenerator(GeneratorConfig(num_prompts=2, library_size=8, input_size=64), dim=16).eval()
+    a, b = gen(torch.randn(1, 3, 64, 64)), gen(torch.randn(1, 3, 64, 64))
+    assert not torch.allclose(a, b)
+    iip = InputIndependentPrompts(2, 16)
+    assert torch.equal(iip(torch.randn(2, 3, 8, 8))[0], iip(torch.randn(2, 3, 8, 8))[1])
+
+
+def test_paper_parameter_count():
+    # DINO ViT-S/16 setting of the paper: K 16, N 128, D 384 -> 620,656 trainable parameters.
+    gen = PromptGenerator(GeneratorConfig(num_prompts=16, library_size=128), dim=384)
+    assert sum(p.numel() for p in gen.parameters()) == 620_656
+
+
+def test_resnet18_generator_option():
+    gen = PromptGenerator(GeneratorConfig(num_prompts=3, library_size=5, arch="resnet18", input_size=64), dim=8)
+    assert gen(torch.randn(2, 3, 64, 64)).shape == (2, 3, 8)
+
+
+@pytest.mark.parametrize("bad", [dict(num_prompts=0), dict(arch="vgg"), dict(mixing="relu"), dict(widths=(1, 2))])
+def test_bad_generator_config(bad):
+    with pytest.raises(PGNError):
+        GeneratorConfig(**bad)
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_official_checkpoints_load_strictly(name):
+    dim, count = RELEASED[name]
+    gen = load_official(OFFICIAL / name).eval()
+    assert sum(p.numel() for p in gen.parameters()) == count
+    with torch.no_grad():
+        prompts = gen(torch.randn(2, 3, 224, 224))
+    assert prompts.shape == (2, 16, dim)
+    raw = torch.load(OFFICIAL / name, map_location="cpu", weights_only=True)
+    assert torch.equal(gen.library.tokens, raw["tl_vectors"])
+
+
+def test_official_loader_rejects_bad_files(tmp_path):
+    with pytest.raises(PGNError, match="does not exist"):
+        load_official(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(PGNError, match="not a readable"):
+        load_official(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"weight": torch.zeros(2)}, other)
+    with pytest.raises(PGNError, match="not an official PGN checkpoint"):
+        load_official(other)

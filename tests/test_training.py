@@ -1,0 +1,143 @@
+import json
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from pgn import PGNError
+from pgn.adapter import AdapterConfig, build_classifier, load_adapter, save_adapter
+from pgn.data import DataSpec
+from pgn.prompts import GeneratorConfig
+from pgn.training import TrainConfig, read_metrics, train, warmup_cosine
+
+
+class RandomImages(Dataset):
+    """A small labelled set of random images (labels depend on the image, so it is learnable)."""
+
+    def __init__(self, n: int = 16, size: int = 64, classes: int = 3, seed: int = 0, poison: bool = False):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 3, size, size, generator=g)
+        self.targets = (self.x.mean(dim=(1, 2, 3)) > 0).long() + (self.x[:, 0].mean(dim=(1, 2)) > 0).long()
+        self.targets = self.targets.clamp(max=classes - 1)
+        self.poison = poison
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        x = self.x[i]
+        return (x * float("nan") if self.poison else x), int(self.targets[i])
+
+
+def spec(poison: bool = False) -> DataSpec:
+    return DataSpec(name="random", class_names=["a", "b", "c"], train=RandomImages(poison=poison),
+                    test=RandomImages(8, seed=1))
+
+
+def adapter_cfg(method: str, backbone, k: int = 4) -> AdapterConfig:
+    gen = vars(GeneratorConfig(num_prompts=k, library_size=8, input_size=64)) if method == "pgn" else None
+    return AdapterConfig(method=method, backbone=backbone.name, backbone_width=backbone.width,
+                         class_names=["a", "b", "c"], img_size=64, generator=gen,
+                         num_prompts=k if method != "linear" else 0, dataset="random")
+
+
+def quiet(**kw) -> TrainConfig:
+    return TrainConfig(**{"epochs": 1, "batch_size": 8, "progress": False, **kw})
+
+
+@pytest.mark.parametrize("method", ["pgn", "iip", "linear"])
+def test_one_step_gradients_only_where_they_belong(tiny_vit, method):
+    model = build_classifier(adapter_cfg(method, tiny_vit), tiny_vit)
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0])
+    # A non-zero head so gradients reach the prompts on the first step.
+    torch.nn.init.normal_(model.head.fc.weight, std=0.1)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.head.fc.weight.grad is not None and model.head.fc.weight.grad.abs().sum() > 0
+    if method == "pgn":
+        assert model.prompts.library.tokens.grad.abs().sum() > 0
+        assert all(p.grad is not None for p in model.prompts.net.parameters())
+    if method == "iip":
+        assert model.prompts.prompts.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ["pgn", "iip", "linear"])
+def test_train_save_load_identical_logits(tiny_vit, tmp_path, method):
+    acfg = adapter_cfg(method, tiny_vit)
+    model = build_classifier(acfg, tiny_vit)
+    row = train(model, acfg, spec(), quiet(epochs=2), tmp_path / "run", log=lambda *_: None)
+    assert set(row) >= {"test_top1", "test_top5", "train_loss"}
+    assert len(read_metrics(tmp_path / "run")) == 2
+    loaded, cfg = load_adapter(tmp_path / "run", backbone=tiny_vit)
+    assert cfg == acfg
+    x = torch.randn(3, 3, 64, 64)
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "run" / "adapter.safetensors"))
+    assert all(k.split(".")[0] in ("head", "prompts") for k in saved)  # the backbone is never saved
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    assert sum(v.numel() for k, v in saved.items() if not k.endswith(stats)) == model.num_trainable()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["trainable_parameters"] == model.num_trainable()
+
+
+def test_training_reduces_loss(tiny_vit, tmp_path):
+    acfg = adapter_cfg("pgn", tiny_vit)
+    model = build_classifier(acfg, tiny_vit)
+    train(model, acfg, spec(), quiet(epochs=6, lr=0.05, warmup_epochs=0), tmp_path / "r", log=lambda *_: None)
+    rows = read_metrics(tmp_path / "r")
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+def test_resume_continues_and_refuses_overwrite(tiny_vit, tmp_path):
+    acfg = adapter_cfg("pgn", tiny_vit)
+    run = tmp_path / "run"
+    train(build_classifier(acfg, tiny_vit), acfg, spec(), quiet(epochs=1), run, log=lambda *_: None)
+    with pytest.raises(PGNError, match="--resume"):
+        train(build_classifier(acfg, tiny_vit), acfg, spec(), quiet(epochs=1), run, log=lambda *_: None)
+    train(build_classifier(acfg, tiny_vit), acfg, spec(), quiet(epochs=3), run, resume=True, log=lambda *_: None)
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3]
+    with pytest.raises(PGNError, match="cannot resume"):
+        train(build_classifier(acfg, tiny_vit), acfg, spec(), quiet(), tmp_path / "new", resume=True)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_vit, tmp_path):
+    acfg = adapter_cfg("pgn", tiny_vit)
+    run = tmp_path / "run"
+    model = build_classifier(acfg, tiny_vit)
+    train(model, acfg, spec(), quiet(epochs=1), run, log=lambda *_: None)
+    good = (run / "adapter.safetensors").read_bytes()
+    with pytest.raises(PGNError, match="loss became nan"):
+        train(build_classifier(acfg, tiny_vit), acfg, spec(poison=True), quiet(epochs=2), run, resume=True,
+              log=lambda *_: None)
+    assert (run / "adapter.safetensors").read_bytes() == good
+    load_adapter(run, backbone=tiny_vit)  # still loadable
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_warmup_cosine_schedule():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, total_steps=10, warmup_steps=4, final_ratio=0.01)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_adapter_width_mismatch_is_clear(tiny_vit, tmp_path):
+    from conftest import make_tiny_vit
+
+    acfg = adapter_cfg("pgn", tiny_vit)
+    save_adapter(build_classifier(acfg, tiny_vit), acfg, tmp_path / "a")
+    other = make_tiny_vit(embed_dim=32, num_heads=2)
+    with pytest.raises(PGNError, match="width 64"):
+        load_adapter(tmp_path / "a", backbone=other)
+    (tmp_path / "a" / "adapter.safetensors").write_bytes(b"garbage")
+    with pytest.raises(PGNError, match="corrupt"):
+        load_adapter(tmp_path / "a", backbone=tiny_vit)
