@@ -18,6 +18,7 @@ from .backbones import FrozenBackbone, create_backbone
 from .errors import PGNError
 from .files import atomic_path, write_json
 from .heads import LinearHead
+from .layouts import make_layout
 from .model import PromptedClassifier
 from .prompts import GeneratorConfig, InputIndependentPrompts, PromptGenerator
 
@@ -41,6 +42,7 @@ class AdapterConfig:
     backbone_weights: str | None = None  # local weights file, when not the backbone's default
     generator: dict | None = None        # GeneratorConfig fields (method "pgn")
     num_prompts: int = 0                 # K (pgn and iip)
+    layout: str = "append"               # where prompts sit: append | extend | frame (pgn.layouts)
     dataset: str | None = None
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)
@@ -60,12 +62,15 @@ def build_classifier(cfg: AdapterConfig, backbone: FrozenBackbone) -> PromptedCl
         raise PGNError(f"this adapter was made for a backbone of width {cfg.backbone_width}, but {backbone.name} "
                        f"has width {backbone.width}; use --backbone {cfg.backbone}")
     if cfg.method == "pgn":
-        prompts = PromptGenerator(GeneratorConfig(**(cfg.generator or {})), backbone.width)
+        prompts = PromptGenerator(GeneratorConfig(**(cfg.generator or {})), backbone.width, backbone=backbone)
     elif cfg.method == "iip":
         prompts = InputIndependentPrompts(cfg.num_prompts, backbone.width)
     else:
         prompts = None
-    return PromptedClassifier(backbone, prompts, LinearHead(backbone.feature_dim, len(cfg.class_names)))
+    if cfg.layout != "append" and prompts is None:
+        raise PGNError(f"layout {cfg.layout!r} places prompts; method {cfg.method!r} has none (use --layout append)")
+    layout = make_layout(cfg.layout, backbone)
+    return PromptedClassifier(backbone, prompts, LinearHead(backbone.feature_dim, len(cfg.class_names)), layout)
 
 
 def adapter_state(model: PromptedClassifier) -> dict[str, torch.Tensor]:

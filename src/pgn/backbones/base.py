@@ -69,9 +69,17 @@ class FrozenBackbone(nn.Module):
         return height // self.patch_size, width // self.patch_size
 
     # --- the split forward ---
-    def tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised images -> (B, prefix + H/P * W/P, D) embedded tokens."""
+    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images -> (B, H/P, W/P, D) patch embeddings W x + b (no position)."""
         raise NotImplementedError
+
+    def add_position(self, grid_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, h, w, D) patch tokens -> (B, 1 + h*w, D): CLS prepended, positional embedding for an h x w grid added."""
+        raise NotImplementedError
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images -> (B, 1 + H/P * W/P, D) embedded tokens."""
+        return self.add_position(self.embed_patches(images))
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, D) tokens -> (B, F) image feature taken at the CLS position."""

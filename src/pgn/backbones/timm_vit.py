@@ -64,16 +64,17 @@ class TimmViT(FrozenBackbone):
             self._pos_cache[grid] = pe
         return pe
 
-    def tokens(self, images: torch.Tensor) -> torch.Tensor:
-        vit = self.vit
-        x = vit.patch_embed(images)  # (B, H, W, D) with dynamic_img_size, else (B, H*W, D)
-        if x.ndim == 4:
-            B, H, W, D = x.shape
-            x = x.reshape(B, H * W, D)
-        else:
-            H, W = self.native_grid
-        cls = vit.cls_token.expand(x.shape[0], -1, -1)
-        return torch.cat([cls, x], dim=1) + self.pos_embed_for((H, W))
+    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.vit.patch_embed(images)  # (B, H, W, D) with dynamic_img_size, else (B, H*W, D)
+        if x.ndim == 3:
+            x = x.reshape(x.shape[0], *self.native_grid, x.shape[-1])
+        return x
+
+    def add_position(self, grid_tokens: torch.Tensor) -> torch.Tensor:
+        B, H, W, D = grid_tokens.shape
+        cls = self.vit.cls_token.expand(B, -1, -1)
+        # Same order of operations as timm's _pos_embed: concatenate, then add.
+        return torch.cat([cls, grid_tokens.reshape(B, H * W, D)], dim=1) + self.pos_embed_for((H, W))
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         vit = self.vit

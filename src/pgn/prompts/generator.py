@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PGNError
-from .library import TokenLibrary
+from .library import PixelTokenLibrary, TokenLibrary
 
 
 @dataclass
@@ -21,6 +21,7 @@ class GeneratorConfig:
     widths: tuple[int, ...] = (16, 32, 64, 128)  # resnet10 stage widths
     input_size: int = 112          # images are resized to this before the generator
     mixing: str = "softmax"        # "softmax" (paper default) or "sigmoid"
+    library_space: str = "latent"  # "latent" (paper: D-dim vectors) or "pixel" (RGB patches; exact inversion)
     channels_last: bool = True     # faster convolutions on CPU and GPU
 
     def __post_init__(self):
@@ -33,6 +34,10 @@ class GeneratorConfig:
             raise PGNError(f"unknown generator arch {self.arch!r}; choose resnet10 or resnet18")
         if self.mixing not in ("softmax", "sigmoid"):
             raise PGNError(f"unknown mixing {self.mixing!r}; choose softmax or sigmoid")
+        if self.library_space not in ("latent", "pixel"):
+            raise PGNError(f"unknown library_space {self.library_space!r}; choose latent or pixel")
+        if self.library_space == "pixel" and self.mixing != "softmax":
+            raise PGNError("a pixel-space library needs softmax mixing (coefficients must sum to 1)")
         if len(self.widths) != 4 or min(self.widths) < 1:
             raise PGNError(f"widths must be four positive stage widths, got {self.widths}")
         if self.input_size < 32:
@@ -94,14 +99,24 @@ class PromptGenerator(nn.Module):
 
     ``forward(images)``: (B, 3, H, W) normalised images -> (B, K, D) prompts.
     ``coefficients(images)``: (B, K, N) mixture weights (softmax or sigmoid).
+
+    A pixel-space library (``config.library_space == "pixel"``) needs the backbone whose
+    patch embedding it is mixed through.
     """
 
-    def __init__(self, config: GeneratorConfig, dim: int):
+    def __init__(self, config: GeneratorConfig, dim: int, backbone=None):
         super().__init__()
         self.config = config
         out = config.num_prompts * config.library_size
         self.net = ResNet10(out, config.widths) if config.arch == "resnet10" else _resnet18(out)
-        self.library = TokenLibrary(config.library_size, dim)
+        if config.library_space == "pixel":
+            if backbone is None:
+                raise PGNError("a pixel-space library needs the backbone's patch embedding")
+            pre = backbone.preprocessing
+            self.library = PixelTokenLibrary(config.library_size, backbone.patch_size, backbone.patch_embed_weight(),
+                                             backbone.patch_embed_bias(), pre.mean, pre.std)
+        else:
+            self.library = TokenLibrary(config.library_size, dim)
         if config.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 

@@ -1,0 +1,164 @@
+"""Export a trained adapter for input-space deployment, and the client-side :class:`Composer`.
+
+An export directory holds ``deploy_config.json`` and ``deploy.safetensors``: the generator
+(CNN + token library), the patch embedding W, b (the pixel library's mixing and the latent
+library's inversion need it), and the head. A client composes canvases with it and sends
+only images to the model.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import PGNError
+from ..files import atomic_path, write_json
+from ..heads import LinearHead
+from ..layouts import PatchInverter, make_layout
+from ..prompts import GeneratorConfig, PromptGenerator
+
+DEPLOY_CONFIG = "deploy_config.json"
+DEPLOY_WEIGHTS = "deploy.safetensors"
+FORMAT = "pgn-deployable"
+
+
+@dataclass(frozen=True)
+class PatchEmbedding:
+    """The linear patch embedding of a ViT, carried without the rest of the model."""
+
+    weight: torch.Tensor  # (D, 3, P, P)
+    bias: torch.Tensor    # (D,)
+    mean: tuple
+    std: tuple
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.weight.shape[-1])
+
+    @property
+    def preprocessing(self):
+        return self  # duck-types Preprocessing (mean, std) for PromptGenerator
+
+    def patch_embed_weight(self) -> torch.Tensor:
+        return self.weight
+
+    def patch_embed_bias(self) -> torch.Tensor:
+        return self.bias
+
+
+def export_adapter(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write the deployable form of the PGN adapter in ``run_dir`` into ``out_dir``."""
+    from ..adapter import load_adapter
+
+    model, cfg = load_adapter(run_dir)
+    if cfg.method != "pgn":
+        raise PGNError(f"only PGN adapters deploy in the input (this one is {cfg.method!r})")
+    if cfg.layout == "append":
+        raise PGNError("an 'append' adapter adds tokens inside the model and cannot be sent as an image; "
+                       "train with --layout extend or --layout frame")
+    bb = model.backbone
+    grid = (cfg.img_size // bb.patch_size, cfg.img_size // bb.patch_size)
+    hc, wc = model.layout.canvas_grid(grid, cfg.num_prompts)
+    state = {f"generator.{k}": v for k, v in model.prompts.state_dict().items()}
+    state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
+    state["patch_embed.weight"] = bb.patch_embed_weight().detach()
+    state["patch_embed.bias"] = bb.patch_embed_bias().detach()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / DEPLOY_WEIGHTS) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": FORMAT})
+    write_json(out_dir / DEPLOY_CONFIG, {
+        "format": FORMAT, "version": 1, "layout": cfg.layout, "img_size": cfg.img_size,
+        "canvas_size": [hc * bb.patch_size, wc * bb.patch_size], "patch_size": bb.patch_size,
+        "mean": list(cfg.mean), "std": list(cfg.std), "num_prompts": cfg.num_prompts, "generator": cfg.generator,
+        "class_names": cfg.class_names, "feature_dim": bb.feature_dim, "backbone": cfg.backbone,
+        "backbone_weights": cfg.backbone_weights, "dataset": cfg.dataset,
+    })
+    return out_dir
+
+
+class Composer:
+    """Client side of input-space deployment: image -> prompted canvas; embedding -> class scores.
+
+    ``canvas(images)``: (B, 3, S, S) normalised -> (B, 3, Hc, Wc) normalised canvas.
+    ``to_uint8(canvas)``: -> (B, Hc, Wc, 3) uint8 RGB, what is sent to the model.
+    ``head(embeddings)``: (B, F) model embeddings -> (B, C) logits.
+    """
+
+    def __init__(self, config: dict, state: dict[str, torch.Tensor]):
+        self.config = config
+        self.class_names = list(config["class_names"])
+        self.img_size = int(config["img_size"])
+        self.mean, self.std = tuple(config["mean"]), tuple(config["std"])
+        embed = PatchEmbedding(state["patch_embed.weight"], state["patch_embed.bias"], self.mean, self.std)
+        self.generator = PromptGenerator(GeneratorConfig(**config["generator"]), embed.weight.shape[0], backbone=embed)
+        self.generator.load_state_dict({k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")})
+        self.generator.eval()
+        self.head = LinearHead(int(config["feature_dim"]), len(self.class_names))
+        self.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+        self.layout = make_layout(config["layout"], patch_size=embed.patch_size, mean=self.mean, std=self.std)
+        self.pixel_library = self.generator.config.library_space == "pixel"
+        self.inverter = None if self.pixel_library else PatchInverter(embed.weight, embed.bias, self.mean, self.std)
+        self.last_residual: torch.Tensor | None = None  # latent library: inversion residual of the last batch
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Composer":
+        directory = Path(directory)
+        cfg_path, w_path = directory / DEPLOY_CONFIG, directory / DEPLOY_WEIGHTS
+        if not cfg_path.is_file() or not w_path.is_file():
+            raise PGNError(f"{directory} is not an exported adapter ({DEPLOY_CONFIG} / {DEPLOY_WEIGHTS} missing); "
+                           f"create one with `pgn export RUN -o {directory}`")
+        try:
+            config = json.loads(cfg_path.read_text())
+            state = load_file(str(w_path))
+        except (json.JSONDecodeError, SafetensorError, OSError) as e:
+            raise PGNError(f"{directory} holds a corrupt export ({e}); export it again") from e
+        if config.get("format") != FORMAT:
+            raise PGNError(f"{cfg_path} is not a pgn deployable config")
+        return cls(config, state)
+
+    @torch.inference_mode()
+    def prompt_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised -> (B, K, 3, P, P) normalised prompt patches."""
+        coeffs = self.generator.coefficients(images)
+        if self.pixel_library:
+            return self.generator.library.patches(coeffs)
+        inv = self.inverter(self.generator.library(coeffs))
+        self.last_residual = inv.residual
+        return inv.patches.float()
+
+    @torch.inference_mode()
+    def canvas(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layout.compose(images, self.prompt_patches(images))
+
+    def to_uint8(self, canvas: torch.Tensor) -> np.ndarray:
+        m = torch.tensor(self.mean).view(1, 3, 1, 1)
+        s = torch.tensor(self.std).view(1, 3, 1, 1)
+        rgb = (canvas.float() * s + m).clamp(0, 1)
+        return (rgb * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+    def from_uint8(self, canvas_u8: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised, as the model's own preprocessing computes it."""
+        x = torch.from_numpy(np.ascontiguousarray(canvas_u8)).permute(0, 3, 1, 2).float() / 255
+        return (x - torch.tensor(self.mean).view(1, 3, 1, 1)) / torch.tensor(self.std).view(1, 3, 1, 1)
+
+    @staticmethod
+    def png_bytes(canvas_u8: np.ndarray) -> list[bytes]:
+        from PIL import Image
+
+        out = []
+        for img in canvas_u8:
+            buf = io.BytesIO()
+            Image.fromarray(img, "RGB").save(buf, format="PNG")
+            out.append(buf.getvalue())
+        return out
+
+    @torch.inference_mode()
+    def logits(self, embeddings: torch.Tensor | np.ndarray) -> torch.Tensor:
+        return self.head(torch.as_tensor(embeddings, dtype=torch.float32))
