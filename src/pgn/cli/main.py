@@ -26,6 +26,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--generator-size", type=int, default=112, help="generator input resolution (paper: 224)")
     g.add_argument("--generator-widths", default="16,32,64,128", help="resnet10 stage widths")
     g.add_argument("--mixing", default="softmax", choices=("softmax", "sigmoid"))
+    g.add_argument("--library-space", default="latent", choices=("latent", "pixel"),
+                   help="latent: D-dim tokens (paper); pixel: RGB patches, exact input-space deployment")
+    g.add_argument("--layout", default="append", choices=("append", "extend", "frame"),
+                   help="append: extra tokens (paper, white-box); extend/frame: prompts as image patches")
 
 
 def _add_data_args(p: argparse.ArgumentParser, default: str | None = "elpv") -> None:
@@ -80,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
 
     p = sub.add_parser("eval", help="evaluate a trained adapter on a dataset's test split")
-    p.add_argument("run", help="run or adapter directory")
+    p.add_argument("run", help="run or adapter directory (with --api: an exported adapter)")
+    p.add_argument("--api", default=None, help="evaluate through an inference API (pgn serve) at this URL")
     _add_data_args(p, default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bf16", action="store_true")
@@ -88,10 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify images with a trained adapter")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--adapter", required=True, help="run or adapter directory")
+    p.add_argument("--adapter", required=True, help="run or adapter directory (with --api: an exported adapter)")
+    p.add_argument("--api", default=None, help="send composed canvases to an inference API (pgn serve) at this URL")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print JSON lines")
     _add_backbone_override(p)
+
+    p = sub.add_parser("export", help="export a PGN adapter for input-space deployment (no backbone code needed)")
+    p.add_argument("run", help="run or adapter directory trained with --layout extend or frame")
+    p.add_argument("-o", "--out", required=True, help="output directory")
+
+    p = sub.add_parser("compose", help="write prompted canvases: what an unmodified model receives")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--adapter", required=True, help="exported adapter directory (pgn export)")
+    p.add_argument("-o", "--out", required=True, help="output PNG (one image) or directory (several)")
+
+    p = sub.add_parser("serve", help="serve a backbone's unmodified forward over HTTP (knows nothing of prompts)")
+    p.add_argument("--backbone", default="dinov2-s14-imgfocus")
+    p.add_argument("--weights", default=None)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=10.0)
+    p.add_argument("--max-side", type=int, default=1024, help="largest accepted image side in pixels")
 
     p = sub.add_parser("info", help="summarise a backbone, an adapter or an official checkpoint")
     p.add_argument("--backbone", default=None)
@@ -164,11 +187,12 @@ def cmd_train(args) -> int:
             widths = tuple(int(w) for w in args.generator_widths.split(","))
             gen = vars(GeneratorConfig(num_prompts=args.num_prompts, library_size=args.library_size,
                                        arch=args.generator, widths=widths, input_size=args.generator_size,
-                                       mixing=args.mixing))
+                                       mixing=args.mixing, library_space=args.library_space))
         acfg = AdapterConfig(method=args.method, backbone=backbone.name, backbone_width=backbone.width,
                              class_names=list(data.class_names), img_size=img_size, mean=pre.mean, std=pre.std,
                              backbone_weights=args.weights, generator=gen,
-                             num_prompts=args.num_prompts if args.method != "linear" else 0, dataset=data.name)
+                             num_prompts=args.num_prompts if args.method != "linear" else 0, dataset=data.name,
+                             layout=args.layout)
     elif acfg.class_names != list(data.class_names):
         raise PGNError(f"{args.out} was trained on {acfg.dataset}; resume it with --dataset {acfg.dataset}")
     model = build_classifier(acfg, backbone)
@@ -181,8 +205,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _api_batches(composer, images, client, batch: int = 16):
+    """Compose canvases client-side, send only PNGs, apply the head: yields (B, C) logits per batch."""
+    import torch
+
+    for i in range(0, len(images), batch):
+        x = torch.stack(images[i:i + batch])
+        pngs = composer.png_bytes(composer.to_uint8(composer.canvas(x)))
+        embeddings, _ = client.embed_png(pngs)
+        yield composer.logits(embeddings)
+
+
 def cmd_eval(args) -> int:
     import torch
+
+    if args.api:
+        return _eval_api(args)
 
     from ..training import evaluate
 
@@ -201,11 +239,43 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _eval_api(args) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..deployment import Composer
+    from ..serving import EmbeddingClient
+
+    composer = Composer.load(args.run)
+    cfg = composer.config
+    name = args.dataset or cfg.get("dataset")
+    if not name:
+        raise PGNError(f"{args.run} does not record its dataset; pass --dataset")
+    data = _dataset(name, composer.img_size, composer.mean, composer.std, root=args.data_root,
+                    test_limit=args.test_limit)
+    if list(data.class_names) != composer.class_names:
+        raise PGNError(f"{name}'s classes differ from the adapter's ({cfg.get('dataset')})")
+    correct = n = 0
+    with EmbeddingClient(args.api) as client:
+        idx = list(range(len(data.test)))
+        for start in tqdm(range(0, len(idx), 64), desc="api eval", leave=False):
+            items = [data.test[i] for i in idx[start:start + 64]]
+            labels = torch.tensor([y for _, y in items])
+            logits = torch.cat(list(_api_batches(composer, [x for x, _ in items], client)))
+            correct += int((logits.argmax(-1) == labels).sum())
+            n += len(items)
+    print(json.dumps({"run": args.run, "dataset": name, "api": args.api, "layout": cfg["layout"],
+                      "top1": correct / max(n, 1), "n": n}))
+    return 0
+
+
 def cmd_predict(args) -> int:
     import torch
 
     from ..data import eval_transform, load_image
 
+    if args.api:
+        return _predict_api(args)
     model, cfg = _load(args.adapter, args)
     model.eval()
     tf = eval_transform(cfg.img_size, cfg.mean, cfg.std)
@@ -213,13 +283,73 @@ def cmd_predict(args) -> int:
         x = tf(load_image(path)).unsqueeze(0)
         with torch.inference_mode():
             probs = model(x).float().softmax(-1)[0]
-        k = min(args.top_k, probs.numel())
-        top = probs.topk(k)
-        preds = [(cfg.class_names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
-        if args.json:
-            print(json.dumps({"image": path, "top": [{"label": lab, "score": s} for lab, s in preds]}))
-        else:
-            print(f"{path}: " + ", ".join(f"{lab} {s:.3f}" for lab, s in preds))
+        _print_predictions(path, probs, cfg.class_names, args.top_k, args.json)
+    return 0
+
+
+def _print_predictions(path, probs, class_names, top_k, as_json) -> None:
+    k = min(top_k, probs.numel())
+    top = probs.topk(k)
+    preds = [(class_names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
+    if as_json:
+        print(json.dumps({"image": str(path), "top": [{"label": lab, "score": s} for lab, s in preds]}))
+    else:
+        print(f"{path}: " + ", ".join(f"{lab} {s:.3f}" for lab, s in preds))
+
+
+def _predict_api(args) -> int:
+    from ..data import eval_transform, load_image
+    from ..deployment import Composer
+    from ..serving import EmbeddingClient
+
+    composer = Composer.load(args.adapter)
+    tf = eval_transform(composer.img_size, composer.mean, composer.std)
+    images = [tf(load_image(p)) for p in args.images]
+    with EmbeddingClient(args.api) as client:
+        logits = [row for batch in _api_batches(composer, images, client) for row in batch]
+    for path, lg in zip(args.images, logits):
+        _print_predictions(path, lg.float().softmax(-1), composer.class_names, args.top_k, args.json)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ..deployment import export_adapter
+
+    out = export_adapter(args.run, args.out)
+    print(f"exported {args.run} -> {out} (generator, library, patch embedding, head; no backbone)")
+    return 0
+
+
+def cmd_compose(args) -> int:
+    from PIL import Image
+
+    from ..data import eval_transform, load_image
+    from ..deployment import Composer
+
+    composer = Composer.load(args.adapter)
+    tf = eval_transform(composer.img_size, composer.mean, composer.std)
+    out = Path(args.out)
+    many = len(args.images) > 1
+    if many:
+        out.mkdir(parents=True, exist_ok=True)
+    elif out.suffix.lower() != ".png":
+        raise PGNError(f"--out {out} must end in .png for one image (or pass several images and a directory)")
+    from ..files import atomic_path
+
+    for path in args.images:
+        canvas = composer.to_uint8(composer.canvas(tf(load_image(path)).unsqueeze(0)))[0]
+        target = out / (Path(path).stem + "_prompted.png") if many else out
+        with atomic_path(target) as tmp:
+            Image.fromarray(canvas, "RGB").save(tmp, format="PNG")
+        print(f"{path} -> {target} ({canvas.shape[1]}x{canvas.shape[0]})")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from ..serving import serve
+
+    serve(args.backbone, args.weights, host=args.host, port=args.port,
+          max_upload_bytes=int(args.max_upload_mb * 2**20), max_side=args.max_side)
     return 0
 
 
@@ -258,7 +388,8 @@ def cmd_demo(args) -> int:
                     progress=not args.no_progress, bf16=False if args.fp32 else None)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "info": cmd_info, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
+            "compose": cmd_compose, "serve": cmd_serve, "info": cmd_info, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,7 +67,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             img.load()  # decode now, so a truncated file fails here and not later
             return img.convert("RGB")
     except FileNotFoundError:
-        raise PGNError(f"image file {path} does not exist; check the dataset folder") from None
+        raise PGNError(f"image file {path} does not exist; check the path") from None
     except UnidentifiedImageError:
         raise PGNError(f"cannot read image {path}: not a supported image format; remove or replace it") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
