@@ -3,7 +3,6 @@ import io
 import os
 import socket
 import threading
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -12,42 +11,20 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
-import uvicorn  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from conftest import make_tiny_vit  # noqa: E402
 from pgn.backbones import TimmViT  # noqa: E402
 from pgn.errors import PGNError  # noqa: E402
 from pgn.serving import EmbeddingClient, create_app, serve  # noqa: E402
+from pgn.serving.background import BackgroundServer  # noqa: E402
 from pgn.serving.server import _bind, _is_loopback  # noqa: E402
 
 MAX_UPLOAD = 64 * 1024
 MAX_SIDE = 256
 
 
-class RunningServer:
-    """uvicorn in a background thread on a free loopback port."""
-
-    def __init__(self, app):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs=dict(sockets=[self.sock]), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
+RunningServer = BackgroundServer
 
 
 @pytest.fixture(scope="module")

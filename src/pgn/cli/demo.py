@@ -1,7 +1,6 @@
 """``pgn demo``: PGN vs a linear probe on ELPV with the embedded backbone, at the same budget."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

@@ -1,7 +1,7 @@
 """The Prompt Generation Network: a small CNN that maps an image to K library mixtures."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
