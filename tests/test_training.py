@@ -10,6 +10,8 @@ from pgn.data import DataSpec
 from pgn.prompts import GeneratorConfig
 from pgn.training import TrainConfig, read_metrics, train, warmup_cosine
 
+from conftest import make_tiny_vit
+
 
 class RandomImages(Dataset):
     """A small labelled set of random images (labels depend on the image, so it is learnable)."""
@@ -38,37 +40,48 @@ def adapter_cfg(method: str, backbone, k: int = 4) -> AdapterConfig:
     gen = vars(GeneratorConfig(num_prompts=k, library_size=8, input_size=64)) if method == "pgn" else None
     return AdapterConfig(method=method, backbone=backbone.name, backbone_width=backbone.width,
                          class_names=["a", "b", "c"], img_size=64, generator=gen,
-                         num_prompts=k if method != "linear" else 0, dataset="random")
+                         num_prompts=k if method in ("pgn", "iip") else 0, dataset="random", vp_pad=8)
+
+
+ALL_TRAINED = ["pgn", "iip", "vp", "linear", "finetune"]
 
 
 def quiet(**kw) -> TrainConfig:
     return TrainConfig(**{"epochs": 1, "batch_size": 8, "progress": False, **kw})
 
 
-@pytest.mark.parametrize("method", ["pgn", "iip", "linear"])
+@pytest.mark.parametrize("method", ALL_TRAINED)
 def test_one_step_gradients_only_where_they_belong(tiny_vit, method):
     model = build_classifier(adapter_cfg(method, tiny_vit), tiny_vit)
     x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0])
     # A non-zero head so gradients reach the prompts on the first step.
     torch.nn.init.normal_(model.head.fc.weight, std=0.1)
     torch.nn.functional.cross_entropy(model(x), y).backward()
+    if method == "finetune":  # the one method that trains the backbone
+        assert all(p.grad is not None for p in model.backbone.parameters())
+        return
     assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(not p.requires_grad for p in model.backbone.parameters())
     assert model.head.fc.weight.grad is not None and model.head.fc.weight.grad.abs().sum() > 0
     if method == "pgn":
         assert model.prompts.library.tokens.grad.abs().sum() > 0
         assert all(p.grad is not None for p in model.prompts.net.parameters())
     if method == "iip":
         assert model.prompts.prompts.grad.abs().sum() > 0
+    if method == "vp":
+        assert model.input_prompt.top.grad.abs().sum() > 0
+        assert model.num_trainable() == model.head.fc.weight.numel() + 3 + 2 * 3 * 8 * 64 + 2 * 3 * 8 * 48
 
 
-@pytest.mark.parametrize("method", ["pgn", "iip", "linear"])
+@pytest.mark.parametrize("method", ALL_TRAINED)
 def test_train_save_load_identical_logits(tiny_vit, tmp_path, method):
     acfg = adapter_cfg(method, tiny_vit)
     model = build_classifier(acfg, tiny_vit)
     row = train(model, acfg, spec(), quiet(epochs=2), tmp_path / "run", log=lambda *_: None)
     assert set(row) >= {"test_top1", "test_top5", "train_loss"}
     assert len(read_metrics(tmp_path / "run")) == 2
-    loaded, cfg = load_adapter(tmp_path / "run", backbone=tiny_vit)
+    fresh = make_tiny_vit()  # a pristine backbone: a fine-tuned one must come back from the adapter
+    loaded, cfg = load_adapter(tmp_path / "run", backbone=fresh)
     assert cfg == acfg
     x = torch.randn(3, 3, 64, 64)
     model.eval(), loaded.eval()
@@ -77,7 +90,9 @@ def test_train_save_load_identical_logits(tiny_vit, tmp_path, method):
     from safetensors.torch import load_file
 
     saved = load_file(str(tmp_path / "run" / "adapter.safetensors"))
-    assert all(k.split(".")[0] in ("head", "prompts") for k in saved)  # the backbone is never saved
+    # The backbone is saved only when it was trained (full fine-tuning).
+    assert all(k.split(".")[0] in ("head", "prompts", "input_prompt") + (("backbone",) if method == "finetune" else ())
+               for k in saved)
     stats = ("running_mean", "running_var", "num_batches_tracked")
     assert sum(v.numel() for k, v in saved.items() if not k.endswith(stats)) == model.num_trainable()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["trainable_parameters"] == model.num_trainable()
@@ -130,9 +145,13 @@ def test_warmup_cosine_schedule():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
 
 
-def test_adapter_width_mismatch_is_clear(tiny_vit, tmp_path):
-    from conftest import make_tiny_vit
+def test_vp_parameter_count_matches_paper():
+    from pgn.prompts import PaddingPrompt
 
+    assert sum(p.numel() for p in PaddingPrompt(224, 30).parameters()) == 69_840
+
+
+def test_adapter_width_mismatch_is_clear(tiny_vit, tmp_path):
     acfg = adapter_cfg("pgn", tiny_vit)
     save_adapter(build_classifier(acfg, tiny_vit), acfg, tmp_path / "a")
     other = make_tiny_vit(embed_dim=32, num_heads=2)

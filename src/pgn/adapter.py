@@ -20,19 +20,20 @@ from .files import atomic_path, write_json
 from .heads import LinearHead
 from .layouts import make_layout
 from .model import PromptedClassifier
-from .prompts import GeneratorConfig, InputIndependentPrompts, PromptGenerator
+from .prompts import GeneratorConfig, InputIndependentPrompts, PaddingPrompt, PromptGenerator
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
-METHODS = ("pgn", "iip", "linear")
+METHODS = ("pgn", "iip", "vp", "linear", "finetune", "zeroshot")
+HEADS = ("linear", "zeroshot")
 
 
 @dataclass
 class AdapterConfig:
     """Everything needed to rebuild an adapted classifier on top of its backbone."""
 
-    method: str                          # "pgn" | "iip" | "linear"
+    method: str                          # one of METHODS
     backbone: str                        # backbone name, e.g. "dinov2-s14-imgfocus"
     backbone_width: int                  # D, checked on load
     class_names: list[str]
@@ -43,6 +44,9 @@ class AdapterConfig:
     generator: dict | None = None        # GeneratorConfig fields (method "pgn")
     num_prompts: int = 0                 # K (pgn and iip)
     layout: str = "append"               # where prompts sit: append | extend | frame (pgn.layouts)
+    head: str = "linear"                 # "linear" (trained) or "zeroshot" (CLIP text tower, frozen)
+    template: str | None = None          # zero-shot prompt template, e.g. "This is a photo of a {}."
+    vp_pad: int = 30                     # VP frame width in pixels (Bahng et al.: 30 at 224 px)
     dataset: str | None = None
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)
@@ -50,6 +54,10 @@ class AdapterConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise PGNError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.head not in HEADS:
+            raise PGNError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        if self.method == "zeroshot" and self.head != "zeroshot":
+            raise PGNError("method zeroshot needs the zero-shot head of a CLIP backbone")
         self.mean, self.std = tuple(self.mean), tuple(self.std)
         self.class_names = list(self.class_names)
         if self.generator is not None:  # the JSON form (tuples become lists), so a config equals its reload
@@ -61,16 +69,26 @@ def build_classifier(cfg: AdapterConfig, backbone: FrozenBackbone) -> PromptedCl
     if backbone.width != cfg.backbone_width:
         raise PGNError(f"this adapter was made for a backbone of width {cfg.backbone_width}, but {backbone.name} "
                        f"has width {backbone.width}; use --backbone {cfg.backbone}")
+    prompts = input_prompt = None
     if cfg.method == "pgn":
         prompts = PromptGenerator(GeneratorConfig(**(cfg.generator or {})), backbone.width, backbone=backbone)
     elif cfg.method == "iip":
         prompts = InputIndependentPrompts(cfg.num_prompts, backbone.width)
-    else:
-        prompts = None
+    elif cfg.method == "vp":
+        input_prompt = PaddingPrompt(cfg.img_size, cfg.vp_pad)
     if cfg.layout != "append" and prompts is None:
-        raise PGNError(f"layout {cfg.layout!r} places prompts; method {cfg.method!r} has none (use --layout append)")
-    layout = make_layout(cfg.layout, backbone)
-    return PromptedClassifier(backbone, prompts, LinearHead(backbone.feature_dim, len(cfg.class_names)), layout)
+        raise PGNError(f"layout {cfg.layout!r} places prompt tokens; method {cfg.method!r} has none (use --layout append)")
+    return PromptedClassifier(backbone, prompts, build_head(cfg, backbone), make_layout(cfg.layout, backbone),
+                              input_prompt=input_prompt, finetune=cfg.method == "finetune")
+
+
+def build_head(cfg: AdapterConfig, backbone: FrozenBackbone):
+    """A trained linear head, or CLIP's zero-shot head from its frozen text tower."""
+    if cfg.head == "linear":
+        return LinearHead(backbone.feature_dim, len(cfg.class_names))
+    if not hasattr(backbone, "zero_shot_head"):
+        raise PGNError(f"{backbone.name} has no text tower for a zero-shot head; use a clip-* backbone or --head linear")
+    return backbone.zero_shot_head(cfg.class_names, cfg.template or "This is a photo of a {}.")
 
 
 def adapter_state(model: PromptedClassifier) -> dict[str, torch.Tensor]:
@@ -118,4 +136,30 @@ def load_adapter(directory: str | Path, backbone: FrozenBackbone | None = None,
         model.trainable_modules().load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise PGNError(f"{path} does not match {CONFIG_FILE}: {str(e).splitlines()[0]}") from e
+    return model, cfg
+
+
+def import_official(checkpoint: str | Path, backbone: FrozenBackbone, class_names: list[str], dataset: str | None = None,
+                    template: str | None = None, img_size: int = 224) -> tuple[PromptedClassifier, AdapterConfig]:
+    """A released PGN checkpoint (paper's code) as a pgn adapter on ``backbone``.
+
+    CLIP checkpoints get the zero-shot head (the paper's setting, so the adapter is complete);
+    the releases hold no linear head for other backbones, so theirs starts untrained and
+    ``cfg.extra["head_trained"]`` says so.
+    """
+    from .prompts import load_official
+
+    gen = load_official(checkpoint, input_size=img_size)
+    width = gen.library.tokens.shape[1]
+    if width != backbone.width:
+        raise PGNError(f"{checkpoint} holds prompts of width {width}, but {backbone.name} has width {backbone.width}; "
+                       "pick the backbone it was trained for")
+    zero_shot = hasattr(backbone, "zero_shot_head")
+    cfg = AdapterConfig(method="pgn", backbone=backbone.name, backbone_width=backbone.width, class_names=class_names,
+                        img_size=img_size, mean=backbone.preprocessing.mean, std=backbone.preprocessing.std,
+                        generator=vars(gen.config), num_prompts=gen.config.num_prompts, dataset=dataset,
+                        head="zeroshot" if zero_shot else "linear", template=template,
+                        extra={"imported_from": Path(checkpoint).name, "head_trained": zero_shot})
+    model = build_classifier(cfg, backbone)
+    model.prompts.load_state_dict(gen.state_dict(), strict=True)
     return model, cfg

@@ -54,6 +54,9 @@ class TimmViT(FrozenBackbone):
         grid = tuple(grid)
         if grid == self.native_grid:
             return self.vit.pos_embed
+        if self.vit.pos_embed.requires_grad:  # being fine-tuned: resample with gradients, never cache
+            return resample_abs_pos_embed(self.vit.pos_embed, new_size=grid, old_size=self.native_grid,
+                                          num_prefix_tokens=self.vit.num_prefix_tokens)
         pe = self._pos_cache.get(grid)
         if pe is None or pe.device != self.vit.pos_embed.device or pe.dtype != self.vit.pos_embed.dtype:
             with torch.no_grad():

@@ -12,31 +12,60 @@ from ..errors import PGNError
 DEMO_NOTE = "adapts the embedded backbone to ELPV with PGN and with a linear probe at the same budget"
 
 
+# Defaults for a short CPU run; ``--preset paper`` swaps in the published recipe (method.md).
+# Options left unset on the command line take the preset's value, then these.
+DEFAULTS = dict(num_prompts=16, library_size=128, generator_size=112, img_size=112, epochs=3, lr=0.1,
+                warmup_epochs=1.0, grad_clip=1.0, augment=False, head=None)
+PRESETS = {
+    "paper": dict(num_prompts=16, library_size=128, generator_size=224, img_size=224, epochs=100, lr=0.1,
+                  warmup_epochs=50.0, grad_clip=0.0, augment=True),
+}
+PAPER_CLIP = dict(library_size=256, head="zeroshot")  # CLIP runs of the paper: N 256, text-tower head
+
+
+def resolve_defaults(args) -> None:
+    """Fill options the user did not set: from ``--preset`` first, then :data:`DEFAULTS`."""
+    preset = dict(PRESETS.get(getattr(args, "preset", None) or "", {}))
+    if getattr(args, "preset", None) == "paper" and str(getattr(args, "backbone", "")).startswith("clip-"):
+        preset.update(PAPER_CLIP)
+    for key, value in {**DEFAULTS, **preset}.items():
+        if hasattr(args, key) and getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from ..adapter import METHODS
+    from ..adapter import HEADS, METHODS
 
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="dinov2-s14-imgfocus",
-                   help="dinov2-s14-imgfocus (embedded, offline) or timm:<model> (default: %(default)s)")
+                   help="dinov2-s14-imgfocus (embedded, offline), clip-vit-b32|b16|l14, vit-b32, dino-vit-s16, "
+                        "or timm:<model> (default: %(default)s)")
     g.add_argument("--weights", default=None, help="local weights file for the backbone")
-    g.add_argument("--method", default="pgn", choices=METHODS, help="pgn | iip (input-independent) | linear (probe)")
-    g.add_argument("--num-prompts", "-K", type=int, default=16, help="prompt tokens K (default: %(default)s)")
-    g.add_argument("--library-size", "-N", type=int, default=128, help="token library size N (default: %(default)s)")
+    g.add_argument("--method", default="pgn", choices=METHODS,
+                   help="pgn | iip (input-independent prompts) | vp (pixel padding) | linear (probe) | "
+                        "finetune (whole backbone) | zeroshot (CLIP, eval only)")
+    g.add_argument("--preset", default=None, choices=sorted(PRESETS), help="paper: the published recipe")
+    g.add_argument("--head", default=None, choices=HEADS, help="linear (default) or zeroshot (CLIP backbones)")
+    g.add_argument("--num-prompts", "-K", type=int, default=None, help="prompt tokens K (default 16)")
+    g.add_argument("--library-size", "-N", type=int, default=None, help="token library size N (default 128; paper CLIP 256)")
     g.add_argument("--generator", default="resnet10", choices=("resnet10", "resnet18"))
-    g.add_argument("--generator-size", type=int, default=112, help="generator input resolution (paper: 224)")
+    g.add_argument("--generator-size", type=int, default=None, help="generator input resolution (default 112; paper 224)")
     g.add_argument("--generator-widths", default="16,32,64,128", help="resnet10 stage widths")
     g.add_argument("--mixing", default="softmax", choices=("softmax", "sigmoid"))
     g.add_argument("--library-space", default="latent", choices=("latent", "pixel"),
                    help="latent: D-dim tokens (paper); pixel: RGB patches, exact input-space deployment")
     g.add_argument("--layout", default="append", choices=("append", "extend", "frame"),
                    help="append: extra tokens (paper, white-box); extend/frame: prompts as image patches")
+    g.add_argument("--vp-pad", type=int, default=None, help="VP frame width in pixels (default: 30 at 224 px, scaled)")
 
 
 def _add_data_args(p: argparse.ArgumentParser, default: str | None = "elpv") -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=default,
-                   help="elpv | elpv4 | fashion-mnist | digits | folder:PATH" + (f" (default: {default})" if default else ""))
+                   help="elpv | elpv4 | fashion-mnist | digits | the paper's 12 (cifar10, ..., see docs/datasets.md) | "
+                        "folder:PATH | json:PATH" + (f" (default: {default})" if default else ""))
     g.add_argument("--data-root", default=None, help="directory holding the dataset files, where it needs one")
+    g.add_argument("--download", action="store_true", help="let torchvision download datasets it knows (needs internet)")
     g.add_argument("--img-size", type=int, default=None, help="backbone input resolution (default 112; paper 224)")
     g.add_argument("--train-limit", type=int, default=None, help="use a stratified subset of this many training images")
     g.add_argument("--test-limit", type=int, default=None, help="use a stratified subset of this many test images")
@@ -44,16 +73,17 @@ def _add_data_args(p: argparse.ArgumentParser, default: str | None = "elpv") -> 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=3)
+    g.add_argument("--epochs", type=int, default=None, help="default 3; paper 100")
     g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--lr", type=float, default=0.1, help="prompt learning rate (paper: 0.1, SGD)")
+    g.add_argument("--lr", type=float, default=None, help="prompt learning rate (default and paper: 0.1, SGD)")
     g.add_argument("--head-lr", type=float, default=None, help="head learning rate (default: --lr)")
+    g.add_argument("--backbone-lr", type=float, default=None, help="backbone learning rate for finetune (default: --lr)")
     g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
     g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--warmup-epochs", type=float, default=1.0)
-    g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables")
+    g.add_argument("--warmup-epochs", type=float, default=None, help="default 1; paper 50")
+    g.add_argument("--grad-clip", type=float, default=None, help="max gradient norm; 0 disables (default 1; paper off)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    g.add_argument("--augment", action="store_true", help="the paper's train augmentation")
+    g.add_argument("--augment", action="store_true", default=None, help="the paper's train augmentation")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -84,8 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
 
     p = sub.add_parser("eval", help="evaluate a trained adapter on a dataset's test split")
-    p.add_argument("run", help="run or adapter directory (with --api: an exported adapter)")
+    p.add_argument("run", nargs="?", help="run or adapter directory (with --api: an exported adapter)")
     p.add_argument("--api", default=None, help="evaluate through an inference API (pgn serve) at this URL")
+    p.add_argument("--method", default=None, choices=("zeroshot",),
+                   help="zeroshot: evaluate CLIP's zero-shot head on --backbone without any run")
     _add_data_args(p, default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bf16", action="store_true")
@@ -116,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=10.0)
     p.add_argument("--max-side", type=int, default=1024, help="largest accepted image side in pixels")
 
+    p = sub.add_parser("import-official", help="turn a checkpoint released with the paper into a pgn adapter")
+    p.add_argument("checkpoint", help="official .pt file (e.g. pgn_clip_cifar10.pt)")
+    p.add_argument("--backbone", required=True, help="the backbone it was trained for (clip-vit-b32, dino-vit-s16, vit-b32)")
+    p.add_argument("--weights", default=None)
+    p.add_argument("--dataset", required=True, help="its dataset (for class names and the zero-shot template)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--download", action="store_true")
+    p.add_argument("-o", "--out", required=True)
+
     p = sub.add_parser("info", help="summarise a backbone, an adapter or an official checkpoint")
     p.add_argument("--backbone", default=None)
     p.add_argument("--weights", default=None)
@@ -134,12 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------- helpers
 
-def _dataset(name: str, img_size: int, mean, std, augment: bool = False, root=None, train_limit=None,
-             test_limit=None, seed: int = 0):
+def _dataset(args, name: str, img_size: int, mean, std, augment: bool = False, train_limit=None, test_limit=None):
     from ..data import build_dataset
 
-    return build_dataset(name, img_size=img_size, mean=mean, std=std, augment=augment, root=root,
-                         train_limit=train_limit, test_limit=test_limit, seed=seed)
+    return build_dataset(name, img_size=img_size, mean=mean, std=std, augment=bool(augment), root=args.data_root,
+                         train_limit=train_limit, test_limit=test_limit, seed=getattr(args, "seed", 0),
+                         download=getattr(args, "download", False))
 
 
 def _check_size(img_size: int, patch: int) -> None:
@@ -151,6 +192,7 @@ def _train_config(args):
     from ..training import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
+                       backbone_lr=args.backbone_lr,
                        optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                        grad_clip=args.grad_clip or None, bf16=args.bf16, seed=args.seed, num_workers=args.workers,
                        progress=not args.no_progress)
@@ -162,37 +204,44 @@ def _print_params(model) -> None:
 
 # --------------------------------------------------------------------------- commands
 
-def cmd_train(args) -> int:
-    from ..adapter import AdapterConfig, build_classifier, read_adapter_config
-    from ..backbones import create_backbone
+def _new_adapter_config(args, backbone, data, img_size: int):
+    """The adapter a fresh run of ``args.method`` builds on ``backbone`` for ``data``."""
+    from ..adapter import AdapterConfig
     from ..prompts import GeneratorConfig
+
+    gen = None
+    if args.method == "pgn":
+        widths = tuple(int(w) for w in args.generator_widths.split(","))
+        gen = vars(GeneratorConfig(num_prompts=args.num_prompts, library_size=args.library_size,
+                                   arch=args.generator, widths=widths, input_size=args.generator_size,
+                                   mixing=args.mixing, library_space=args.library_space))
+    head = args.head or ("zeroshot" if args.method == "zeroshot" else "linear")
+    pre = backbone.preprocessing
+    return AdapterConfig(method=args.method, backbone=backbone.name, backbone_width=backbone.width,
+                         class_names=list(data.class_names), img_size=img_size, mean=pre.mean, std=pre.std,
+                         backbone_weights=args.weights, generator=gen,
+                         num_prompts=args.num_prompts if args.method in ("pgn", "iip") else 0, dataset=data.name,
+                         layout=args.layout, head=head, template=getattr(data, "template", None),
+                         vp_pad=args.vp_pad or max(1, round(30 * img_size / 224)))
+
+
+def cmd_train(args) -> int:
+    from ..adapter import build_classifier, read_adapter_config
+    from ..backbones import create_backbone
     from ..training import train
 
-    if args.resume:
-        if not args.out:
-            raise PGNError("--resume needs --out RUN_DIR naming the run to continue")
-        acfg = read_adapter_config(args.out)
-        img_size = acfg.img_size
-    else:
-        acfg = None
-        img_size = args.img_size or 112
-    backbone = create_backbone(args.backbone, args.weights)
+    if args.method == "zeroshot":
+        raise PGNError("zero-shot CLIP needs no training: run `pgn eval --method zeroshot --backbone clip-vit-b32 --dataset NAME`")
+    acfg = read_adapter_config(args.out) if args.resume and args.out else None
+    if args.resume and not args.out:
+        raise PGNError("--resume needs --out RUN_DIR naming the run to continue")
+    img_size = acfg.img_size if acfg else args.img_size
+    backbone = create_backbone(acfg.backbone if acfg else args.backbone, acfg.backbone_weights if acfg else args.weights)
     _check_size(img_size, backbone.patch_size)
     pre = backbone.preprocessing
-    data = _dataset(args.dataset, img_size, pre.mean, pre.std, args.augment, args.data_root,
-                    args.train_limit, args.test_limit, args.seed)
+    data = _dataset(args, args.dataset, img_size, pre.mean, pre.std, args.augment, args.train_limit, args.test_limit)
     if acfg is None:
-        gen = None
-        if args.method == "pgn":
-            widths = tuple(int(w) for w in args.generator_widths.split(","))
-            gen = vars(GeneratorConfig(num_prompts=args.num_prompts, library_size=args.library_size,
-                                       arch=args.generator, widths=widths, input_size=args.generator_size,
-                                       mixing=args.mixing, library_space=args.library_space))
-        acfg = AdapterConfig(method=args.method, backbone=backbone.name, backbone_width=backbone.width,
-                             class_names=list(data.class_names), img_size=img_size, mean=pre.mean, std=pre.std,
-                             backbone_weights=args.weights, generator=gen,
-                             num_prompts=args.num_prompts if args.method != "linear" else 0, dataset=data.name,
-                             layout=args.layout)
+        acfg = _new_adapter_config(args, backbone, data, img_size)
     elif acfg.class_names != list(data.class_names):
         raise PGNError(f"{args.out} was trained on {acfg.dataset}; resume it with --dataset {acfg.dataset}")
     model = build_classifier(acfg, backbone)
@@ -224,12 +273,17 @@ def cmd_eval(args) -> int:
 
     from ..training import evaluate
 
-    model, cfg = _load(args.run, args)
+    if args.method == "zeroshot":
+        model, cfg = _zero_shot_model(args)
+    elif not args.run:
+        raise PGNError("pass a run directory to evaluate, or --method zeroshot with a clip-* --backbone")
+    else:
+        model, cfg = _load(args.run, args)
     name = args.dataset or cfg.dataset
     if not name:
         raise PGNError(f"{args.run} does not record its dataset; pass --dataset")
     img_size = args.img_size or cfg.img_size
-    data = _dataset(name, img_size, cfg.mean, cfg.std, root=args.data_root, test_limit=args.test_limit)
+    data = _dataset(args, name, img_size, cfg.mean, cfg.std, test_limit=args.test_limit)
     if list(data.class_names) != list(cfg.class_names):
         raise PGNError(f"{name} has classes {data.class_names[:5]}..., but the adapter was trained on "
                        f"{cfg.dataset} with {len(cfg.class_names)} classes")
@@ -237,6 +291,20 @@ def cmd_eval(args) -> int:
     metrics = evaluate(model, loader, bf16=args.bf16)
     print(json.dumps({"run": args.run, "dataset": name, "method": cfg.method, **metrics}))
     return 0
+
+
+def _zero_shot_model(args):
+    from ..adapter import build_classifier
+    from ..backbones import create_backbone
+
+    if not args.dataset:
+        raise PGNError("zero-shot evaluation needs --dataset")
+    backbone = create_backbone(args.backbone or "clip-vit-b32", args.weights)
+    img_size = args.img_size or backbone.preprocessing.input_size
+    data = _dataset(args, args.dataset, img_size, backbone.preprocessing.mean, backbone.preprocessing.std)
+    args.method, args.head, args.layout, args.num_prompts, args.vp_pad = "zeroshot", "zeroshot", "append", 0, None
+    cfg = _new_adapter_config(args, backbone, data, img_size)
+    return build_classifier(cfg, backbone), cfg
 
 
 def _eval_api(args) -> int:
@@ -251,8 +319,7 @@ def _eval_api(args) -> int:
     name = args.dataset or cfg.get("dataset")
     if not name:
         raise PGNError(f"{args.run} does not record its dataset; pass --dataset")
-    data = _dataset(name, composer.img_size, composer.mean, composer.std, root=args.data_root,
-                    test_limit=args.test_limit)
+    data = _dataset(args, name, composer.img_size, composer.mean, composer.std, test_limit=args.test_limit)
     if list(data.class_names) != composer.class_names:
         raise PGNError(f"{name}'s classes differ from the adapter's ({cfg.get('dataset')})")
     correct = n = 0
@@ -353,6 +420,23 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_import_official(args) -> int:
+    from ..adapter import import_official, save_adapter
+    from ..backbones import create_backbone
+
+    backbone = create_backbone(args.backbone, args.weights)
+    pre = backbone.preprocessing
+    data = _dataset(args, args.dataset, pre.input_size, pre.mean, pre.std)
+    model, cfg = import_official(args.checkpoint, backbone, list(data.class_names), data.name,
+                                 getattr(data, "template", None), img_size=pre.input_size)
+    save_adapter(model, cfg, args.out)
+    print(f"imported {args.checkpoint} -> {args.out}: K={cfg.num_prompts}, N={cfg.generator['library_size']}, "
+          f"{model.num_trainable():,} trainable parameters, head {cfg.head}")
+    if not cfg.extra["head_trained"]:
+        print("note: the release has no classifier head for this backbone; the adapter's linear head is untrained")
+    return 0
+
+
 def cmd_info(args) -> int:
     from ..backbones import create_backbone
 
@@ -389,11 +473,14 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
-            "compose": cmd_compose, "serve": cmd_serve, "info": cmd_info, "demo": cmd_demo}
+            "compose": cmd_compose, "serve": cmd_serve, "import-official": cmd_import_official, "info": cmd_info,
+            "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "train":
+        resolve_defaults(args)
     try:
         return COMMANDS[args.command](args)
     except PGNError as e:

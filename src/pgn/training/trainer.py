@@ -33,6 +33,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 0.1                   # prompts (generator + library, or IIP vectors)
     head_lr: float | None = None      # linear head; defaults to ``lr``
+    backbone_lr: float | None = None  # full fine-tuning only; defaults to ``lr``
     optimizer: str = "sgd"            # "sgd" (momentum 0.9, paper) or "adamw"
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -62,9 +63,14 @@ def seed_everything(seed: int) -> None:
 
 
 def _optimizer(model: PromptedClassifier, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = [{"params": [p for p in model.head.parameters() if p.requires_grad], "lr": cfg.head_lr or cfg.lr}]
-    if model.prompts is not None:
-        groups.append({"params": [p for p in model.prompts.parameters() if p.requires_grad], "lr": cfg.lr})
+    lrs = {"head": cfg.head_lr or cfg.lr, "backbone": cfg.backbone_lr or cfg.lr}
+    groups = []
+    for name, module in model.trainable_modules().items():
+        params = [p for p in module.parameters() if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr": lrs.get(name, cfg.lr), "name": name})
+    if not groups:
+        raise PGNError("nothing to train: this method has no trainable parameters (zero-shot needs only `pgn eval`)")
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -107,7 +113,8 @@ def train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec,
     seed_everything(cfg.seed)
     model.to(cfg.device)
 
-    use_cache = model.prompts is None and not augment and cfg.cache_features
+    frozen_features = model.prompts is None and model.input_prompt is None and not model.finetune
+    use_cache = frozen_features and not augment and cfg.cache_features
     if use_cache:
         # Linear probe: the frozen features never change, so compute them once.
         train_set = _extract_features(model, _loader(data.train, cfg, False), cfg, "features train")

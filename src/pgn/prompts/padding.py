@@ -1,0 +1,38 @@
+"""VP baseline (Bahng et al. 2022): a learned pixel frame added around the image."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import PGNError
+
+
+class PaddingPrompt(nn.Module):
+    """A learnable border of ``pad`` pixels added to (normalised) images; the centre is untouched.
+
+    At 224 px with ``pad=30`` this has 2*3*30*224 + 2*3*30*164 = 69,840 parameters, as in the
+    paper's VP baseline. ``forward``: (B, 3, S, S) -> (B, 3, S, S).
+    """
+
+    def __init__(self, image_size: int, pad: int = 30):
+        super().__init__()
+        if not 0 < 2 * pad < image_size:
+            raise PGNError(f"VP padding {pad} does not fit a {image_size} px image; choose 0 < pad < {image_size // 2}")
+        self.image_size, self.pad = image_size, pad
+        inner = image_size - 2 * pad
+        self.top = nn.Parameter(torch.zeros(1, 3, pad, image_size))
+        self.bottom = nn.Parameter(torch.zeros(1, 3, pad, image_size))
+        self.left = nn.Parameter(torch.zeros(1, 3, inner, pad))
+        self.right = nn.Parameter(torch.zeros(1, 3, inner, pad))
+
+    def frame(self) -> torch.Tensor:
+        """(1, 3, S, S) additive prompt, zero in the centre."""
+        inner = self.image_size - 2 * self.pad
+        centre = torch.zeros(1, 3, inner, inner, device=self.top.device, dtype=self.top.dtype)
+        middle = torch.cat([self.left, centre, self.right], dim=3)
+        return torch.cat([self.top, middle, self.bottom], dim=2)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            raise PGNError(f"VP was built for {self.image_size} px images, got {tuple(images.shape[-2:])}")
+        return images + self.frame().to(images.dtype)
