@@ -2,34 +2,38 @@
 
 Names:
   ``dinov2-s14-imgfocus``  the embedded default (installs offline; see :mod:`.imgfocus`)
+  ``clip-vit-b32``         OpenAI CLIP ViT-B/32 image tower via open_clip (``ViT-B-32-quickgelu``, ``openai``);
+  ``clip-vit-b16``         ... ViT-B/16 and ViT-L/14 likewise. Frozen text tower kept for
+  ``clip-vit-l14``         ``backbone.zero_shot_head(class_names, template)`` (see :mod:`.openclip`)
+  ``vit-b32``              torchvision's supervised ``vit_b_32`` (``IMAGENET1K_V1``; see :mod:`.torchvision_vit`)
+  ``dino-vit-s16``         DINO ViT-S/16, timm ``vit_small_patch16_224.dino``
   ``timm:<model>``         any timm ViT, e.g. ``timm:vit_small_patch16_224.dino``; weights from the
                            Hugging Face hub, or from ``weights=PATH`` (a local .safetensors/.pth file)
 """
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 from ..errors import PGNError
+from . import hub
 from .base import FrozenBackbone, Preprocessing
+from .openclip import OpenCLIPViT, create_openclip  # open_clip itself is imported only when a CLIP model is built
 from .timm_vit import TimmViT
+from .torchvision_vit import TorchvisionViT, create_torchvision  # likewise torchvision
 
 DEFAULT_BACKBONE = "dinov2-s14-imgfocus"
-BACKBONES = (DEFAULT_BACKBONE, "timm:<model name>")
+CLIP_BACKBONES = ("clip-vit-b32", "clip-vit-b16", "clip-vit-l14")
+TORCHVISION_BACKBONES = ("vit-b32",)
+TIMM_ALIASES = {"dino-vit-s16": "vit_small_patch16_224.dino"}  # pgn name -> timm model (through the timm path)
+BACKBONES = (DEFAULT_BACKBONE, *CLIP_BACKBONES, *TORCHVISION_BACKBONES, *TIMM_ALIASES, "timm:<model name>")
 
-__all__ = ["BACKBONES", "DEFAULT_BACKBONE", "FrozenBackbone", "Preprocessing", "TimmViT", "create_backbone"]
+__all__ = ["BACKBONES", "DEFAULT_BACKBONE", "FrozenBackbone", "OpenCLIPViT", "Preprocessing", "TimmViT",
+           "TorchvisionViT", "create_backbone"]
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     """A quick probe so an offline machine fails in milliseconds, not after a long HTTP timeout."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    return hub.reachable(host, timeout=timeout)
 
 
 def _hub_cached_file(pretrained_cfg) -> str | None:
@@ -81,6 +85,14 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None) ->
         if weights is not None:
             raise PGNError(f"{DEFAULT_BACKBONE} brings its own weights; drop --weights or use timm:vit_small_patch14_dinov2")
         return TimmViT(imgfocus.create(), name=name, description=imgfocus.DESCRIPTION)
+    if name in CLIP_BACKBONES:
+        return create_openclip(name, weights)
+    if name in TORCHVISION_BACKBONES:
+        return create_torchvision(name, weights)
+    if name in TIMM_ALIASES:
+        model_name = TIMM_ALIASES[name]
+        vit = _create_timm(model_name, weights)
+        return TimmViT(vit, name=name, description=f"timm {model_name}" + (f" with weights {weights}" if weights else ""))
     if name.startswith("timm:"):
         model_name = name[len("timm:"):]
         vit = _create_timm(model_name, weights)

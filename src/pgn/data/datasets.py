@@ -1,34 +1,44 @@
-"""Image-classification datasets for adapting a frozen ViT.
+"""Image-classification datasets for adapting a frozen ViT: the :func:`build_dataset` entry point.
 
-Every dataset is built in two layers:
+Every dataset is built in two layers (see :mod:`pgn.data.base`):
 
 * a *base* dataset yielding ``(PIL image, label)`` for the whole pool of images
-  (in-memory uint8 arrays, or an ImageFolder on disk), and
+  (in-memory uint8 arrays, image files listed by a split file, or an ImageFolder), and
 * :class:`Split`, a subset of a base (list of indices) that applies a transform and
   yields ``(tensor (3, S, S) float normalised, label int)``.
 
 So train/test splits and ``*_limit`` subsets are just index arrays: the raw images are
-kept once in memory, never copied per split.
+kept once in memory, never copied per split. This module holds the small built-in
+datasets; the paper's 12 benchmarks live in :mod:`pgn.data.paper`.
 """
 from __future__ import annotations
 
 import functools
 import gzip
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
 
+from pgn.data import paper
+from pgn.data.base import (  # noqa: F401  (re-exported: the public names used to live here)
+    SPLIT_SEED,
+    TEST_FRACTION,
+    ArrayImages,
+    DataSpec,
+    FileImages,
+    Split,
+    _split_indices,
+    _stratified_pick,
+    load_image,
+)
+from pgn.data.coop import json_dataset
+from pgn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from pgn.errors import PGNError
 from pgn.paths import pgn_home
-from pgn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
-DATASETS = ("elpv", "elpv4", "fashion-mnist", "digits", "folder:PATH")
+DATASETS = ("elpv", "elpv4", "fashion-mnist", "digits", "folder:PATH", *paper.PAPER_DATASETS, "json:PATH")
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
@@ -37,116 +47,6 @@ FASHION_MNIST_CLASSES = [
 ]
 ELPV_CLASSES = ["functional", "defective"]
 ELPV4_CLASSES = ["0%", "33%", "67%", "100%"]
-
-# Train/test splits of datasets without an official one always use this seed, so the
-# test set never changes between runs; ``seed`` only picks the *_limit subsets.
-SPLIT_SEED = 0
-TEST_FRACTION = 0.25
-
-
-@dataclass
-class DataSpec:
-    """Everything a run needs to know about a dataset."""
-
-    name: str  # canonical name, e.g. "elpv", "fashion-mnist", "folder:/abs/path"
-    class_names: list[str]
-    train: Dataset  # yields (image tensor (3, S, S) float normalised, label int)
-    test: Dataset
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-
-# --------------------------------------------------------------------------- images
-
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Read an image file as RGB; a missing, corrupt or unsupported file raises PGNError."""
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode now, so a truncated file fails here and not later
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise PGNError(f"image file {path} does not exist; check the path") from None
-    except UnidentifiedImageError:
-        raise PGNError(f"cannot read image {path}: not a supported image format; remove or replace it") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        # Truncated/corrupt data; PIL's message says what broke (one line).
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PGNError(f"cannot read image {path} ({reason}); remove or replace the file") from None
-
-
-# --------------------------------------------------------------------------- datasets
-
-class ArrayImages(Dataset):
-    """In-memory uint8 images (N, H, W) or (N, H, W, 3) -> (PIL image, label int)."""
-
-    def __init__(self, images: np.ndarray, targets: Sequence[int]):
-        if len(images) != len(targets):
-            raise ValueError(f"{len(images)} images but {len(targets)} labels")
-        self.images = images
-        self.targets = np.asarray(targets, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
-        return Image.fromarray(self.images[i]), int(self.targets[i])
-
-
-class Split(Dataset):
-    """Items ``indices`` of a base dataset of (PIL image, label), passed through ``transform``.
-
-    Yields (tensor (3, S, S) float, label int). ``targets`` holds the labels (int64 array).
-    """
-
-    def __init__(self, base: Dataset, indices: Sequence[int], transform: Callable):
-        self.base = base
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.transform = transform
-        self.targets = np.asarray(base.targets, dtype=np.int64)[self.indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img, label = self.base[int(self.indices[i])]
-        return self.transform(img), int(label)
-
-    def subset(self, n: int, seed: int) -> "Split":
-        """A deterministic, stratified subset of ``n`` items (all items if n >= len)."""
-        if n >= len(self):
-            return self
-        keep = _stratified_pick(self.targets, n, seed)
-        return Split(self.base, self.indices[keep], self.transform)
-
-
-def _stratified_pick(targets: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Sorted positions of ``n`` of ``targets``, class proportions kept where possible."""
-    from sklearn.model_selection import train_test_split
-
-    pos = np.arange(len(targets))
-    try:
-        keep, _ = train_test_split(pos, train_size=n, stratify=targets, random_state=seed)
-    except ValueError:
-        # Too few items per class (or n < number of classes) to stratify: plain random pick.
-        keep = np.random.default_rng(seed).permutation(len(targets))[:n]
-    return np.sort(keep)
-
-
-def _split_indices(targets: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic stratified 75/25 split of positions 0..N-1 -> (train, test), sorted."""
-    from sklearn.model_selection import train_test_split
-
-    pos = np.arange(len(targets))
-    if len(pos) < 2:
-        raise PGNError(f"{where} has {len(pos)} image(s); need at least 2 to split into train and test")
-    try:
-        tr, te = train_test_split(pos, test_size=TEST_FRACTION, stratify=targets, random_state=SPLIT_SEED)
-    except ValueError:
-        # A class with a single image cannot be stratified; fall back to an unstratified split.
-        tr, te = train_test_split(pos, test_size=TEST_FRACTION, random_state=SPLIT_SEED)
-    return np.sort(tr), np.sort(te)
 
 
 # --------------------------------------------------------------------------- fashion-mnist
@@ -316,18 +216,23 @@ def build_dataset(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     augment: bool = False,
-    root: str | None = None,
+    root: str | os.PathLike | None = None,
     train_limit: int | None = None,
     test_limit: int | None = None,
     seed: int = 0,
+    download: bool = False,
 ) -> DataSpec:
     """Build train and test datasets yielding (tensor (3, img_size, img_size), label int).
 
-    ``name`` is one of :data:`DATASETS` (``folder:PATH`` for an ImageFolder directory).
-    ``root`` overrides where fashion-mnist's idx files live. ``augment`` applies the
-    training augmentation to the train split only. ``train_limit``/``test_limit`` keep a
-    stratified subset of that many items, chosen by ``seed`` (the train/test split
-    itself is fixed, so the test set does not depend on ``seed``).
+    ``name`` is one of :data:`DATASETS` (``folder:PATH`` for an ImageFolder directory,
+    ``json:PATH`` for a CoOp-style split file). ``root`` is the data root of the paper's
+    datasets (default ``$PGN_DATA``, else ``~/.cache/pgn/data``; see
+    :mod:`pgn.data.paper`) and the folder of fashion-mnist's idx files. ``download``
+    lets torchvision fetch cifar10/cifar100/svhn into the data root when missing.
+    ``augment`` applies the training augmentation to the train split only.
+    ``train_limit``/``test_limit`` keep a stratified subset of that many items, chosen
+    by ``seed`` (the train/test split itself is fixed, so the test set does not depend
+    on ``seed``).
     """
     if not isinstance(img_size, int) or img_size < 1:
         raise PGNError(f"image size must be a positive integer, got {img_size!r}")
@@ -340,6 +245,11 @@ def build_dataset(
     raw = name.strip()
     if raw.lower().startswith("folder:"):
         spec = _folder(raw[len("folder:"):], train_tf, test_tf)
+    elif raw.lower().startswith("json:"):
+        spec = json_dataset(raw[len("json:"):], train_tf, test_tf)
+    elif paper.paper_name(raw) is not None:
+        spec = paper.build_paper_dataset(paper.paper_name(raw), root=root, download=download,
+                                         train_tf=train_tf, test_tf=test_tf)
     else:
         key = raw.lower().replace("_", "-")
         if key in ("fashion-mnist", "fashionmnist"):
