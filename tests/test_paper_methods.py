@@ -1,0 +1,96 @@
+"""Every method on random-init models of the paper's architectures; official checkpoints round-trip."""
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from torchvision.models import vit_b_32
+
+from pgn.adapter import AdapterConfig, build_classifier, import_official, load_adapter, save_adapter
+from pgn.backbones import OpenCLIPViT, TorchvisionViT
+from pgn.prompts import GeneratorConfig
+
+OFFICIAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "official_pgn"
+CLASSES = ["airplane", "automobile", "bird"]
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    return OpenCLIPViT(open_clip.create_model("ViT-B-32-quickgelu", pretrained=None), name="clip-vit-b32")
+
+
+@pytest.fixture(scope="module")
+def tv():
+    torch.manual_seed(0)
+    model = vit_b_32(weights=None)
+    model.heads = torch.nn.Identity()
+    return TorchvisionViT(model, name="vit-b32")
+
+
+def config(method, backbone, head="linear"):
+    gen = vars(GeneratorConfig(num_prompts=4, library_size=8, input_size=64)) if method == "pgn" else None
+    return AdapterConfig(method=method, backbone=backbone.name, backbone_width=backbone.width, class_names=CLASSES,
+                         img_size=224, mean=backbone.preprocessing.mean, std=backbone.preprocessing.std, generator=gen,
+                         num_prompts=4 if method in ("pgn", "iip") else 0, head=head)
+
+
+@pytest.mark.parametrize("method", ["pgn", "iip", "vp", "linear", "zeroshot"])
+def test_clip_methods_gradients(clip, method):
+    head = "zeroshot" if method in ("zeroshot", "pgn", "iip", "vp") else "linear"
+    model = build_classifier(config(method, clip, head), clip)
+    logits = model(torch.randn(2, 3, 224, 224))
+    assert logits.shape == (2, 3)
+    if method == "zeroshot":
+        assert model.num_trainable() == 0 and not logits.requires_grad
+        return
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
+    assert all(p.grad is None for p in clip.parameters())
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None for p in trained)
+    if head == "zeroshot":  # the CLIP head is the frozen text tower: nothing of it trains
+        assert sum(p.numel() for p in model.head.parameters()) == 0
+
+
+@pytest.mark.parametrize("method", ["pgn", "iip", "vp", "linear"])
+def test_torchvision_methods_gradients(tv, method):
+    model = build_classifier(config(method, tv), tv)
+    torch.nn.init.normal_(model.head.fc.weight, std=0.1)
+    torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 224, 224)), torch.tensor([0, 1])).backward()
+    assert all(p.grad is None for p in tv.parameters())
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_paper_parameter_counts(clip, tv):
+    # CLIP: K 16, N 256 -> the released 1,032,304; VP at 224 px, pad 30 -> 69,840.
+    gen = vars(GeneratorConfig(num_prompts=16, library_size=256, input_size=224))
+    cfg = AdapterConfig(method="pgn", backbone=clip.name, backbone_width=768, class_names=CLASSES, img_size=224,
+                        generator=gen, num_prompts=16, head="zeroshot")
+    assert build_classifier(cfg, clip).num_trainable() == 1_032_304
+    vp = AdapterConfig(method="vp", backbone=clip.name, backbone_width=768, class_names=CLASSES, img_size=224,
+                       head="zeroshot")
+    assert build_classifier(vp, clip).num_trainable() == 69_840
+
+
+def test_official_clip_checkpoint_imports_and_round_trips(clip, tmp_path):
+    model, cfg = import_official(OFFICIAL / "pgn_clip_cifar10.pt", clip, CLASSES, "cifar10",
+                                 "This is a photo of a {}.")
+    raw = torch.load(OFFICIAL / "pgn_clip_cifar10.pt", map_location="cpu", weights_only=True)
+    assert torch.equal(model.prompts.library.tokens, raw["tl_vectors"])
+    assert model.num_trainable() == 1_032_304 and cfg.head == "zeroshot" and cfg.extra["head_trained"]
+    save_adapter(model, cfg, tmp_path / "a")
+    loaded, cfg2 = load_adapter(tmp_path / "a", backbone=clip)
+    x = torch.randn(2, 3, 224, 224)
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert cfg2 == cfg
+
+
+def test_official_checkpoint_for_another_width(tv):
+    from pgn import PGNError
+
+    with pytest.raises(PGNError, match="width 384"):
+        import_official(OFFICIAL / "pgn_dino_cifar100.pt", tv, CLASSES)
+    model, cfg = import_official(OFFICIAL / "pgn_vit_sun397.pt", tv, CLASSES)
+    assert not cfg.extra["head_trained"] and model.prompts(torch.randn(1, 3, 224, 224)).shape == (1, 16, 768)
