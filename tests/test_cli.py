@@ -69,6 +69,25 @@ def test_eval_predict_info(digits_run, tmp_path):
     assert '"trainable_parameters"' in r.stdout
 
 
+def test_analyze(digits_run, tmp_path):
+    r = pgn("analyze", digits_run, "-o", tmp_path, "--max-images", 40)
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "analysis.json").read_text())
+    dep = result["input_dependence"]
+    assert dep["total"] > 0 and dep["within_class"] > 0  # a PGN's prompts depend on the input
+    assert {"curves.png", "token_usage.png", "prompt_patches.png"} <= {p.name for p in tmp_path.iterdir()}
+    assert "inversion_residual_max" in result  # latent library: patches come from inversion
+
+
+def test_input_dependence_is_zero_for_identical_prompts():
+    import torch
+
+    from pgn.analysis import input_dependence
+
+    same = torch.ones(6, 2, 4)
+    assert input_dependence(same, torch.tensor([0, 0, 1, 1, 2, 2]))["total"] == 0
+
+
 def test_resume_from_cli(digits_run, tiny_weights):
     r = pgn("train", "--backbone", "timm:test_vit", "--weights", tiny_weights, "--dataset", "digits",
             "--epochs", 2, "--train-limit", 64, "--test-limit", 32, "--out", digits_run, "--resume", "--no-progress")

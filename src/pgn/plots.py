@@ -23,8 +23,8 @@ def plot_prompt_mixtures(images: torch.Tensor, coefficients: torch.Tensor, title
                          mean, std, path: str | Path) -> Path:
     """Each image beside its (K, N) mixture coefficients over the token library as a heat map."""
     n = images.shape[0]
-    fig, axes = plt.subplots(n, 2, figsize=(11, 1.9 * n + 0.6), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 5]})
+    fig, axes = plt.subplots(n, 2, figsize=(11, 2.2 * n + 0.6), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 5], "hspace": 0.55})
     rgb = denormalize(images, mean, std)
     vmax = float(coefficients.max())
     for i in range(n):
@@ -61,3 +61,48 @@ def _save(fig, path) -> Path:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
+
+
+def plot_class_token_usage(usage: torch.Tensor, class_names: list[str], path: str | Path, title: str = "") -> Path:
+    """(C, N) mean mixture coefficient of each library token per class, as a heat map."""
+    fig, ax = plt.subplots(figsize=(11, 0.35 * len(class_names) + 1.6))
+    im = ax.imshow(usage.cpu().float(), aspect="auto", cmap="magma")
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
+    ax.set_xlabel("library token n")
+    fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01, label="mean coefficient")
+    ax.set_title(title or "library tokens used per class (mean over images and prompt slots)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_prompt_patches(images: torch.Tensor, patches: torch.Tensor, titles: list[str], mean, std,
+                        path: str | Path) -> Path:
+    """Each image beside its K prompt patches (B, K, 3, P, P), enlarged, in RGB."""
+    n, k = patches.shape[:2]
+    fig, axes = plt.subplots(n, k + 1, figsize=(1.1 * (k + 1), 1.25 * n + 0.4), squeeze=False)
+    rgb = denormalize(images, mean, std)
+    prgb = denormalize(patches.flatten(0, 1), mean, std).reshape(n, k, *patches.shape[-2:], 3)
+    for i in range(n):
+        axes[i, 0].imshow(rgb[i])
+        axes[i, 0].set_title(titles[i], fontsize=6)
+        for j in range(k):
+            axes[i, j + 1].imshow(prgb[i, j], interpolation="nearest")
+        for a in axes[i]:
+            a.axis("off")
+    fig.suptitle("prompt patches (what the model sees in the input), enlarged", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_canvases(originals: torch.Tensor, canvases: torch.Tensor, titles: list[str], mean, std,
+                  path: str | Path) -> Path:
+    """Original images beside the prompted canvases an unmodified model receives."""
+    n = originals.shape[0]
+    fig, axes = plt.subplots(2, n, figsize=(1.8 * n, 4.0), squeeze=False)
+    a, b = denormalize(originals, mean, std), denormalize(canvases, mean, std)
+    for i in range(n):
+        axes[0, i].imshow(a[i])
+        axes[0, i].set_title(titles[i], fontsize=7)
+        axes[1, i].imshow(b[i], interpolation="nearest")
+        axes[0, i].axis("off"), axes[1, i].axis("off")
+    axes[0, 0].text(-0.1, 0.5, "input", transform=axes[0, 0].transAxes, rotation=90, va="center", ha="right")
+    axes[1, 0].text(-0.1, 0.5, "canvas", transform=axes[1, 0].transAxes, rotation=90, va="center", ha="right")
+    return _save(fig, path)

@@ -157,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true")
     p.add_argument("-o", "--out", required=True)
 
+    p = sub.add_parser("analyze", help="pictures of a run: curves, token usage per class, input dependence, prompt patches")
+    p.add_argument("run")
+    p.add_argument("-o", "--out", default=None, help="output directory (default: the run directory)")
+    p.add_argument("--max-images", type=int, default=1000, help="test images to analyse")
+
     p = sub.add_parser("info", help="summarise a backbone, an adapter or an official checkpoint")
     p.add_argument("--backbone", default=None)
     p.add_argument("--weights", default=None)
@@ -437,6 +442,14 @@ def cmd_import_official(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from ..analysis import analyze_run
+
+    result = analyze_run(args.run, args.out, max_images=args.max_images)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_info(args) -> int:
     from ..backbones import create_backbone
 
@@ -473,7 +486,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
-            "compose": cmd_compose, "serve": cmd_serve, "import-official": cmd_import_official, "info": cmd_info,
+            "compose": cmd_compose, "serve": cmd_serve, "import-official": cmd_import_official, "analyze": cmd_analyze, "info": cmd_info,
             "demo": cmd_demo}
 
 

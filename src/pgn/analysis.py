@@ -1,0 +1,87 @@
+"""Pictures and numbers that explain a trained PGN: curves, token usage, input dependence, prompt patches."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .adapter import load_adapter
+from .data import build_dataset
+from .files import write_json
+from .layouts import PatchInverter
+from .plots import plot_canvases, plot_class_token_usage, plot_prompt_patches, plot_training_curves
+from .training import read_metrics
+
+
+def input_dependence(prompts: torch.Tensor, labels: torch.Tensor) -> dict:
+    """How much prompts vary with the input: (n, K, D) prompts, (n,) labels.
+
+    ``within``: mean distance of an image's prompts to its class centroid; ``between``: mean
+    distance of class centroids to the global centroid; ``total``: mean distance to the global
+    centroid. IIP prompts give 0 for all three.
+    """
+    flat = prompts.flatten(1).double()
+    centre = flat.mean(0)
+    cents = {int(c): flat[labels == c].mean(0) for c in labels.unique()}
+    within = torch.stack([(flat[i] - cents[int(labels[i])]).norm() for i in range(len(flat))]).mean()
+    between = torch.stack([(c - centre).norm() for c in cents.values()]).mean()
+    return {"within_class": float(within), "between_class": float(between),
+            "total": float((flat - centre).norm(dim=1).mean())}
+
+
+@torch.inference_mode()
+def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, max_images: int = 1000,
+                n_pictures: int = 6, data=None) -> dict:
+    """Write ``curves.png``, ``token_usage.png``, ``prompt_patches.png`` (and ``canvases.png`` for
+    input-space layouts) and ``analysis.json`` into ``out_dir`` (default: the run directory)."""
+    run_dir = Path(run_dir)
+    out = Path(out_dir or run_dir)
+    model, cfg = load_adapter(run_dir)
+    model.eval()
+    result: dict = {"run": str(run_dir), "method": cfg.method, "layout": cfg.layout}
+    rows = read_metrics(run_dir)
+    if rows:
+        plot_training_curves(rows, out / "curves.png", title=f"{cfg.method} on {cfg.dataset}")
+        result["curves"] = str(out / "curves.png")
+        result["final"] = rows[-1]
+    if cfg.method != "pgn":
+        write_json(out / "analysis.json", result)
+        return result
+    if data is None:
+        data = build_dataset(cfg.dataset, img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, test_limit=max_images)
+    test = data.test
+    loader = torch.utils.data.DataLoader(test, batch_size=64)
+    coeffs, prompts, labels = [], [], []
+    for x, y in loader:
+        c = model.prompts.coefficients(x)
+        coeffs.append(c)
+        prompts.append(model.prompts.library(c))
+        labels.append(y)
+    coeffs, prompts, labels = torch.cat(coeffs), torch.cat(prompts), torch.cat(labels)
+    usage = torch.stack([coeffs[labels == c].mean(dim=(0, 1)) if (labels == c).any()
+                         else torch.zeros(coeffs.shape[-1]) for c in range(len(cfg.class_names))])
+    plot_class_token_usage(usage, cfg.class_names, out / "token_usage.png", title=f"library tokens per class ({cfg.dataset})")
+    result["input_dependence"] = input_dependence(prompts, labels)
+    result["tokens_used"] = int((usage.max(0).values > 1.0 / coeffs.shape[-1]).sum())  # above uniform weight for some class
+    result["library_size"] = int(coeffs.shape[-1])
+
+    # A few images (classes alternating) and their prompt patches as the model would see them.
+    picks = []
+    for c in range(len(cfg.class_names)):
+        picks += (labels == c).nonzero().flatten()[: max(1, n_pictures // len(cfg.class_names))].tolist()
+    picks = picks[:n_pictures]
+    x = torch.stack([test[i][0] for i in picks])
+    c = model.prompts.coefficients(x)
+    if cfg.generator.get("library_space") == "pixel":
+        patches = model.prompts.library.patches(c)
+    else:
+        bb = model.backbone
+        inv = PatchInverter(bb.patch_embed_weight(), bb.patch_embed_bias(), cfg.mean, cfg.std)(model.prompts.library(c))
+        patches = inv.patches.float()
+        result["inversion_residual_max"] = float(inv.residual.max())
+    titles = [cfg.class_names[int(labels[i])] for i in picks]
+    plot_prompt_patches(x, patches, titles, cfg.mean, cfg.std, out / "prompt_patches.png")
+    if cfg.layout != "append":
+        plot_canvases(x, model.layout.compose(x, patches), titles, cfg.mean, cfg.std, out / "canvases.png")
+    write_json(out / "analysis.json", result)
+    return result
