@@ -84,6 +84,10 @@ def build_classifier(cfg: AdapterConfig, backbone: FrozenBackbone) -> PromptedCl
 
 def build_head(cfg: AdapterConfig, backbone: FrozenBackbone):
     """A trained linear head, or CLIP's zero-shot head from its frozen text tower."""
+    if cfg.extra.get("datasets"):  # one PGN over several datasets: a head per dataset (pgn.multi)
+        from .multi import MultiDatasetHead
+
+        return MultiDatasetHead(backbone.feature_dim, cfg.extra["datasets"])
     if cfg.head == "linear":
         return LinearHead(backbone.feature_dim, len(cfg.class_names))
     if not hasattr(backbone, "zero_shot_head"):

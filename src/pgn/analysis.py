@@ -29,6 +29,22 @@ def input_dependence(prompts: torch.Tensor, labels: torch.Tensor) -> dict:
             "total": float((flat - centre).norm(dim=1).mean())}
 
 
+def dataset_token_sharing(coeffs: torch.Tensor, labels: torch.Tensor, parts: list[dict], path: Path) -> dict:
+    """Which library tokens each dataset uses, and how much two datasets' usage overlaps.
+
+    Usage of dataset d = its mean softmax coefficients (a distribution over the N tokens);
+    overlap of d and e = histogram intersection sum_n min(u_d[n], u_e[n]) in [0, 1].
+    """
+    owner = torch.cat([torch.full((len(p["classes"]),), i) for i, p in enumerate(parts)])[labels]
+    usage = torch.stack([coeffs[owner == i].mean(dim=(0, 1)) for i in range(len(parts))])
+    plot_class_token_usage(usage, [p["name"] for p in parts], path, title="library tokens per dataset")
+    names = [p["name"] for p in parts]
+    overlap = {f"{names[a]}~{names[b]}": float(torch.minimum(usage[a], usage[b]).sum())
+               for a in range(len(parts)) for b in range(a + 1, len(parts))}
+    top = {names[i]: usage[i].topk(8).indices.tolist() for i in range(len(parts))}
+    return {"overlap": overlap, "top_tokens": top, "picture": str(path)}
+
+
 @torch.inference_mode()
 def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, max_images: int = 1000,
                 n_pictures: int = 6, data=None) -> dict:
@@ -47,7 +63,13 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, max_imag
     if cfg.method != "pgn":
         write_json(out / "analysis.json", result)
         return result
-    if data is None:
+    parts = cfg.extra.get("datasets")
+    if data is None and parts:
+        from .multi import combine
+
+        data, _ = combine([build_dataset(p["name"], img_size=cfg.img_size, mean=cfg.mean, std=cfg.std,
+                                         test_limit=max(1, max_images // len(parts))) for p in parts])
+    elif data is None:
         data = build_dataset(cfg.dataset, img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, test_limit=max_images)
     test = data.test
     loader = torch.utils.data.DataLoader(test, batch_size=64)
@@ -62,6 +84,8 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, max_imag
                          else torch.zeros(coeffs.shape[-1]) for c in range(len(cfg.class_names))])
     plot_class_token_usage(usage, cfg.class_names, out / "token_usage.png", title=f"library tokens per class ({cfg.dataset})")
     result["input_dependence"] = input_dependence(prompts, labels)
+    if parts:
+        result["datasets"] = dataset_token_sharing(coeffs, labels, parts, out / "dataset_tokens.png")
     result["tokens_used"] = int((usage.max(0).values > 1.0 / coeffs.shape[-1]).sum())  # above uniform weight for some class
     result["library_size"] = int(coeffs.shape[-1])
 

@@ -28,7 +28,7 @@ class PromptedClassifier(nn.Module):
         self.layout = layout if layout is not None else AppendLayout()  # where prompts sit (pgn.layouts)
         self.finetune = finetune
         if finetune:
-            for p in backbone.parameters():
+            for p in backbone.finetune_parameters():
                 p.requires_grad_(True)
 
     def trainable_modules(self) -> nn.ModuleDict:

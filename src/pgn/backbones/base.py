@@ -51,6 +51,10 @@ class FrozenBackbone(nn.Module):
         # A frozen backbone keeps dropout/BN statistics fixed whatever the parent does.
         return super().train(False)
 
+    def finetune_parameters(self):
+        """The parameters full fine-tuning trains (the image tower; CLIP keeps its text tower frozen)."""
+        return self.parameters()
+
     @property
     def num_prefix_tokens(self) -> int:
         """Tokens before the patch tokens (CLS, registers)."""

@@ -103,6 +103,9 @@ class OpenCLIPViT(FrozenBackbone):
         return self.clip.visual
 
     # --- patch embedding as a linear map ---
+    def finetune_parameters(self):
+        return self.visual.parameters()  # the text tower stays frozen: it only builds the zero-shot head
+
     def patch_embed_weight(self) -> torch.Tensor:
         return self.visual.conv1.weight
 

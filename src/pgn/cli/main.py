@@ -244,9 +244,19 @@ def cmd_train(args) -> int:
     backbone = create_backbone(acfg.backbone if acfg else args.backbone, acfg.backbone_weights if acfg else args.weights)
     _check_size(img_size, backbone.patch_size)
     pre = backbone.preprocessing
-    data = _dataset(args, args.dataset, img_size, pre.mean, pre.std, args.augment, args.train_limit, args.test_limit)
+    names = acfg.dataset.split(",") if acfg else args.dataset.split(",")
+    parts = None
+    if len(names) > 1:  # one PGN over several datasets, a head per dataset
+        from ..multi import combine
+
+        data, parts = combine([_dataset(args, n, img_size, pre.mean, pre.std, args.augment, args.train_limit,
+                                        args.test_limit) for n in names])
+    else:
+        data = _dataset(args, names[0], img_size, pre.mean, pre.std, args.augment, args.train_limit, args.test_limit)
     if acfg is None:
         acfg = _new_adapter_config(args, backbone, data, img_size)
+        if parts:
+            acfg.extra["datasets"] = parts
     elif acfg.class_names != list(data.class_names):
         raise PGNError(f"{args.out} was trained on {acfg.dataset}; resume it with --dataset {acfg.dataset}")
     model = build_classifier(acfg, backbone)
@@ -288,6 +298,8 @@ def cmd_eval(args) -> int:
     if not name:
         raise PGNError(f"{args.run} does not record its dataset; pass --dataset")
     img_size = args.img_size or cfg.img_size
+    if cfg.extra.get("datasets"):
+        return _eval_multi(args, model, cfg, img_size)
     data = _dataset(args, name, img_size, cfg.mean, cfg.std, test_limit=args.test_limit)
     if list(data.class_names) != list(cfg.class_names):
         raise PGNError(f"{name} has classes {data.class_names[:5]}..., but the adapter was trained on "
@@ -295,6 +307,25 @@ def cmd_eval(args) -> int:
     loader = torch.utils.data.DataLoader(data.test, batch_size=args.batch_size)
     metrics = evaluate(model, loader, bf16=args.bf16)
     print(json.dumps({"run": args.run, "dataset": name, "method": cfg.method, **metrics}))
+    return 0
+
+
+def _eval_multi(args, model, cfg, img_size) -> int:
+    import torch
+
+    from ..training.evaluate import topk_correct
+
+    out = {"run": args.run, "method": cfg.method, "datasets": {}}
+    for i, part in enumerate(cfg.extra["datasets"]):
+        data = _dataset(args, part["name"], img_size, cfg.mean, cfg.std, test_limit=args.test_limit)
+        correct = n = 0
+        with torch.inference_mode():
+            for x, y in torch.utils.data.DataLoader(data.test, batch_size=args.batch_size):
+                logits = model.head.dataset_logits(model(x), i)
+                correct += topk_correct(logits, y, 1)
+                n += len(y)
+        out["datasets"][part["name"]] = {"top1": correct / max(n, 1), "n": n}
+    print(json.dumps(out))
     return 0
 
 
