@@ -65,7 +65,8 @@ def test_pixel_library_generator_deploys_exactly(layout_name):
     bb = vit(16, 64)
     gen = vars(GeneratorConfig(num_prompts=6, library_size=12, input_size=64, library_space="pixel"))
     cfg = AdapterConfig(method="pgn", backbone=bb.name, backbone_width=64, class_names=["a", "b", "c"],
-                        img_size=96, generator=gen, num_prompts=6, layout=layout_name, mean=MEAN, std=STD)
+                        img_size=96, generator=gen, num_prompts=6, layout=layout_name,
+                        mean=bb.preprocessing.mean, std=bb.preprocessing.std)
     model = build_classifier(cfg, bb).eval()
     torch.nn.init.normal_(model.head.fc.weight)
     images = torch.randn(4, 3, 96, 96)
@@ -75,7 +76,17 @@ def test_pixel_library_generator_deploys_exactly(layout_name):
         canvas = model.layout.compose(images, model.prompts.library.patches(coeffs))
         unmodified = bb.vit.forward_features(canvas)[:, 0]
     assert scale_close(unmodified, latent)
-    lo, hi = pixel_box(MEAN, STD, torch.float32)
+    # 8-bit exactness: the canvas of an 8-bit image is itself 8-bit (prompt patches are rounded in training too).
+    pre = bb.preprocessing  # the library normalises with the backbone's own mean/std
+    m, s = torch.tensor(pre.mean).view(3, 1, 1), torch.tensor(pre.std).view(3, 1, 1)
+    u8_images = ((torch.rand(4, 3, 96, 96) * 255).round() / 255 - m) / s
+    with torch.no_grad():
+        c8 = model.layout.compose(u8_images, model.prompts.library.patches(model.prompts.coefficients(u8_images)))
+        latent8 = model.features(u8_images)
+    rgb = c8 * s + m
+    assert (rgb * 255 - (rgb * 255).round()).abs().max() < 1e-3
+    assert scale_close(bb.vit.forward_features(((rgb * 255).round() / 255 - m) / s)[:, 0], latent8)
+    lo, hi = pixel_box(pre.mean, pre.std, torch.float32)
     patches = model.prompts.library.patches(coeffs)
     assert (patches >= lo.view(3, 1, 1) - 1e-6).all() and (patches <= hi.view(3, 1, 1) + 1e-6).all()
 

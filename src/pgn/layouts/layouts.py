@@ -48,6 +48,7 @@ class CanvasLayout:
         self.patch_size = patch_size
         mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.mean, self.std = mean_t, std_t
         # Unused prompt cells hold the representable uint8 colour nearest the mean, so a PNG canvas
         # reproduces them exactly; in normalised space that is almost, not exactly, zero.
         fill_rgb = torch.round(mean_t * 255) / 255
@@ -86,7 +87,11 @@ class CanvasLayout:
         size = (h * self.patch_size, w * self.patch_size)
         if tuple(images.shape[-2:]) == size:
             return images
-        return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+        small = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+        # Round the resized image to 8-bit RGB, so training sees exactly what a PNG canvas carries.
+        m, s = self.mean.to(small), self.std.to(small)
+        rgb = torch.round((small * s + m).clamp(0, 1) * 255) / 255
+        return (rgb - m) / s
 
     # --- the two views of one canvas ---
     def latent_tokens(self, backbone, images: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:

@@ -30,15 +30,21 @@ class PixelTokenLibrary(nn.Module):
     library patches embeds to the same mixture of their embeddings:
     ``W(sum_i a_i x_i) + b = sum_i a_i (W x_i + b)``. So training mixes N embeddings
     (computed through W once per step, not per image), and deployment pastes the mixed
-    patch into the image: exact, up to uint8 rounding.
+    patch into the image.
+
+    With ``quantize`` (default) the mixed patch is rounded to 8-bit RGB, as a PNG canvas
+    carries it, and the embedding of that rounding residual is added (no gradient: a
+    straight-through estimator). The latent model then computes exactly what the deployed
+    model receives; the residual costs one (B*K, 3P^2) x (3P^2, D) product per step.
 
     ``forward(coefficients)``: (B, K, N) -> (B, K, D) patch embeddings (no position).
     ``patches(coefficients)``: (B, K, N) -> (B, K, 3, P, P) normalised pixel patches.
     """
 
     def __init__(self, num_tokens: int, patch_size: int, weight: torch.Tensor, bias: torch.Tensor,
-                 mean, std, init_std: float = 1.0):
+                 mean, std, init_std: float = 1.0, quantize: bool = True):
         super().__init__()
+        self.quantize = quantize
         self.logits = nn.Parameter(torch.randn(num_tokens, 3, patch_size, patch_size) * init_std)
         # The frozen patch embedding, shared with the backbone (not saved with the adapter).
         self.register_buffer("weight", weight.detach(), persistent=False)  # (D, 3, P, P)
@@ -63,8 +69,24 @@ class PixelTokenLibrary(nn.Module):
         w = self.weight.float().flatten(1)  # (D, 3P^2)
         return self.normalized().flatten(1) @ w.T + self.bias.float()
 
+    def mixed_rgb(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """(B, K, N) -> (B, K, 3, P, P) mixed patches in [0, 1] (not rounded)."""
+        return torch.einsum("bkn,nchw->bkchw", coefficients.float(), self.rgb())
+
+    def _rounding_residual(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(..., 3, P, P) RGB -> normalised residual of rounding it to 8 bits (no gradient)."""
+        return ((torch.round(rgb * 255) / 255 - rgb) / self.std).detach()
+
     def forward(self, coefficients: torch.Tensor) -> torch.Tensor:
-        return coefficients.float() @ self.embeddings()
+        tokens = coefficients.float() @ self.embeddings()  # (B, K, D), through W once per step
+        if self.quantize:
+            residual = self._rounding_residual(self.mixed_rgb(coefficients))  # (B, K, 3, P, P)
+            tokens = tokens + residual.flatten(2) @ self.weight.float().flatten(1).T
+        return tokens
 
     def patches(self, coefficients: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bkn,nchw->bkchw", coefficients.float(), self.normalized())
+        """The normalised patches whose embeddings ``forward`` returns (8-bit exact with ``quantize``)."""
+        rgb = self.mixed_rgb(coefficients)
+        if self.quantize:
+            rgb = torch.round(rgb * 255) / 255
+        return (rgb - self.mean) / self.std
