@@ -85,11 +85,12 @@ def run_one(key: Path, method, backbone, data, img_size, lr, epochs, seed, bf16)
     model = build_classifier(acfg, backbone)
     t0 = time.perf_counter()
     row = train(model, acfg, data, train_config(method, lr, epochs, seed, bf16), run_dir, log=lambda *_: None)
+    trainable = model.num_trainable()  # before fine-tuning's unfreeze is undone below
     for p in backbone.parameters():  # full fine-tuning unfreezes the shared backbone: restore it
         p.requires_grad_(False)
     if method == "finetune":
         backbone.load_state_dict(ORIGINAL_BACKBONE)
-    result = {"top1": row["test_top1"], "trainable_parameters": model.num_trainable(),
+    result = {"top1": row["test_top1"], "trainable_parameters": trainable,
               "seconds": round(time.perf_counter() - t0, 1)}
     write_json(cached, result)
     return result

@@ -160,16 +160,18 @@ def write_markdown(path: Path, rows, meta) -> None:
         "the latent model's. `float`/`uint8` run the unmodified timm model on the composed canvas; `API` sends PNG "
         "canvases to `pgn serve` over HTTP on loopback.", "",
         "| layout | library | latent | float canvas | uint8 canvas | API | agree uint8 / API | max rel. feature error (float) "
-        "| extra tokens | canvas | ms/image latent | ms/image canvas |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| extra tokens | canvas |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         agree = f"{pct(r, 'agree_uint8')} / {pct(r, 'agree_api')}" if "agree_api" in r else "n/a"
         err = f"{r['max_rel_feature_error_float']:.1e}" if "max_rel_feature_error_float" in r else "n/a"
         canvas = "x".join(map(str, r.get("canvas_size", []))) or "112x112 + tokens"
         lines.append(f"| {r['layout']} | {r['library_space']} | {pct(r, 'acc_latent')} | {pct(r, 'acc_float')} | "
-                     f"{pct(r, 'acc_uint8')} | {pct(r, 'acc_api')} | {agree} | {err} | {r['extra_tokens']} | {canvas} | "
-                     f"{r['ms_per_image_latent']:.1f} | {r.get('ms_per_image_canvas', float('nan')):.1f} |")
+                     f"{pct(r, 'acc_uint8')} | {pct(r, 'acc_api')} | {agree} | {err} | {r['extra_tokens']} | {canvas} |")
+    lines += ["", "Inference speed per layout is measured on a quiet machine by `benchmarks/throughput.py` "
+                  "(docs/throughput.md); the ms/image in deployment.json were taken alongside training and are not "
+                  "comparable."]
     inv = [r for r in rows if r["library_space"] == "latent" and r["layout"] != "append"]
     for r in inv:
         lines += ["", f"Latent library deployed through inversion ({r['layout']}): max inversion residual "
@@ -180,4 +182,10 @@ def write_markdown(path: Path, rows, meta) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:2] == ["--markdown-only"]:  # re-render docs/deployment.md from docs/deployment.json
+        saved = json.loads(Path("docs/deployment.json").read_text())
+        write_markdown(Path("docs/deployment.md"), saved["rows"], saved["meta"])
+    else:
+        main()
