@@ -41,7 +41,7 @@ def dataset_token_sharing(coeffs: torch.Tensor, labels: torch.Tensor, parts: lis
     names = [p["name"] for p in parts]
     overlap = {f"{names[a]}~{names[b]}": float(torch.minimum(usage[a], usage[b]).sum())
                for a in range(len(parts)) for b in range(a + 1, len(parts))}
-    top = {names[i]: usage[i].topk(8).indices.tolist() for i in range(len(parts))}
+    top = {names[i]: usage[i].topk(min(8, usage.shape[1])).indices.tolist() for i in range(len(parts))}
     return {"overlap": overlap, "top_tokens": top, "picture": str(path)}
 
 

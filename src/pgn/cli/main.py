@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -83,6 +84,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-epochs", type=float, default=None, help="default 1; paper 50")
     g.add_argument("--grad-clip", type=float, default=None, help="max gradient norm; 0 disables (default 1; paper off)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK when available, else cpu)")
+    g.add_argument("--lr-scaling", default="none", choices=("none", "linear"),
+                   help="with torchrun: none = --lr is for the global batch; linear = --lr x processes")
     g.add_argument("--augment", action="store_true", default=None, help="the paper's train augmentation")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
@@ -200,7 +204,21 @@ def _train_config(args):
                        backbone_lr=args.backbone_lr,
                        optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                        grad_clip=args.grad_clip or None, bf16=args.bf16, seed=args.seed, num_workers=args.workers,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress and _is_main(), lr_scaling=args.lr_scaling,
+                       device=args.device or _default_device())
+
+
+def _is_main() -> bool:
+    """Rank 0 of a torchrun job (or a plain single process): the one that prints."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _default_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return "cpu"
 
 
 def _print_params(model) -> None:
@@ -261,11 +279,14 @@ def cmd_train(args) -> int:
         raise PGNError(f"{args.out} was trained on {acfg.dataset}; resume it with --dataset {acfg.dataset}")
     model = build_classifier(acfg, backbone)
     out = Path(args.out or f"runs/{args.method}-{data.name.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
-    print(f"backbone {backbone.name}: {backbone.description}")
-    print(f"dataset {data.name}: {len(data.train)} train / {len(data.test)} test, {len(data.class_names)} classes, {img_size}px")
-    _print_params(model)
-    row = train(model, acfg, data, _train_config(args), out, resume=args.resume, augment=args.augment)
-    print(json.dumps({"run": str(out), **row}))
+    if _is_main():
+        print(f"backbone {backbone.name}: {backbone.description}")
+        print(f"dataset {data.name}: {len(data.train)} train / {len(data.test)} test, {len(data.class_names)} classes, {img_size}px")
+        _print_params(model)
+    row = train(model, acfg, data, _train_config(args), out, resume=args.resume, augment=args.augment,
+                log=print if _is_main() else (lambda *_: None))
+    if _is_main():
+        print(json.dumps({"run": str(out), **row}))
     return 0
 
 

@@ -1,4 +1,9 @@
-"""One readable training loop for every method (PGN, IIP, linear probe)."""
+"""One readable training loop for every method (PGN, IIP, linear probe).
+
+The same loop runs data-parallel under ``torchrun`` (see :mod:`pgn.training.distributed`
+and ``docs/distributed.md``): ``train`` notices ``WORLD_SIZE > 1`` in the environment and
+shards the data, syncs the generator's BatchNorm and wraps the trainable parts in DDP.
+"""
 from __future__ import annotations
 
 import json
@@ -10,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 from tqdm.auto import tqdm
 
 from ..adapter import AdapterConfig, load_adapter, save_adapter
@@ -18,11 +23,22 @@ from ..data import DataSpec
 from ..errors import PGNError
 from ..files import atomic_path, write_json
 from ..model import PromptedClassifier
+from .distributed import (
+    DataParallelParts,
+    DistContext,
+    all_gather,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    gather_objects,
+    init_distributed,
+)
 from .evaluate import evaluate, topk_correct
 from .schedule import warmup_cosine
 
 STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
+LR_SCALINGS = ("none", "linear")
 
 
 @dataclass
@@ -46,6 +62,10 @@ class TrainConfig:
     device: str = "cpu"
     progress: bool = True
     cache_features: bool = True       # linear probe on un-augmented data: run the frozen ViT once
+    # Data-parallel runs (torchrun): ``batch_size`` is per process, the global batch is batch_size x processes.
+    # "none": the learning rates are used as given (they are for the global batch);
+    # "linear": they are multiplied by the number of processes (Goyal et al., 2017).
+    lr_scaling: str = "none"
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -54,6 +74,12 @@ class TrainConfig:
             raise PGNError(f"learning rates must be positive (got lr={self.lr}, head_lr={self.head_lr})")
         if self.optimizer not in ("sgd", "adamw"):
             raise PGNError(f"unknown optimizer {self.optimizer!r}; choose sgd or adamw")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise PGNError(f"unknown lr scaling {self.lr_scaling!r}; choose none or linear")
+
+    def lr_scale(self, world_size: int) -> int:
+        """What the learning rates are multiplied by when training on ``world_size`` processes."""
+        return world_size if self.lr_scaling == "linear" else 1
 
 
 def seed_everything(seed: int) -> None:
@@ -62,28 +88,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _optimizer(model: PromptedClassifier, cfg: TrainConfig) -> torch.optim.Optimizer:
-    lrs = {"head": cfg.head_lr or cfg.lr, "backbone": cfg.backbone_lr or cfg.lr}
+def _optimizer(model: PromptedClassifier, cfg: TrainConfig, scale: int = 1) -> torch.optim.Optimizer:
+    base = cfg.lr * scale if scale != 1 else cfg.lr
+    lrs = {name: (lr * scale if scale != 1 else lr) for name, lr in
+           (("head", cfg.head_lr or cfg.lr), ("backbone", cfg.backbone_lr or cfg.lr))}
     groups = []
     for name, module in model.trainable_modules().items():
         params = [p for p in module.parameters() if p.requires_grad]
         if params:
-            groups.append({"params": params, "lr": lrs.get(name, cfg.lr), "name": name})
+            groups.append({"params": params, "lr": lrs.get(name, base), "name": name})
     if not groups:
         raise PGNError("nothing to train: this method has no trainable parameters (zero-shot needs only `pgn eval`)")
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=base, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=base, weight_decay=cfg.weight_decay)
 
 
 @torch.inference_mode()
-def _extract_features(model: PromptedClassifier, loader, cfg: TrainConfig, desc: str) -> TensorDataset:
+def _extract_features(model: PromptedClassifier, loader, device: str, bf16: bool, progress: bool,
+                      desc: str) -> TensorDataset:
     feats, labels = [], []
-    for images, y in tqdm(loader, desc=desc, leave=False, disable=not cfg.progress, dynamic_ncols=True):
-        with torch.autocast(device_type=cfg.device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.bf16):
-            feats.append(model.backbone(images.to(cfg.device)).float())
-        labels.append(y.to(cfg.device))
+    for images, y in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+            feats.append(model.backbone(images.to(device)).float())
+        labels.append(y.to(device))
     return TensorDataset(torch.cat(feats), torch.cat(labels))
+
+
+def _gather_features(model: PromptedClassifier, ds, cfg: TrainConfig, ctx: DistContext, progress: bool) -> TensorDataset:
+    """Frozen features of all of ``ds`` on every process, each process computing one shard of them."""
+    # Without shuffling, rank r's shard is positions r, r + W, ... of the dataset padded (by repeating
+    # its first samples) to a multiple of W, so stacking the shards rank-minor restores the order.
+    sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False, drop_last=False)
+    loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers)
+    feats, labels = _extract_features(model, loader, ctx.device, cfg.bf16, progress, "features train").tensors
+    feats = torch.stack(all_gather(feats), dim=1).flatten(0, 1)[:len(ds)]
+    labels = torch.stack(all_gather(labels), dim=1).flatten(0, 1)[:len(ds)]
+    return TensorDataset(feats, labels)
 
 
 def _loader(ds, cfg: TrainConfig, shuffle: bool) -> DataLoader:
@@ -93,6 +134,10 @@ def _loader(ds, cfg: TrainConfig, shuffle: bool) -> DataLoader:
                       num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
 
 
+def _quiet(*args, **kwargs) -> None:
+    pass
+
+
 def train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec, cfg: TrainConfig,
           run_dir: str | Path, resume: bool = False, augment: bool = False, log=print) -> dict:
     """Train ``model``'s prompts and head on ``data.train``; evaluate on ``data.test`` every epoch.
@@ -100,103 +145,243 @@ def train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec,
     Writes into ``run_dir``: ``config.json``, ``metrics.jsonl`` (one JSON row per epoch),
     the adapter after every epoch and ``trainer_state.pt`` for ``resume``.
     Returns the last epoch's metrics row.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) this is one of ``WORLD_SIZE`` data-parallel
+    processes: ``cfg.batch_size`` is per process, metrics are over the whole test set,
+    and only rank 0 logs and writes files (the others ignore ``run_dir``). Every rank
+    returns the same row; ``model`` comes back free of DDP wrappers and SyncBatchNorm.
     """
-    run_dir = Path(run_dir)
+    # Joins the process group on the first call; it then lives as long as the process (a group
+    # cannot be re-created in the same torchrun job), so ``train`` can be called again.
+    ctx = init_distributed(cfg.device)
+    return _train(model, adapter_cfg, data, cfg, Path(run_dir), resume, augment, log, ctx)
+
+
+def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec, cfg: TrainConfig, run_dir: Path,
+           resume: bool, augment: bool, log, ctx: DistContext) -> dict:
+    main, world = ctx.is_main, ctx.world_size
+    if not main:
+        log = _quiet
+    progress = cfg.progress and main
+    device = ctx.device
     state_path = run_dir / STATE_FILE
     start_epoch = 0
-    if resume:
-        if not state_path.is_file():
-            raise PGNError(f"cannot resume: {state_path} does not exist (start a new run without --resume)")
-    elif (run_dir / METRICS_FILE).exists():
-        raise PGNError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
-    model.to(cfg.device)
+    # Rank 0 alone looks at the run directory (the others may not even share its disk) and tells everyone.
+    problem = None
+    if main:
+        if resume:
+            if not state_path.is_file():
+                problem = f"cannot resume: {state_path} does not exist (start a new run without --resume)"
+        elif (run_dir / METRICS_FILE).exists():
+            problem = f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+    problem = broadcast_object(problem)
+    if problem:
+        raise PGNError(problem)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)  # the same on every rank
+    model.to(device)
 
     frozen_features = model.prompts is None and model.input_prompt is None and not model.finetune
     use_cache = frozen_features and not augment and cfg.cache_features
+    # Evaluation is sharded without padding (rank r takes test samples r, r + W, ...), so every
+    # test sample is counted exactly once; the sums are added up over the ranks.
+    test_set = Subset(data.test, range(ctx.rank, len(data.test), world)) if ctx.distributed else data.test
     if use_cache:
         # Linear probe: the frozen features never change, so compute them once.
-        train_set = _extract_features(model, _loader(data.train, cfg, False), cfg, "features train")
-        test_set = _extract_features(model, _loader(data.test, cfg, False), cfg, "features test")
-        net = model.head
+        if ctx.distributed:
+            train_set = _gather_features(model, data.train, cfg, ctx, progress)
+        else:
+            train_set = _extract_features(model, _loader(data.train, cfg, False), device, cfg.bf16, progress,
+                                          "features train")
+        if len(test_set) or not ctx.distributed:  # a rank may hold no test sample
+            test_set = _extract_features(model, _loader(test_set, cfg, False), device, cfg.bf16, progress,
+                                         "features test")
     else:
-        train_set, test_set, net = data.train, data.test, model
-    train_loader = _loader(train_set, cfg, shuffle=True)
+        train_set = data.train
+    net = model.head if use_cache else model
+    sampler = None
+    if ctx.distributed:
+        # Rank r trains on samples perm[r], perm[r + W], ... of one seeded permutation per epoch (set_epoch),
+        # padded by repetition so that every rank takes the same number of steps.
+        sampler = DistributedSampler(train_set, num_replicas=world, rank=ctx.rank, shuffle=True, seed=cfg.seed,
+                                     drop_last=False)
+        train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
+                                  num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+    else:
+        train_loader = _loader(train_set, cfg, shuffle=True)
     test_loader = _loader(test_set, cfg, shuffle=False)
 
-    optimizer = _optimizer(model, cfg)
-    steps_per_epoch = len(train_loader)
+    scale = cfg.lr_scale(world)
+    optimizer = _optimizer(model, cfg, scale)
+    steps_per_epoch = len(train_loader)  # per process
     scheduler = warmup_cosine(optimizer, cfg.epochs * steps_per_epoch,
                               round(cfg.warmup_epochs * steps_per_epoch), cfg.final_lr_ratio)
+    if ctx.distributed:
+        log(_lr_rule(cfg, world, optimizer))
     if resume:
-        state = torch.load(state_path, map_location=cfg.device, weights_only=True)
-        loaded, _ = load_adapter(run_dir, backbone=model.backbone, map_location=cfg.device)
-        model.trainable_modules().load_state_dict(loaded.trainable_modules().state_dict())
+        if ctx.distributed:
+            weights, state = _load_resume_shared(model, run_dir, ctx)
+        else:
+            state = torch.load(state_path, map_location=device, weights_only=True)
+            loaded, _ = load_adapter(run_dir, backbone=model.backbone, map_location=device)
+            weights = loaded.trainable_modules().state_dict()
+        model.trainable_modules().load_state_dict(weights)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
         start_epoch = int(state["epoch"]) + 1
+        if ctx.distributed:
+            trained_on = int(state.get("world_size", 1))
+            per_rank = state.get("rng_per_rank")
+            if per_rank is not None and len(per_rank) == world:
+                torch.set_rng_state(per_rank[ctx.rank])
+            else:
+                seed_everything(cfg.seed + ctx.rank + 1_000 * start_epoch)
+            if trained_on != world:
+                log(f"note: this run was trained on {trained_on} process(es) and resumes on {world}: the data order "
+                    f"and steps per epoch change, the learning rates stay those of the checkpoint")
+        else:
+            torch.set_rng_state(state["rng"])
         log(f"resuming {run_dir} at epoch {start_epoch + 1}/{cfg.epochs}")
-    write_json(run_dir / "config.json", {
-        "adapter": asdict(adapter_cfg), "train": asdict(cfg), "augment": augment,
-        "dataset": {"name": data.name, "train_size": len(data.train), "test_size": len(data.test),
-                    "num_classes": len(data.class_names)},
-        "trainable_parameters": model.num_trainable(),
-    })
+    if main:
+        config = {
+            "adapter": asdict(adapter_cfg), "train": asdict(cfg), "augment": augment,
+            "dataset": {"name": data.name, "train_size": len(data.train), "test_size": len(data.test),
+                        "num_classes": len(data.class_names)},
+            "trainable_parameters": model.num_trainable(),
+        }
+        if ctx.distributed:
+            config["distributed"] = {"world_size": world, "global_batch_size": world * cfg.batch_size,
+                                     "lr_scale": scale}
+        write_json(run_dir / "config.json", config)
+    barrier()
 
+    parts = DataParallelParts(model, ctx)  # SyncBatchNorm + DDP; nothing with one process
+    if ctx.distributed and not resume:
+        seed_everything(cfg.seed + ctx.rank)  # weights are identical by now; augmentation differs per rank
     row: dict = {}
-    device_type = cfg.device.split(":")[0]
-    for epoch in range(start_epoch, cfg.epochs):
-        net.train()
-        train_loader.generator.manual_seed(cfg.seed + epoch)
-        t0 = time.perf_counter()
-        seen = correct = 0
-        loss_sum = 0.0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-                   leave=False, dynamic_ncols=True)
-        for step, (x, y) in enumerate(bar):
-            x, y = x.to(cfg.device, non_blocking=True), y.to(cfg.device, non_blocking=True)
-            with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                logits = net(x)
-            loss = F.cross_entropy(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise PGNError(
-                    f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; the last good checkpoint "
-                    f"(epoch {epoch}) is kept in {run_dir}; lower --lr or set --grad-clip")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            seen += y.numel()
-            loss_sum += loss.item() * y.numel()
-            correct += topk_correct(logits.detach().float(), y, 1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                            lr=f"{optimizer.param_groups[-1]['lr']:.3g}")
-        train_time = time.perf_counter() - t0
-        test = evaluate(net, test_loader, cfg.device, cfg.bf16, cfg.progress, desc="test")
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
-               "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
-               "lr": optimizer.param_groups[-1]["lr"], "train_seconds": round(train_time, 2),
-               "train_images_per_s": round(seen / train_time, 2)}
-        if use_cache:
-            row["features_cached"] = True  # images/s counts the head alone
-        top5 = f" top5 {row['test_top5']:.4f}" if len(data.class_names) > 5 else ""
-        log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_top1']:.4f}  "
-            f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:.4f}{top5}  ({train_time:.0f}s)")
-        # Checkpoint first, then the metrics row: a row in metrics.jsonl always has its checkpoint.
-        save_adapter(model, adapter_cfg, run_dir)
-        with atomic_path(state_path) as tmp:
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "rng": torch.get_rng_state(), "epoch": epoch}, tmp)
-        with open(run_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps(row) + "\n")
+    device_type = device.split(":")[0]
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            net.train()
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            else:
+                train_loader.generator.manual_seed(cfg.seed + epoch)
+            t0 = time.perf_counter()
+            seen = correct = 0
+            loss_sum = 0.0
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                       leave=False, dynamic_ncols=True)
+            # A head may define its own loss (pgn.multi: each sample sees only its dataset's classes).
+            loss_fn = getattr(model.head, "loss", None) or F.cross_entropy
+            with parts.active():
+                forward = model.head if use_cache else model  # the DDP-wrapped parts, when distributed
+                for step, (x, y) in enumerate(bar):
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                        logits = forward(x)
+                    loss = loss_fn(logits.float(), y)
+                    _check_finite(loss, ctx, epoch, step, run_dir)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip:
+                        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                                       cfg.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    seen += y.numel()
+                    loss_sum += loss.item() * y.numel()
+                    correct += topk_correct(logits.detach().float(), y, 1)
+                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                                    lr=f"{optimizer.param_groups[-1]['lr']:.3g}")
+            if ctx.distributed:
+                totals = all_reduce_sum(torch.tensor([seen, loss_sum, correct], dtype=torch.float64, device=device))
+                seen, loss_sum, correct = int(totals[0]), float(totals[1]), int(totals[2])
+            train_time = time.perf_counter() - t0
+            test = _evaluate(net, test_loader, len(test_set), cfg, ctx, progress)
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
+                   "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
+                   "lr": optimizer.param_groups[-1]["lr"], "train_seconds": round(train_time, 2),
+                   "train_images_per_s": round(seen / train_time, 2)}
+            if use_cache:
+                row["features_cached"] = True  # images/s counts the head alone
+            top5 = f" top5 {row['test_top5']:.4f}" if len(data.class_names) > 5 else ""
+            log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_top1']:.4f}  "
+                f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:.4f}{top5}  ({train_time:.0f}s)")
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "rng": torch.get_rng_state(), "epoch": epoch}
+            if ctx.distributed:
+                state["rng_per_rank"] = gather_objects(torch.get_rng_state())
+                state["world_size"] = world
+            if main:
+                # Checkpoint first, then the metrics row: a row in metrics.jsonl always has its checkpoint.
+                save_adapter(model, adapter_cfg, run_dir)
+                with atomic_path(state_path) as tmp:
+                    torch.save(state, tmp)
+                with open(run_dir / METRICS_FILE, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            barrier()  # the files of this epoch are complete before any rank goes on
+    finally:
+        parts.close()  # plain modules (no DDP, BatchNorm again) in the model that is returned
     if not row:  # resumed a finished run
-        rows = read_metrics(run_dir)
-        row = rows[-1] if rows else {}
+        rows = read_metrics(run_dir) if main else []
+        row = broadcast_object(rows[-1] if rows else {})
     return row
+
+
+def _lr_rule(cfg: TrainConfig, world: int, optimizer: torch.optim.Optimizer) -> str:
+    """One line stating the batch and learning-rate rule of a data-parallel run."""
+    lrs = {g.get("name", ""): g.get("initial_lr", g["lr"]) for g in optimizer.param_groups}  # before warm-up
+    base = cfg.lr * cfg.lr_scale(world)
+    lr = f"lr {base:g}" + (f" = {cfg.lr:g} x {world}" if cfg.lr_scaling == "linear" else "")
+    others = ", ".join(f"{name} lr {value:g}" for name, value in lrs.items() if value != base)
+    return (f"global batch {world * cfg.batch_size} = {world} x {cfg.batch_size}; {lr}"
+            f"{'; ' + others if others else ''} (scaling: {cfg.lr_scaling})")
+
+
+def _load_resume_shared(model: PromptedClassifier, run_dir: Path, ctx: DistContext) -> tuple[dict, dict]:
+    """Rank 0 reads the adapter and trainer state and sends them to every rank (no shared disk needed)."""
+    payload = None
+    if ctx.is_main:
+        try:
+            state = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
+            loaded, _ = load_adapter(run_dir, backbone=model.backbone, map_location="cpu")
+            payload = {"weights": loaded.trainable_modules().state_dict(), "state": state}
+        except PGNError as e:
+            payload = {"error": str(e)}
+    payload = broadcast_object(payload)
+    if "error" in payload:
+        raise PGNError(payload["error"])
+    return payload["weights"], payload["state"]
+
+
+def _check_finite(loss: torch.Tensor, ctx: DistContext, epoch: int, step: int, run_dir: Path) -> None:
+    """Stop on a NaN/inf loss; with several processes all stop together (the check is an all-reduce)."""
+    hint = f"the last good checkpoint (epoch {epoch}) is kept in {run_dir}; lower --lr or set --grad-clip"
+    if not ctx.distributed:
+        if not torch.isfinite(loss):
+            raise PGNError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; {hint}")
+        return
+    # The sum is non-finite as soon as one rank's loss is.
+    total = all_reduce_sum(loss.detach().float().reshape(1).clone())
+    if not torch.isfinite(total).all():
+        raise PGNError(f"loss became {total.item()} at epoch {epoch + 1} step {step + 1} (on at least one of "
+                       f"{ctx.world_size} processes); {hint}")
+
+
+def _evaluate(net, loader, n_local: int, cfg: TrainConfig, ctx: DistContext, progress: bool) -> dict:
+    """Test metrics; with several processes, the sums of every rank's shard divided by the total count."""
+    if not ctx.distributed:
+        return evaluate(net, loader, ctx.device, cfg.bf16, progress, desc="test")
+    sums = [0.0, 0.0, 0.0, 0.0]
+    if n_local:
+        r = evaluate(net, loader, ctx.device, cfg.bf16, progress, desc="test")
+        n = r["n"]  # == n_local
+        sums = [r["loss"] * n, round(r["top1"] * n), round(r["top5"] * n), n]
+    totals = all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=ctx.device)).tolist()
+    n = max(int(totals[3]), 1)
+    return {"loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n, "n": int(totals[3])}
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -1,0 +1,428 @@
+"""Data-parallel training: 2 CPU processes (torchrun, gloo) train exactly like 1 process with the global batch.
+
+One ``torchrun --nproc_per_node=2`` launch runs every distributed scenario (PGN, IIP, VP,
+fine-tuning, a resumed PGN run, a cached-features linear probe, a NaN on one rank) through
+:func:`pgn.training.train`, while this process trains the single-process references.
+Two more launches check that a rank that crashes, or hangs, ends the whole job quickly.
+
+Tolerance: the 2-process run adds the two ranks' gradients in another order than one
+process summing its batch (DDP averages two half-batch means; SyncBatchNorm adds two
+half-batch sums; each process also runs single-threaded), so float32 rounding differs at
+about 1e-7 relative per step; after 6 SGD steps the largest difference seen is 3e-7,
+far below ``ATOL = 1e-5``. A wrong data split, a missing gradient average or
+unsynchronised BatchNorm shows up at 1e-4 or more (without SyncBatchNorm: 1.7e-4), and
+every checked part moves by more than 1e-3, so the comparison is not vacuous.
+"""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_tiny_vit
+from torch.utils.data import Dataset
+
+from pgn.adapter import AdapterConfig, build_classifier
+from pgn.data import DataSpec
+from pgn.prompts import GeneratorConfig
+from pgn.training import TrainConfig, read_metrics, train
+from pgn.training.distributed import DistContext, all_reduce_sum, init_distributed
+
+TESTS = Path(__file__).resolve().parent
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+if not TORCHRUN.exists():  # pragma: no cover - installed with torch
+    pytest.skip("torchrun is not installed next to this Python", allow_module_level=True)
+ATOL = 1e-5
+WORLD = 2
+N_TRAIN, N_TEST = 24, 7       # 7 test images: the ranks' shards are uneven (4 + 3)
+B = 4                         # per process: 2 x 4 vs 1 x 8, three steps per epoch
+EPOCHS = 2
+OTHER_METHODS = {"iip": 0.1, "vp": 0.1, "finetune": 0.01}  # method: lr
+RUN_FILES = {"adapter.safetensors", "adapter_config.json", "config.json", "metrics.jsonl", "trainer_state.pt"}
+
+
+class LabelledImages(Dataset):
+    """Deterministic images whose label shows in them (class c brightens channel c)."""
+
+    def __init__(self, n: int, seed: int, size: int = 64, classes: int = 3):
+        g = torch.Generator().manual_seed(seed)
+        self.targets = torch.arange(n) % classes
+        self.x = torch.randn(n, 3, size, size, generator=g) * 0.5
+        self.x[torch.arange(n), self.targets] += 0.5
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.targets[i])
+
+
+class InOrder(Dataset):
+    """Serves ``base[order[0]], base[order[1]], ...`` whatever index is asked for.
+
+    The single-process reference reads its training set through this, so its global
+    batches hold exactly the samples the ranks' DistributedSamplers give them.
+    """
+
+    def __init__(self, base, order):
+        self.base, self.order, self.pos = base, list(order), 0
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        item = self.base[self.order[self.pos]]
+        self.pos += 1
+        return item
+
+
+class FailAt(Dataset):
+    """Raises (or hangs, like a dead peer) on the ``fail_at``-th sample read."""
+
+    def __init__(self, base, fail_at: int, rank: int, hang: bool = False):
+        self.base, self.fail_at, self.rank, self.hang, self.reads = base, fail_at, rank, hang, 0
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        if self.reads == self.fail_at:
+            if self.hang:
+                time.sleep(600)
+            raise RuntimeError(f"injected failure on rank {self.rank}")
+        return self.base[i]
+
+
+class Poisoned(LabelledImages):
+    """NaN images: the loss of whichever rank reads them becomes NaN."""
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        return x * float("nan"), y
+
+
+def distributed_order(n: int, world: int, batch: int, seed: int, epochs: int) -> list[int]:
+    """Global sample order of a ``world``-process run: per step, rank 0's local batch, then rank 1's, ..."""
+    order = []
+    for epoch in range(epochs):
+        # DistributedSampler: one permutation seeded seed + epoch; rank r takes positions r, r + world, ...
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        shards = [perm[r::world] for r in range(world)]
+        for k in range(0, len(shards[0]), batch):
+            for shard in shards:
+                order += shard[k:k + batch]
+    return order
+
+
+def data(train=None) -> DataSpec:
+    return DataSpec(name="labelled", class_names=["a", "b", "c"],
+                    train=train if train is not None else LabelledImages(N_TRAIN, 0),
+                    test=LabelledImages(N_TEST, 1))
+
+
+def adapter(method: str, backbone) -> AdapterConfig:
+    gen = vars(GeneratorConfig(num_prompts=4, library_size=8, input_size=64)) if method == "pgn" else None
+    return AdapterConfig(method=method, backbone=backbone.name, backbone_width=backbone.width,
+                         class_names=["a", "b", "c"], img_size=64, generator=gen,
+                         num_prompts=4 if method in ("pgn", "iip") else 0, dataset="labelled", vp_pad=8)
+
+
+def config(batch: int, epochs: int = EPOCHS, **kw) -> TrainConfig:
+    # SGD with momentum, no warm-up, no clipping, no augmentation: every step is exactly reproducible.
+    return TrainConfig(**{"epochs": epochs, "batch_size": batch, "lr": 0.1, "warmup_epochs": 0.0,
+                          "grad_clip": None, "progress": False, **kw})
+
+
+def fresh(method: str):
+    vit = make_tiny_vit()  # seeds torch: the same initial weights in every process
+    acfg = adapter(method, vit)
+    return build_classifier(acfg, vit), acfg
+
+
+WORKER = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    import test_distributed as T
+    from pgn.training import read_metrics, train
+
+    rank = int(os.environ["RANK"])
+    base, mode = Path(sys.argv[1]), sys.argv[2]
+    scratch = base / f"scratch{{rank}}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    os.chdir(scratch)  # anything written relative to the working directory would show up here
+
+    def run_dir(name):
+        # Only rank 0 may write: the other ranks get a directory of their own, which must never appear.
+        return base / (name if rank == 0 else f"{{name}}-rank{{rank}}")
+
+    def say(line):  # one write per line: the two ranks share the pipe
+        sys.stdout.write(line + "\\n")
+        sys.stdout.flush()
+
+    def log(*args):
+        say(" ".join([f"LOG{{rank}}", *map(str, args)]))
+
+    def report(name, row):
+        say(f"ROW{{rank}} {{name}} " + json.dumps(row))
+
+    if mode in ("crash", "hang"):  # rank 1 fails at step 2 (on reading the first sample of its 2nd batch)
+        model, acfg = T.fresh("pgn")
+        failing = T.FailAt(T.LabelledImages(T.N_TRAIN, 0), fail_at=T.B + 1, rank=rank, hang=mode == "hang")
+        train(model, acfg, T.data(failing if rank == 1 else None), T.config(T.B), run_dir("crash"), log=log)
+        raise SystemExit("the failure was not raised")
+
+    model, acfg = T.fresh("pgn")
+    report("pgn", train(model, acfg, T.data(), T.config(T.B), run_dir("pgn"), log=log))
+    assert all(type(getattr(model, n)).__name__ != "DistributedDataParallel" for n in ("prompts", "head"))
+    assert not any("Sync" in type(m).__name__ for m in model.modules()), "SyncBatchNorm left in the model"
+
+    # Resuming: 1 epoch, then on to 2, must equal 2 epochs straight (a constant lr, so that the
+    # schedule does not depend on the number of epochs asked for).
+    model, acfg = T.fresh("pgn")
+    report("const", train(model, acfg, T.data(), T.config(T.B, final_lr_ratio=1.0), run_dir("const"), log=log))
+    model, acfg = T.fresh("pgn")
+    train(model, acfg, T.data(), T.config(T.B, epochs=1, final_lr_ratio=1.0), run_dir("resume"), log=log)
+    model, acfg = T.fresh("pgn")  # a new process's view: everything comes from the checkpoint
+    report("resume", train(model, acfg, T.data(), T.config(T.B, final_lr_ratio=1.0), run_dir("resume"),
+                           resume=True, log=log))
+
+    model, acfg = T.fresh("linear")  # linear probe on cached features, one full batch per step
+    report("linear", train(model, acfg, T.data(), T.config(T.N_TRAIN // T.WORLD, lr_scaling="linear", lr=0.05),
+                           run_dir("linear"), log=log))
+
+    for method in T.OTHER_METHODS:  # one epoch of each other trained method
+        model, acfg = T.fresh(method)
+        report(method, train(model, acfg, T.data(), T.config(T.B, epochs=1, lr=T.OTHER_METHODS[method]),
+                             run_dir(method), log=log))
+
+    from pgn.training.distributed import DataParallelParts, init_distributed
+    ctx = init_distributed("cpu")  # the group train() made
+    for method in ("pgn", "linear", "finetune"):
+        model, _ = T.fresh(method)
+        parts = DataParallelParts(model, ctx)
+        wrapped = sorted(parts.wrapped)
+        norms = sorted({{type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__}} - {{"LayerNorm"}})
+        parts.close()
+        after = sorted({{type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__}} - {{"LayerNorm"}})
+        assert not parts.wrapped and type(model.head).__name__ != "DistributedDataParallel"
+        say(f"WRAPPED{{rank}} {{method}} " + json.dumps([wrapped, norms, after]))
+    del parts
+
+    from pgn import PGNError
+    model, acfg = T.fresh("pgn")  # NaN on rank 1 only: both ranks stop together with the one-line error
+    try:
+        train(model, acfg, T.data(T.Poisoned(T.N_TRAIN, 0) if rank == 1 else None), T.config(T.B), run_dir("nan"),
+              log=log)
+    except PGNError as e:
+        say(f"NAN{{rank}} {{e}}")
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(base: Path, mode: str, dist_timeout_s: int = 20) -> subprocess.Popen:
+    script = base / "worker.py"
+    script.write_text(WORKER.format(tests=str(TESTS)))
+    env = {**os.environ, "PGN_DIST_TIMEOUT": str(dist_timeout_s), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    cmd = [str(TORCHRUN), f"--nproc_per_node={WORLD}", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+           "--monitor_interval=0.5", str(script), str(base), mode]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "adapter.safetensors"))
+
+
+def assert_same_weights(got: dict, want: dict, atol: float = ATOL) -> float:
+    assert got.keys() == want.keys()
+    worst = 0.0
+    for k, w in want.items():
+        if k.endswith("num_batches_tracked"):
+            assert torch.equal(got[k], w), k
+            continue
+        diff = (got[k].double() - w.double()).abs().max().item()
+        worst = max(worst, diff)
+        assert diff <= atol, f"{k}: max |2-process - 1-process| = {diff:.2e} > {atol}"
+    return worst
+
+
+def rows_by_rank(stdout: str) -> dict[tuple[int, str], dict]:
+    rows = {}
+    for m in re.finditer(r"^ROW(\d+) (\w+) (.*)$", stdout, re.MULTILINE):
+        rows[int(m.group(1)), m.group(2)] = json.loads(m.group(3))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory):
+    """The 2-process runs (torchrun) and, meanwhile, the 1-process references."""
+    base = tmp_path_factory.mktemp("dist")
+    t0 = time.monotonic()
+    proc = torchrun(base, "train")
+    try:
+        ref = tmp_path_factory.mktemp("ref")
+        model, acfg = fresh("pgn")
+        init = {k: v.clone() for k, v in model.trainable_modules().state_dict().items()}
+        order = distributed_order(N_TRAIN, WORLD, B, seed=0, epochs=EPOCHS)
+        train(model, acfg, data(InOrder(LabelledImages(N_TRAIN, 0), order)), config(WORLD * B), ref / "pgn",
+              log=lambda *_: None)
+        for method, lr in OTHER_METHODS.items():
+            model, acfg = fresh(method)
+            order = distributed_order(N_TRAIN, WORLD, B, seed=0, epochs=1)
+            train(model, acfg, data(InOrder(LabelledImages(N_TRAIN, 0), order)), config(WORLD * B, epochs=1, lr=lr),
+                  ref / method, log=lambda *_: None)
+        model, acfg = fresh("linear")
+        # Linear scaling at one process is no scaling: the reference gets lr 0.05 x 2 directly.
+        train(model, acfg, data(), config(N_TRAIN, lr=0.1), ref / "linear", log=lambda *_: None)
+        stdout, stderr = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{stdout[-3000:]}\n{stderr[-6000:]}"
+    return {"base": base, "ref": ref, "init": init, "stdout": stdout, "seconds": time.monotonic() - t0}
+
+
+def test_two_processes_match_one_process_with_the_global_batch(two_process_runs):
+    base, ref = two_process_runs["base"], two_process_runs["ref"]
+    got, want = weights(base / "pgn"), weights(ref / "pgn")
+    worst = assert_same_weights(got, want)
+    # Not vacuous: the generator, the library and the head all moved far more than the tolerance.
+    init = two_process_runs["init"]
+    for key in ("prompts.library.tokens", "prompts.net.stem.0.weight", "head.fc.weight",
+                "prompts.net.stem.1.running_mean", "prompts.net.stages.3.body.4.running_var"):
+        assert (want[key] - init[key]).abs().max() > 100 * ATOL, key
+    assert int(got["prompts.net.stem.1.num_batches_tracked"]) == EPOCHS * N_TRAIN // (WORLD * B)
+    print(f"max weight difference 2 x {B} vs 1 x {WORLD * B}: {worst:.2e}")
+
+    # Metrics are over the global batch and the whole test set (7 images, sharded 4 + 3, none twice).
+    rows, ref_rows = read_metrics(base / "pgn"), read_metrics(ref / "pgn")
+    assert len(rows) == len(ref_rows) == EPOCHS
+    for r, q in zip(rows, ref_rows):
+        assert r["test_top1"] == q["test_top1"] and r["test_top5"] == q["test_top5"]
+        for key in ("test_loss", "train_loss", "train_top1", "lr"):
+            assert r[key] == pytest.approx(q[key], abs=1e-5), key
+
+
+def test_every_rank_returns_the_same_row(two_process_runs):
+    rows = rows_by_rank(two_process_runs["stdout"])
+    for name in ("pgn", "resume", "linear", *OTHER_METHODS):
+        a, b = rows[0, name], rows[1, name]
+        assert {k: v for k, v in a.items() if "seconds" not in k and "per_s" not in k} == \
+               {k: v for k, v in b.items() if "seconds" not in k and "per_s" not in k}
+    assert rows[0, "pgn"] == read_metrics(two_process_runs["base"] / "pgn")[-1]
+
+
+@pytest.mark.parametrize("method", list(OTHER_METHODS))
+def test_other_methods_match_too(two_process_runs, method):
+    assert_same_weights(weights(two_process_runs["base"] / method), weights(two_process_runs["ref"] / method))
+
+
+def test_only_the_trained_parts_are_wrapped(two_process_runs):
+    wrapped = {m.group(1): json.loads(m.group(2))
+               for m in re.finditer(r"^WRAPPED0 (\w+) (.*)$", two_process_runs["stdout"], re.MULTILINE)}
+    assert wrapped["pgn"] == [["head", "prompts"], ["_CPUSyncBatchNorm"], ["BatchNorm2d"]]
+    assert wrapped["linear"] == [["head"], [], []]  # the frozen backbone is never wrapped...
+    assert wrapped["finetune"] == [["backbone", "head"], [], []]  # ...unless it is trained
+
+
+def test_resume_under_torchrun_continues_exactly(two_process_runs):
+    base = two_process_runs["base"]
+    assert [r["epoch"] for r in read_metrics(base / "resume")] == [1, 2]
+    assert_same_weights(weights(base / "resume"), weights(base / "const"), atol=1e-6)
+    rows = rows_by_rank(two_process_runs["stdout"])
+    assert rows[0, "resume"]["train_loss"] == pytest.approx(rows[0, "const"]["train_loss"], abs=1e-6)
+
+
+def test_linear_probe_on_cached_features(two_process_runs):
+    base, ref = two_process_runs["base"], two_process_runs["ref"]
+    assert_same_weights(weights(base / "linear"), weights(ref / "linear"))
+    cfg = json.loads((base / "linear" / "config.json").read_text())
+    assert cfg["distributed"] == {"world_size": 2, "global_batch_size": N_TRAIN, "lr_scale": 2}
+    assert read_metrics(base / "linear")[-1]["features_cached"]
+
+
+def test_nan_on_one_rank_stops_every_rank(two_process_runs):
+    stdout = two_process_runs["stdout"]
+    for rank in range(WORLD):
+        line = re.search(rf"^NAN{rank} (.*)$", stdout, re.MULTILINE)
+        assert line and line.group(1).startswith("loss became nan at epoch 1 step 1 (on at least one of 2 processes)")
+    assert not (two_process_runs["base"] / "nan" / "metrics.jsonl").exists()
+
+
+def test_only_rank_zero_logs_and_writes(two_process_runs):
+    base, stdout = two_process_runs["base"], two_process_runs["stdout"]
+    files = sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
+    want = sorted(["worker.py", "nan/config.json"] +
+                  [f"{run}/{f}" for run in ("pgn", "const", "resume", "linear", *OTHER_METHODS) for f in RUN_FILES])
+    assert files == want  # nothing from rank 1: no "-rank1" run dirs, nothing in its working directory
+    assert not list((base / "scratch1").iterdir()) and not list((base / "scratch0").iterdir())
+    assert "LOG0 global batch 8 = 2 x 4; lr 0.1 (scaling: none)" in stdout
+    assert "LOG0 global batch 24 = 2 x 12; lr 0.1 = 0.05 x 2 (scaling: linear)" in stdout
+    assert "LOG0 epoch 2/2" in stdout and "LOG0 resuming" in stdout
+    assert "LOG1" not in stdout
+
+
+@pytest.mark.parametrize("mode", ["crash", "hang"])
+def test_a_failing_rank_ends_the_job(tmp_path, mode):
+    """Rank 1 raises at step 2 (torchrun tears the job down) or hangs there (rank 0's collective times out)."""
+    t0 = time.monotonic()
+    proc = torchrun(tmp_path, mode, dist_timeout_s=5)
+    try:
+        stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    elapsed = time.monotonic() - t0
+    assert proc.returncode != 0, stdout
+    if mode == "crash":
+        assert "injected failure on rank 1" in stderr, stderr[-4000:]
+    else:
+        assert re.search(r"timed out|timeout", stderr, re.IGNORECASE), stderr[-4000:]
+    assert "ChildFailedError" in stderr  # torchrun's summary names the failed rank
+    assert elapsed < 60, f"the job took {elapsed:.0f}s to end after a {mode}"
+    assert not (tmp_path / "crash" / "metrics.jsonl").exists()  # it died in epoch 1, before any checkpoint
+
+
+def test_single_process_context_is_a_no_op(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    ctx = init_distributed("cpu")
+    assert ctx == DistContext() and ctx.is_main and not ctx.distributed
+    t = torch.ones(3)
+    assert all_reduce_sum(t) is t and torch.equal(t, torch.ones(3))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert DistContext.from_env("cpu") == DistContext(rank=2, local_rank=0, world_size=4, device="cpu")
+
+
+def test_lr_scaling_and_timeout_are_validated(monkeypatch):
+    from pgn import PGNError
+    from pgn.training.distributed import timeout_seconds
+
+    assert TrainConfig(lr_scaling="linear").lr_scale(4) == 4 and TrainConfig().lr_scale(4) == 1
+    with pytest.raises(PGNError, match="lr scaling"):
+        TrainConfig(lr_scaling="sqrt")
+    monkeypatch.setenv("PGN_DIST_TIMEOUT", "7.5")
+    assert timeout_seconds() == 7.5
+    monkeypatch.setenv("PGN_DIST_TIMEOUT", "soon")
+    with pytest.raises(PGNError, match="PGN_DIST_TIMEOUT"):
+        timeout_seconds()
+
