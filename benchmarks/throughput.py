@@ -156,7 +156,26 @@ def main() -> None:
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
             "precision": "bf16 autocast" if bf16 else "fp32", "seconds": round(time.perf_counter() - t0)}
     write_json(Path(args.out), {"meta": meta, "results": results})
+    write_markdown(Path(args.out).with_suffix(".md"), results, meta)
     print(json.dumps({"meta": meta, "results": results}, indent=1))
+
+
+def write_markdown(path: Path, results: list, meta: dict) -> None:
+    lines = ["# Speed on the embedded backbone", "",
+             f"Command: `{meta['command']}` ({meta['seconds']} s). Machine: {meta['machine']}; {meta['precision']}. "
+             "Median over interleaved rounds; ratios measured in the same process.", ""]
+    for r in results:
+        lines += [f"## {r['size']} px, batch {r['batch']}", "", "| training step | images/s | time / floor |", "|---|---|---|"]
+        lines += [f"| {k} | {v['images_per_s']:.1f} | {v['ratio_to_floor']:.2f} |" for k, v in r["train"].items()]
+        lines += ["", "| inference | images/s | time / plain ViT |", "|---|---|---|"]
+        lines += [f"| {k} | {v['images_per_s']:.1f} | {v['ratio_to_plain']:.2f} |" for k, v in r["inference"].items()]
+        f = r["flops_per_image"]
+        lines += ["", f"Generator FLOPs per image: {f['generator'] / 1e6:.1f} M, backbone with 16 prompts: "
+                      f"{f['backbone_with_prompts'] / 1e9:.2f} G ({100 * f['generator_share']:.2f} %).", ""]
+    lines += ["The floor is the frozen ViT's forward plus backward to its input over the same tokens as PGN "
+              "(1 + grid + 16), with no generator: what any prompt method must pay. `linear (features)` is one "
+              "frozen forward (the probe trains on cached features)."]
+    path.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
