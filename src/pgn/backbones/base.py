@@ -61,13 +61,20 @@ class FrozenBackbone(nn.Module):
         return 1
 
     # --- the patch embedding, as a linear map (prompt inversion needs it) ---
-    def patch_embed_weight(self) -> torch.Tensor:
-        """(D, 3, P, P) convolution weight of the patch embedding."""
+    def patch_conv(self) -> nn.Conv2d:
+        """The (P x P, stride P) convolution that embeds patches."""
         raise NotImplementedError
 
+    def patch_embed_weight(self) -> torch.Tensor:
+        """(D, 3, P, P) convolution weight of the patch embedding."""
+        return self.patch_conv().weight
+
     def patch_embed_bias(self) -> torch.Tensor:
-        """(D,) bias of the patch embedding (zeros if it has none)."""
-        raise NotImplementedError
+        """(D,) bias of the patch embedding (zeros if it has none, as in CLIP)."""
+        conv = self.patch_conv()
+        if conv.bias is not None:
+            return conv.bias
+        return torch.zeros(conv.out_channels, device=conv.weight.device, dtype=conv.weight.dtype)
 
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
         return height // self.patch_size, width // self.patch_size

@@ -106,14 +106,8 @@ class OpenCLIPViT(FrozenBackbone):
     def finetune_parameters(self):
         return self.visual.parameters()  # the text tower stays frozen: it only builds the zero-shot head
 
-    def patch_embed_weight(self) -> torch.Tensor:
-        return self.visual.conv1.weight
-
-    def patch_embed_bias(self) -> torch.Tensor:
-        conv = self.visual.conv1
-        if conv.bias is not None:
-            return conv.bias
-        return torch.zeros(self.width, device=conv.weight.device, dtype=conv.weight.dtype)
+    def patch_conv(self) -> nn.Module:
+        return self.visual.conv1
 
     def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
         """(1, 1 + H*W, D) positional embedding (CLS first); only the native grid exists."""

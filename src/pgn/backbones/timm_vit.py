@@ -42,12 +42,8 @@ class TimmViT(FrozenBackbone):
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
         self.freeze()
 
-    def patch_embed_weight(self) -> torch.Tensor:
-        return self.vit.patch_embed.proj.weight
-
-    def patch_embed_bias(self) -> torch.Tensor:
-        b = self.vit.patch_embed.proj.bias
-        return b if b is not None else torch.zeros(self.width, device=self.vit.pos_embed.device)
+    def patch_conv(self):
+        return self.vit.patch_embed.proj
 
     def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
         """(1, 1 + H*W, D) positional embedding (CLS first) as timm computes it for ``grid``."""

@@ -47,14 +47,8 @@ class TorchvisionViT(FrozenBackbone):
         self.preprocessing = Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=int(model.image_size))
         self.freeze()
 
-    def patch_embed_weight(self) -> torch.Tensor:
-        return self.vit.conv_proj.weight
-
-    def patch_embed_bias(self) -> torch.Tensor:
-        conv = self.vit.conv_proj
-        if conv.bias is not None:
-            return conv.bias
-        return torch.zeros(self.width, device=conv.weight.device, dtype=conv.weight.dtype)
+    def patch_conv(self) -> nn.Module:
+        return self.vit.conv_proj
 
     def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
         """(1, 1 + H*W, D) positional embedding (CLS first); only the native grid exists."""
