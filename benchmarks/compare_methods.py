@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -78,8 +79,6 @@ def run_one(key: Path, method, backbone, data, img_size, lr, epochs, seed, bf16)
         return json.loads(cached.read_text())
     run_dir = key
     if run_dir.exists():  # an interrupted attempt: start it again cleanly
-        import shutil
-
         shutil.rmtree(run_dir)
     acfg = method_config(method, backbone, data, img_size)
     model = build_classifier(acfg, backbone)

@@ -114,7 +114,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.epochs = 1
-    torch.set_num_threads(torch.get_num_threads())
     backbone = create_backbone()
     pre = backbone.preprocessing
     data = build_dataset("elpv", img_size=112, mean=pre.mean, std=pre.std,

@@ -37,7 +37,6 @@ NOTE = ("Reading it: at the same images per dataset, the shared PGN takes three 
 def accuracy(model, dataset, head_index=None) -> float:
     model.eval()
     correct = n = 0
-    coeffs = []
     for x, y in torch.utils.data.DataLoader(dataset, batch_size=64):
         logits = model(x)
         if head_index is not None:

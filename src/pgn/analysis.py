@@ -13,6 +13,13 @@ from .plots import plot_canvases, plot_class_token_usage, plot_prompt_patches, p
 from .training import read_metrics
 
 
+def pick_per_class(labels: torch.Tensor, num_classes: int, n: int) -> list[int]:
+    """Up to ``n`` indices, the first few of each class in turn, for pictures that show every class."""
+    per = max(1, n // num_classes)
+    picks = [i for c in range(num_classes) for i in (labels == c).nonzero().flatten()[:per].tolist()]
+    return picks[:n]
+
+
 def input_dependence(prompts: torch.Tensor, labels: torch.Tensor) -> dict:
     """How much prompts vary with the input: (n, K, D) prompts, (n,) labels.
 
@@ -90,10 +97,7 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, max_imag
     result["library_size"] = int(coeffs.shape[-1])
 
     # A few images (classes alternating) and their prompt patches as the model would see them.
-    picks = []
-    for c in range(len(cfg.class_names)):
-        picks += (labels == c).nonzero().flatten()[: max(1, n_pictures // len(cfg.class_names))].tolist()
-    picks = picks[:n_pictures]
+    picks = pick_per_class(labels, len(cfg.class_names), n_pictures)
     x = torch.stack([test[i][0] for i in picks])
     c = model.prompts.coefficients(x)
     if cfg.generator.get("library_space") == "pixel":

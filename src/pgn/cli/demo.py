@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..adapter import AdapterConfig, build_classifier
+from ..analysis import pick_per_class
 from ..backbones import DEFAULT_BACKBONE, create_backbone
 from ..data import build_dataset
 from ..files import write_json
@@ -66,10 +67,7 @@ def run_demo(out: Path, epochs: int = 5, img_size: int = 112, lr: float = 0.1, p
 def _mixture_picture(model, data, path: Path, n: int = 6) -> None:
     model.eval()
     targets = torch.as_tensor(data.test.targets)
-    # Alternate classes so both appear.
-    picks = []
-    for c in range(len(data.class_names)):
-        picks += (targets == c).nonzero().flatten()[: n // len(data.class_names)].tolist()
+    picks = pick_per_class(targets, len(data.class_names), n)
     images = torch.stack([data.test[i][0] for i in picks])
     coeffs = model.prompts.coefficients(images)
     preds = model(images).argmax(-1)
