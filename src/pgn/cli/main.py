@@ -166,6 +166,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", default=None, help="output directory (default: the run directory)")
     p.add_argument("--max-images", type=int, default=1000, help="test images to analyse")
 
+    p = sub.add_parser("bench", help="the paper's comparison: linear probe, IIP, VP, PGN, fine-tuning; lr on a "
+                                     "validation split, several seeds, cached per run")
+    p.add_argument("--datasets", nargs="+", default=None, help="default: elpv fashion-mnist elpv4")
+    p.add_argument("--methods", nargs="+", default=None, help="default: linear iip vp pgn pgn-frame finetune")
+    p.add_argument("--backbone", default="dinov2-s14-imgfocus")
+    p.add_argument("--weights", default=None)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--img-size", type=int, default=112)
+    p.add_argument("--subset", action="append", default=None, metavar="NAME=TRAINxTEST",
+                   help="stratified seed-0 subset of a dataset (default: fashion-mnist=1000x1000); repeatable")
+    p.add_argument("--quick", action="store_true", help="minutes: elpv only, 400/200 images, 1 epoch, 1 seed")
+    p.add_argument("--fp32", action="store_true", help="float32 even where bfloat16 is native")
+    p.add_argument("--runs", default="runs/bench-compare", help="cache of finished runs (resumes from it)")
+    p.add_argument("--out", default=None, help="report path without suffix: writes .md and .json "
+                                                "(default: <runs>/results)")
+    p.add_argument("--throughput", default=None, help="JSON of benchmarks/throughput.py to summarise in the report")
+    p.add_argument("--report-command", default=None, help=argparse.SUPPRESS)
+
     p = sub.add_parser("info", help="summarise a backbone, an adapter or an official checkpoint")
     p.add_argument("--backbone", default=None)
     p.add_argument("--weights", default=None)
@@ -529,6 +549,35 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _parse_subset(text: str) -> tuple[str, tuple[int, int]]:
+    name, _, sizes = text.partition("=")
+    train, _, test = sizes.partition("x")
+    if not (name and train.isdigit() and test.isdigit()):
+        raise PGNError(f"--subset {text!r}: expected NAME=TRAINxTEST, e.g. fashion-mnist=1000x1000")
+    return name, (int(train), int(test))
+
+
+def cmd_bench(args) -> int:
+    from .. import comparison
+    from ..training import native_bf16
+
+    subsets = dict(_parse_subset(s) for s in args.subset) if args.subset is not None else dict(comparison.SUBSETS)
+    datasets = args.datasets or list(comparison.DATASETS)
+    epochs, seeds, runs = args.epochs, args.seeds, args.runs
+    if args.quick:
+        datasets, epochs, seeds, runs = ["elpv"], 1, 1, args.runs + "-quick"
+        subsets = {"elpv": (400, 200)}
+    cfg = comparison.ComparisonConfig(methods=args.methods or comparison.METHODS, epochs=epochs, seeds=seeds,
+                                      img_size=args.img_size, bf16=not args.fp32 and native_bf16(), runs=Path(runs))
+    out = Path(args.out) if args.out else Path(runs) / "results"
+    command = args.report_command or "pgn " + " ".join(args.argv)
+    res = comparison.benchmark(datasets, cfg, out, command=command, backbone=args.backbone, weights=args.weights,
+                               subsets=subsets, data_root=args.data_root, throughput=args.throughput)
+    print("\n".join(comparison.accuracy_table(res["results"])))
+    print(f"report: {out.with_suffix('.md')}, raw: {out.with_suffix('.json')}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -538,12 +587,13 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
-            "compose": cmd_compose, "serve": cmd_serve, "import-official": cmd_import_official, "analyze": cmd_analyze, "info": cmd_info,
-            "demo": cmd_demo}
+            "compose": cmd_compose, "serve": cmd_serve, "import-official": cmd_import_official, "analyze": cmd_analyze,
+            "info": cmd_info, "bench": cmd_bench, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for reports that quote their command
     if args.command == "train":
         resolve_defaults(args)
     try:

@@ -1,0 +1,321 @@
+"""The paper's method comparison on real data: linear probe, IIP, VP, PGN and full fine-tuning.
+
+Protocol (the same for every method):
+
+* every method gets the same epochs and schedule (SGD momentum 0.9, warm-up then cosine,
+  batch 32, bf16 autocast where the CPU/GPU has it natively);
+* each method's learning rate is chosen from :data:`CANDIDATES` on a validation split carved
+  from train (20 %, stratified, seed 0), never on test; ties go to the smaller rate;
+* the chosen rate is then trained on the full train split with ``seeds`` seeds and tested.
+
+Every run is cached as ``<runs>/<dataset>-<ntrain>x<ntest>-<px>px-e<epochs>/<method>/<split>-lr<lr>
+[-seed<s>].json``, so an interrupted comparison resumes where it stopped and a finished one
+re-renders its report without training anything.
+
+Used by ``pgn bench`` and ``benchmarks/compare_methods.py``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import Subset
+
+from .adapter import AdapterConfig, build_classifier
+from .backbones.base import FrozenBackbone
+from .data import DataSpec
+from .errors import PGNError
+from .files import write_json
+from .prompts import GeneratorConfig
+from .training import TrainConfig, train
+
+# Head learning rate of every method that trains a head next to something else; chosen on ELPV's
+# validation split for the linear probe (the linear probe's own rate is searched below).
+HEAD_LR = 0.01
+
+# Learning-rate candidates per method: the rate of the part each method trains besides the head.
+CANDIDATES: dict[str, list[float]] = {
+    "linear": [0.003, 0.01, 0.03],   # the head itself
+    "iip": [0.01, 0.1],
+    "vp": [1.0, 10.0],               # pixel-space padding: Bahng et al. use large rates (40)
+    "pgn": [0.01, 0.1],              # latent library, append layout
+    "pgn-frame": [0.01, 0.1],        # pixel library, frame layout: deployable in the input alone
+    "finetune": [1e-4, 1e-3],        # backbone rate (head at HEAD_LR)
+}
+METHODS = tuple(CANDIDATES)
+
+# ELPV's 4-class task has the same images as the binary one: when both are compared in one call
+# and the binary task comes first, the 4-class task reuses its validation choice of learning rate.
+LR_FROM = {"elpv4": "elpv"}
+
+# The default datasets and the fixed subsets that keep the full comparison near 90 minutes on 2 cores.
+DATASETS = ("elpv", "fashion-mnist", "elpv4")
+SUBSETS = {"fashion-mnist": (1000, 1000)}  # stratified, seed 0: (train images, test images)
+
+PROMPTS = 16        # K, the paper's default
+LIBRARY = 128       # token library size
+VAL_FRACTION = 0.2
+
+
+@dataclass
+class ComparisonConfig:
+    """What to compare and at which budget."""
+
+    methods: Sequence[str] = METHODS
+    epochs: int = 3
+    seeds: int = 3
+    img_size: int = 112
+    bf16: bool = False
+    runs: Path = Path("runs/bench-compare")
+    candidates: dict[str, list[float]] = field(default_factory=lambda: dict(CANDIDATES))
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in CANDIDATES]
+        if unknown:
+            raise PGNError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        if self.epochs < 1 or self.seeds < 1:
+            raise PGNError(f"epochs and seeds must be at least 1, got {self.epochs} and {self.seeds}")
+        self.runs = Path(self.runs)
+
+
+def method_config(method: str, backbone: FrozenBackbone, data: DataSpec, img_size: int) -> AdapterConfig:
+    """The adapter of one compared method; ``pgn-frame`` is PGN with a pixel library in the frame layout."""
+    base = "pgn" if method.startswith("pgn") else method
+    layout, space = ("frame", "pixel") if method == "pgn-frame" else ("append", "latent")
+    gen = vars(GeneratorConfig(num_prompts=PROMPTS, library_size=LIBRARY, input_size=img_size,
+                               library_space=space)) if base == "pgn" else None
+    pre = backbone.preprocessing
+    return AdapterConfig(method=base, backbone=backbone.name, backbone_width=backbone.width,
+                         class_names=list(data.class_names), img_size=img_size, mean=pre.mean, std=pre.std,
+                         generator=gen, num_prompts=PROMPTS if base in ("pgn", "iip") else 0, layout=layout,
+                         dataset=data.name, vp_pad=max(1, round(30 * img_size / 224)))
+
+
+def train_config(method: str, lr: float, epochs: int, seed: int, bf16: bool) -> TrainConfig:
+    """One schedule for all methods; only which group gets ``lr`` differs."""
+    common = dict(epochs=epochs, lr=lr, seed=seed, bf16=bf16, progress=False)
+    if method == "linear":
+        return TrainConfig(head_lr=lr, **common)
+    if method == "finetune":
+        return TrainConfig(backbone_lr=lr, head_lr=HEAD_LR, **common)
+    return TrainConfig(head_lr=HEAD_LR, **common)
+
+
+def validation_split(data: DataSpec, fraction: float = VAL_FRACTION) -> DataSpec:
+    """Train split -> (train minus a stratified ``fraction``, that fraction as "test"); seed 0."""
+    from sklearn.model_selection import train_test_split
+
+    targets = list(data.train.targets)
+    classes = len(set(targets))
+    if int(len(targets) * fraction) < classes:
+        raise PGNError(f"{data.name}: {len(targets)} training images are too few for a {int(100 * fraction)} % "
+                       f"validation split with every one of its {classes} classes; use at least "
+                       f"{-(-classes // fraction):.0f}")
+    tr, va = train_test_split(range(len(targets)), test_size=fraction, stratify=targets, random_state=0)
+    return DataSpec(name=data.name, class_names=data.class_names, train=Subset(data.train, tr),
+                    test=Subset(data.train, va))
+
+
+def run_key(root: Path, method: str, split: str, lr: float, seed: int | None = None) -> Path:
+    """Directory of one run; its result is cached next to it as ``<name>.json``."""
+    return root / method / (f"{split}-lr{lr}" + ("" if seed is None else f"-seed{seed}"))
+
+
+def _cached(key: Path) -> Path:
+    return key.parent / f"{key.name}.json"  # not with_suffix: "lr0.003" has a dot of its own
+
+
+class _Runner:
+    """Trains one configuration at a time on a shared backbone, restoring it after fine-tuning."""
+
+    def __init__(self, backbone: FrozenBackbone, cfg: ComparisonConfig, log: Callable[[str], None]):
+        self.backbone, self.cfg, self.log = backbone, cfg, log
+        # Full fine-tuning changes the shared backbone's weights: keep the pretrained ones to restore.
+        self.original = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+        self.trained = 0
+
+    def __call__(self, key: Path, method: str, data: DataSpec, lr: float, seed: int) -> dict:
+        cached = _cached(key)
+        if cached.is_file():
+            return json.loads(cached.read_text())
+        if key.exists():  # an interrupted attempt: start it again cleanly
+            shutil.rmtree(key)
+        acfg = method_config(method, self.backbone, data, self.cfg.img_size)
+        model = build_classifier(acfg, self.backbone)
+        t0 = time.perf_counter()
+        try:
+            row = train(model, acfg, data, train_config(method, lr, self.cfg.epochs, seed, self.cfg.bf16), key,
+                        log=lambda *_: None)
+            trainable = model.num_trainable()  # counted before fine-tuning's unfreeze is undone
+        finally:
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+            if method == "finetune":
+                self.backbone.load_state_dict(self.original)
+        result = {"top1": row["test_top1"], "trainable_parameters": trainable,
+                  "seconds": round(time.perf_counter() - t0, 1)}
+        write_json(cached, result)
+        self.trained += 1
+        self.log(f"{key.relative_to(self.cfg.runs)}: top-1 {result['top1']:.4f} ({result['seconds']} s)")
+        return result
+
+
+def compare(backbone: FrozenBackbone, datasets: dict[str, DataSpec], cfg: ComparisonConfig,
+            log: Callable[[str], None] = print) -> dict:
+    """Run (or read from the cache) the comparison; returns ``{dataset: {method: summary}}``.
+
+    A summary holds the validation top-1 per candidate rate, the chosen rate, the test top-1 per
+    seed with mean and std, the trainable parameters and the split sizes.
+    """
+    runner = _Runner(backbone, cfg, log)
+    results: dict = {}
+    for name, data in datasets.items():
+        root = cfg.runs / f"{name}-{len(data.train)}x{len(data.test)}-{cfg.img_size}px-e{cfg.epochs}"
+        lr_from = LR_FROM.get(name) if LR_FROM.get(name) in results else None
+        val = None
+        for method in cfg.methods:
+            if lr_from and method in results[lr_from]:
+                scores, best = {}, results[lr_from][method]["lr"]
+            else:
+                val = val or validation_split(data)
+                scores = {lr: runner(run_key(root, method, "val", lr), method, val, lr, 0)["top1"]
+                          for lr in cfg.candidates[method]}
+                best = max(scores, key=lambda lr: (scores[lr], -lr))
+            tests = [runner(run_key(root, method, "test", best, s), method, data, best, s)
+                     for s in range(cfg.seeds)]
+            accs = [t["top1"] for t in tests]
+            results.setdefault(name, {})[method] = {
+                "val_top1_by_lr": scores, "lr": best, "lr_chosen_on": f"{lr_from or name} validation split",
+                "test_top1": accs, "mean": statistics.mean(accs),
+                "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "trainable_parameters": tests[0]["trainable_parameters"],
+                "seconds": round(sum(t["seconds"] for t in tests), 1),
+                "train_sizes": [len(data.train), len(data.test)]}
+    return {"results": results, "runs_trained": runner.trained}
+
+
+def accuracy_table(results: dict, methods: Sequence[str] = METHODS) -> list[str]:
+    """Markdown rows: test top-1 (%) mean ± std per dataset and method, then parameters and rates."""
+    methods = [m for m in methods if any(m in res for res in results.values())]
+    lines = ["| dataset (train/test) | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for name, res in results.items():
+        sizes = next(iter(res.values()))["train_sizes"]
+        cells = [f"{100 * res[m]['mean']:.2f} ± {100 * res[m]['std']:.2f}" if m in res else "n/a" for m in methods]
+        lines.append(f"| {name} ({sizes[0]}/{sizes[1]}) | " + " | ".join(cells) + " |")
+    for name, res in results.items():
+        lines.append(f"| chosen lr, {name} | " + " | ".join(
+            f"{res[m]['lr']:g}" if m in res else "n/a" for m in methods) + " |")
+    first_name, first = next(iter(results.items()))
+    lines.append(f"| trainable parameters ({first_name}) | " + " | ".join(
+        f"{first[m]['trainable_parameters']:,}" if m in first else "n/a" for m in methods) + " |")
+    return lines
+
+
+def differences(results: dict, method: str = "pgn") -> list[str]:
+    """Markdown rows: ``method``'s mean test top-1 minus every other method's, in points, per dataset."""
+    others = [m for m in METHODS if m != method and any(m in res for res in results.values())]
+    lines = [f"| {method} minus ... (points) | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+    for name, res in results.items():
+        if method in res:
+            lines.append(f"| {name} | " + " | ".join(
+                f"{100 * (res[method]['mean'] - res[m]['mean']):+.2f}" if m in res else "n/a" for m in others) + " |")
+    return lines
+
+
+def speed_summary(throughput: dict) -> list[str]:
+    """Markdown rows from ``benchmarks/throughput.py``'s JSON: training step time over the floor."""
+    meta, rows = throughput["meta"], throughput["results"]
+    methods = [m for m in ("pgn", "iip", "vp", "finetune") if m in rows[0]["train"]]
+    lines = ["| size | floor images/s | " + " | ".join(f"{m} / floor" for m in methods) +
+             " | generator FLOPs / backbone |", "|---|---|" + "---|" * (len(methods) + 1)]
+    for r in rows:
+        lines.append(f"| {r['size']} px | {r['train']['floor']['images_per_s']:.1f} | " + " | ".join(
+            f"{r['train'][m]['ratio_to_floor']:.2f}" for m in methods) +
+            f" | {100 * r['flops_per_image']['generator_share']:.2f} % |")
+    lines += ["", f"Command: `{meta['command']}` ({meta['seconds']} s on {meta['machine']}, {meta['precision']}); "
+                  f"batch {rows[0]['batch']}, median of interleaved rounds, ratios from the same process."]
+    return lines
+
+
+def write_report(path: Path, comparison: dict, meta: dict, throughput: dict | None = None) -> None:
+    """Write the comparison (and, given ``throughput``, the speed summary) as Markdown, atomically."""
+    from .files import atomic_path
+
+    results = comparison["results"]
+    lines = ["# Results", "", "## Accuracy: the paper's comparison on the embedded backbone", "",
+             f"Command: `{meta['command']}` ({meta['seconds']} s on {meta['machine']}, {meta['precision']}; "
+             f"backbone {meta['backbone']} at {meta['img_size']} px). Each method: learning rate chosen on a "
+             f"validation split carved from train ({int(100 * VAL_FRACTION)} %, stratified, seed 0), then "
+             f"{meta['epochs']} epochs on the full train split with {meta['seeds']} seed(s), SGD momentum 0.9, "
+             "warm-up + cosine, batch 32. Test top-1 (%), mean ± std over seeds; raw numbers in "
+             f"[{meta['json']}]({meta['json']}).", ""]
+    lines += accuracy_table(results)
+    if any("pgn" in res for res in results.values()):
+        lines += ["", "PGN (latent library, append layout) against each other method, mean test top-1:", ""]
+        lines += differences(results)
+    notes = [f"{name}: {res[m]['lr_chosen_on']}" for name, res in results.items() for m in list(res)[:1]
+             if not res[m]["lr_chosen_on"].startswith(name + " ")]
+    if notes:
+        lines += ["", "Learning rates reused from another task's validation split (same images, other labels): "
+                  + "; ".join(notes) + "."]
+    if throughput is not None:
+        lines += ["", "## Speed against the floor", ""] + speed_summary(throughput)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
+
+
+def benchmark(datasets: Sequence[str], cfg: ComparisonConfig, out: Path, *, command: str,
+              backbone: str = "dinov2-s14-imgfocus", weights: str | None = None,
+              subsets: dict[str, tuple[int, int]] | None = None, data_root: str | None = None,
+              throughput: Path | None = None, log: Callable[[str], None] = print) -> dict:
+    """Build the backbone and datasets, compare, write ``out.json`` (raw) and ``out.md`` (report).
+
+    ``subsets`` maps a dataset name to (train, test) sizes of a stratified seed-0 subset;
+    ``throughput`` is a JSON file of ``benchmarks/throughput.py`` to summarise next to the accuracy.
+    """
+    import platform
+
+    from .backbones import create_backbone
+    from .data import build_dataset
+
+    subsets = SUBSETS if subsets is None else subsets
+    t0 = time.perf_counter()
+    model = create_backbone(backbone, weights)
+    pre = model.preprocessing
+    specs = {}
+    for name in datasets:
+        train_limit, test_limit = subsets.get(name, (None, None))
+        specs[name] = build_dataset(name, img_size=cfg.img_size, mean=pre.mean, std=pre.std, root=data_root,
+                                    train_limit=train_limit, test_limit=test_limit)
+    comparison = compare(model, specs, cfg, log)
+    out = Path(out)
+    meta = {"command": command, "backbone": model.name, "img_size": cfg.img_size, "epochs": cfg.epochs,
+            "seeds": cfg.seeds, "precision": "bf16 autocast" if cfg.bf16 else "fp32",
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "seconds": round(time.perf_counter() - t0), "runs_trained_this_call": comparison["runs_trained"],
+            "seconds_of_all_runs": round(sum(r["seconds"] for res in comparison["results"].values()
+                                             for r in res.values()) + _validation_seconds(cfg, specs)),
+            "json": out.with_suffix(".json").name}
+    write_json(out.with_suffix(".json"), {"meta": meta, **comparison})
+    speed = json.loads(Path(throughput).read_text()) if throughput and Path(throughput).is_file() else None
+    write_report(out.with_suffix(".md"), comparison, meta, speed)
+    return {"meta": meta, **comparison}
+
+
+def _validation_seconds(cfg: ComparisonConfig, specs: dict[str, DataSpec]) -> float:
+    """Seconds the cached validation runs took (for the report's total)."""
+    total = 0.0
+    for name, data in specs.items():
+        root = cfg.runs / f"{name}-{len(data.train)}x{len(data.test)}-{cfg.img_size}px-e{cfg.epochs}"
+        for method in cfg.methods:
+            for lr in cfg.candidates[method]:
+                cached = _cached(run_key(root, method, "val", lr))
+                if cached.is_file():
+                    total += json.loads(cached.read_text())["seconds"]
+    return total

@@ -1,0 +1,100 @@
+"""The method comparison (``pgn bench``): protocol, per-run cache, backbone restored, report."""
+
+import pytest
+import torch
+from conftest import make_tiny_vit
+
+from pgn import comparison
+from pgn.cli.main import main
+from pgn.data import build_dataset
+from pgn.errors import PGNError
+
+METHODS = ("linear", "pgn", "finetune")  # a head alone, a generator, the whole backbone
+
+
+@pytest.fixture(scope="module")
+def digits():
+    vit = make_tiny_vit()
+    pre = vit.preprocessing
+    return build_dataset("digits", img_size=32, mean=pre.mean, std=pre.std, train_limit=60, test_limit=30)
+
+
+def _cfg(tmp_path, **kw):
+    return comparison.ComparisonConfig(methods=METHODS, epochs=1, seeds=2, img_size=32, runs=tmp_path / "runs",
+                                       candidates={**comparison.CANDIDATES, "linear": [0.01, 0.1]}, **kw)
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, digits):
+    """One comparison shared by the tests below: (backbone, its weights before, config, result, log)."""
+    vit = make_tiny_vit()
+    before = {k: v.clone() for k, v in vit.state_dict().items()}
+    logged = []
+    cfg = _cfg(tmp_path_factory.mktemp("bench"))
+    first = comparison.compare(vit, {"digits": digits}, cfg, log=logged.append)
+    return vit, before, cfg, first, logged
+
+
+def test_compare_chooses_lr_on_validation_caches_every_run_and_restores_the_backbone(compared, digits):
+    vit, before, cfg, first, logged = compared
+    res = first["results"]["digits"]
+    assert set(res) == set(METHODS)
+    for method, r in res.items():
+        assert r["lr"] in cfg.candidates[method] and set(r["val_top1_by_lr"]) == set(cfg.candidates[method])
+        assert len(r["test_top1"]) == 2 and r["train_sizes"] == [60, 30]
+        assert r["mean"] == pytest.approx(sum(r["test_top1"]) / 2)
+    # one cache file per (method, lr, seed): 2 validation rates + 2 seeds each
+    root = cfg.runs / "digits-60x30-32px-e1"
+    for method in METHODS:
+        assert len(list((root / method).glob("val-lr*.json"))) == 2
+        assert len(list((root / method).glob("test-lr*-seed*.json"))) == 2
+    assert first["runs_trained"] == len(logged) == 4 * len(METHODS)
+    # parameter counts are the methods' own: linear head < PGN; fine-tuning = backbone + head
+    p = {m: res[m]["trainable_parameters"] for m in METHODS}
+    assert p["linear"] < p["pgn"]
+    assert p["finetune"] == sum(t.numel() for t in vit.parameters()) + p["linear"]
+    # full fine-tuning trained the shared backbone; the pretrained weights are back and frozen
+    for k, v in vit.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not any(t.requires_grad for t in vit.parameters())
+    # a second call trains nothing and reports the same numbers
+    again = comparison.compare(vit, {"digits": digits}, cfg, log=logged.append)
+    assert again["runs_trained"] == 0 and again["results"] == first["results"]
+
+
+def test_lr_reused_from_a_task_with_the_same_images(tmp_path, digits):
+    vit = make_tiny_vit()
+    cfg = _cfg(tmp_path)
+    cfg.methods = ("linear",)
+    out = comparison.compare(vit, {"elpv": digits, "elpv4": digits}, cfg, log=lambda *_: None)["results"]
+    assert out["elpv4"]["linear"]["lr"] == out["elpv"]["linear"]["lr"]
+    assert out["elpv4"]["linear"]["val_top1_by_lr"] == {}
+    assert out["elpv4"]["linear"]["lr_chosen_on"] == "elpv validation split"
+
+
+def test_report_tables(tmp_path, compared):
+    comp = compared[3]
+    meta = {"command": "pgn bench", "seconds": 1, "machine": "m", "precision": "fp32", "backbone": "timm:test_vit",
+            "img_size": 32, "epochs": 1, "seeds": 2, "json": "results.json"}
+    speed = {"meta": {"command": "python benchmarks/throughput.py", "seconds": 3, "machine": "m", "precision": "fp32"},
+             "results": [{"size": 112, "batch": 32, "flops_per_image": {"generator_share": 0.01},
+                          "train": {"floor": {"images_per_s": 40.0, "ratio_to_floor": 1.0},
+                                    "pgn": {"images_per_s": 38.0, "ratio_to_floor": 1.05}}}]}
+    comparison.write_report(tmp_path / "results.md", comp, meta, speed)
+    text = (tmp_path / "results.md").read_text()
+    res = comp["results"]["digits"]
+    assert f"| digits (60/30) | {100 * res['linear']['mean']:.2f} ± {100 * res['linear']['std']:.2f} |" in text
+    assert f"| digits | {100 * (res['pgn']['mean'] - res['linear']['mean']):+.2f} |" in text
+    assert "| 112 px | 40.0 | 1.05 | 1.00 % |" in text
+
+
+def test_bad_requests_fail_clearly(tmp_path, capsys):
+    with pytest.raises(PGNError, match="unknown method"):
+        comparison.ComparisonConfig(methods=("pgn", "lora"))
+    assert main(["bench", "--subset", "fashion-mnist=1000", "--runs", str(tmp_path)]) == 2
+    assert "NAME=TRAINxTEST" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    vit = make_tiny_vit()
+    tiny = build_dataset("digits", img_size=32, train_limit=30, test_limit=10)
+    with pytest.raises(PGNError, match="validation split"):
+        comparison.compare(vit, {"digits": tiny}, _cfg(tmp_path), log=lambda *_: None)
