@@ -1,4 +1,5 @@
 """The method comparison (``pgn bench``): protocol, per-run cache, backbone restored, report."""
+import json
 
 import pytest
 import torch
@@ -98,3 +99,13 @@ def test_bad_requests_fail_clearly(tmp_path, capsys):
     tiny = build_dataset("digits", img_size=32, train_limit=30, test_limit=10)
     with pytest.raises(PGNError, match="validation split"):
         comparison.compare(vit, {"digits": tiny}, _cfg(tmp_path), log=lambda *_: None)
+
+
+def test_a_diverging_rate_loses_the_selection_instead_of_crashing(tmp_path, digits):
+    vit = make_tiny_vit()
+    cfg = comparison.ComparisonConfig(methods=("linear",), epochs=1, seeds=1, img_size=32, runs=tmp_path,
+                                      candidates={"linear": [0.01, 1e38]})
+    res = comparison.compare(vit, {"digits": digits}, cfg, log=lambda *_: None)["results"]["digits"]["linear"]
+    assert res["val_top1_by_lr"][1e38] is None and res["lr"] == 0.01
+    cached = json.loads(next(tmp_path.rglob("val-lr1e+38.json")).read_text())
+    assert cached["top1"] is None and cached["diverged"].startswith("loss became")

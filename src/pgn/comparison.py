@@ -149,20 +149,26 @@ class _Runner:
         acfg = method_config(method, self.backbone, data, self.cfg.img_size)
         model = build_classifier(acfg, self.backbone)
         t0 = time.perf_counter()
+        diverged = None
         try:
             row = train(model, acfg, data, train_config(method, lr, self.cfg.epochs, seed, self.cfg.bf16), key,
                         log=lambda *_: None)
-            trainable = model.num_trainable()  # counted before fine-tuning's unfreeze is undone
+        except PGNError as e:
+            if not str(e).startswith("loss became"):
+                raise
+            row, diverged = {"test_top1": None}, str(e)  # a diverging rate is a result, not a crash
         finally:
+            trainable = model.num_trainable()  # counted before fine-tuning's unfreeze is undone
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
             if method == "finetune":
                 self.backbone.load_state_dict(self.original)
         result = {"top1": row["test_top1"], "trainable_parameters": trainable,
-                  "seconds": round(time.perf_counter() - t0, 1)}
+                  "seconds": round(time.perf_counter() - t0, 1), **({"diverged": diverged} if diverged else {})}
         write_json(cached, result)
         self.trained += 1
-        self.log(f"{key.relative_to(self.cfg.runs)}: top-1 {result['top1']:.4f} ({result['seconds']} s)")
+        self.log(f"{key.relative_to(self.cfg.runs)}: " + (f"diverged ({diverged})" if diverged else
+                 f"top-1 {result['top1']:.4f}") + f" ({result['seconds']} s)")
         return result
 
 
@@ -186,18 +192,30 @@ def compare(backbone: FrozenBackbone, datasets: dict[str, DataSpec], cfg: Compar
                 val = val or validation_split(data)
                 scores = {lr: runner(run_key(root, method, "val", lr), method, val, lr, 0)["top1"]
                           for lr in cfg.candidates[method]}
-                best = max(scores, key=lambda lr: (scores[lr], -lr))
+                # highest validation top-1 (a diverged rate counts as -1); ties go to the smaller rate
+                best = max(scores, key=lambda lr: (-1 if scores[lr] is None else scores[lr], -lr))
             tests = [runner(run_key(root, method, "test", best, s), method, data, best, s)
                      for s in range(cfg.seeds)]
             accs = [t["top1"] for t in tests]
+            done = [a for a in accs if a is not None]
             results.setdefault(name, {})[method] = {
                 "val_top1_by_lr": scores, "lr": best, "lr_chosen_on": f"{lr_from or name} validation split",
-                "test_top1": accs, "mean": statistics.mean(accs),
-                "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "test_top1": accs, "diverged_seeds": len(accs) - len(done),
+                "mean": statistics.mean(done) if done else None,
+                "std": statistics.stdev(done) if len(done) > 1 else 0.0,
                 "trainable_parameters": tests[0]["trainable_parameters"],
                 "seconds": round(sum(t["seconds"] for t in tests), 1),
                 "train_sizes": [len(data.train), len(data.test)]}
     return {"results": results, "runs_trained": runner.trained}
+
+
+def _cell(summary: dict) -> str:
+    """'mean ± std' in %, saying how many seeds diverged (those are left out of the mean)."""
+    if summary["mean"] is None:
+        return "diverged"
+    cell = f"{100 * summary['mean']:.2f} ± {100 * summary['std']:.2f}"
+    k = summary.get("diverged_seeds", 0)
+    return cell + (f" ({k} of {len(summary['test_top1'])} seeds diverged)" if k else "")
 
 
 def accuracy_table(results: dict, methods: Sequence[str] = METHODS) -> list[str]:
@@ -206,7 +224,7 @@ def accuracy_table(results: dict, methods: Sequence[str] = METHODS) -> list[str]
     lines = ["| dataset (train/test) | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for name, res in results.items():
         sizes = next(iter(res.values()))["train_sizes"]
-        cells = [f"{100 * res[m]['mean']:.2f} ± {100 * res[m]['std']:.2f}" if m in res else "n/a" for m in methods]
+        cells = [_cell(res[m]) if m in res else "n/a" for m in methods]
         lines.append(f"| {name} ({sizes[0]}/{sizes[1]}) | " + " | ".join(cells) + " |")
     for name, res in results.items():
         lines.append(f"| chosen lr, {name} | " + " | ".join(
@@ -224,7 +242,8 @@ def differences(results: dict, method: str = "pgn") -> list[str]:
     for name, res in results.items():
         if method in res:
             lines.append(f"| {name} | " + " | ".join(
-                f"{100 * (res[method]['mean'] - res[m]['mean']):+.2f}" if m in res else "n/a" for m in others) + " |")
+                f"{100 * (res[method]['mean'] - res[m]['mean']):+.2f}"
+                if m in res and None not in (res[method]["mean"], res[m]["mean"]) else "n/a" for m in others) + " |")
     return lines
 
 
