@@ -77,6 +77,7 @@ def test_analyze(digits_run, tmp_path):
     assert dep["total"] > 0 and dep["within_class"] > 0  # a PGN's prompts depend on the input
     assert {"curves.png", "token_usage.png", "prompt_patches.png"} <= {p.name for p in tmp_path.iterdir()}
     assert "inversion_residual_max" in result  # latent library: patches come from inversion
+    assert 0 < result["mixture_sharpness"]["entropy"] <= 1
 
 
 def test_input_dependence_is_zero_for_identical_prompts():
@@ -86,6 +87,17 @@ def test_input_dependence_is_zero_for_identical_prompts():
 
     same = torch.ones(6, 2, 4)
     assert input_dependence(same, torch.tensor([0, 0, 1, 1, 2, 2]))["total"] == 0
+
+
+def test_mixture_sharpness_spans_uniform_to_one_token():
+    import torch
+
+    from pgn.analysis import mixture_sharpness
+
+    uniform = mixture_sharpness(torch.full((3, 2, 8), 1 / 8))
+    assert abs(uniform["entropy"] - 1) < 1e-9 and abs(uniform["max_coefficient"] - 1 / 8) < 1e-9
+    one_hot = mixture_sharpness(torch.nn.functional.one_hot(torch.tensor([[1, 5]]), 8).float())
+    assert one_hot["entropy"] < 1e-9 and one_hot["max_coefficient"] == 1
 
 
 def test_resume_from_cli(digits_run, tiny_weights):

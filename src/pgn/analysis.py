@@ -36,6 +36,19 @@ def input_dependence(prompts: torch.Tensor, labels: torch.Tensor) -> dict:
             "total": float((flat - centre).norm(dim=1).mean())}
 
 
+def mixture_sharpness(coeffs: torch.Tensor) -> dict:
+    """How far the softmax mixtures are from uniform: (n, K, N) coefficients.
+
+    ``entropy``: mean entropy of a prompt's mixture divided by log N (1 = uniform over the
+    library, 0 = a single token); ``max_coefficient``: mean of each mixture's largest weight
+    (1/N when uniform).
+    """
+    c = coeffs.double()
+    entropy = -(c * c.clamp_min(1e-12).log()).sum(-1) / torch.log(torch.tensor(float(c.shape[-1]), dtype=c.dtype))
+    return {"entropy": float(entropy.mean()), "max_coefficient": float(c.max(-1).values.mean()),
+            "uniform_coefficient": 1.0 / c.shape[-1]}
+
+
 def dataset_token_sharing(coeffs: torch.Tensor, labels: torch.Tensor, parts: list[dict], path: Path) -> dict:
     """Which library tokens each dataset uses, and how much two datasets' usage overlaps.
 
@@ -91,6 +104,7 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, max_imag
                          else torch.zeros(coeffs.shape[-1]) for c in range(len(cfg.class_names))])
     plot_class_token_usage(usage, cfg.class_names, out / "token_usage.png", title=f"library tokens per class ({cfg.dataset})")
     result["input_dependence"] = input_dependence(prompts, labels)
+    result["mixture_sharpness"] = mixture_sharpness(coeffs)
     if parts:
         result["datasets"] = dataset_token_sharing(coeffs, labels, parts, out / "dataset_tokens.png")
     result["tokens_used"] = int((usage.max(0).values > 1.0 / coeffs.shape[-1]).sum())  # above uniform weight for some class

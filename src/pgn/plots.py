@@ -50,6 +50,8 @@ def plot_training_curves(rows: list[dict], path: str | Path, title: str = "") ->
     b.plot(ep, [r["train_top1"] for r in rows], "o-", label="train top-1")
     b.plot(ep, [r["test_top1"] for r in rows], "o-", label="test top-1")
     b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend()
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs are whole
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

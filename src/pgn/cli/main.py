@@ -572,7 +572,8 @@ def cmd_bench(args) -> int:
     out = Path(args.out) if args.out else Path(runs) / "results"
     command = args.report_command or "pgn " + " ".join(args.argv)
     res = comparison.benchmark(datasets, cfg, out, command=command, backbone=args.backbone, weights=args.weights,
-                               subsets=subsets, data_root=args.data_root, throughput=args.throughput)
+                               subsets=subsets, data_root=args.data_root, throughput=args.throughput,
+                               log=lambda line: print(line, flush=True))  # progress shows up in a redirected log
     print("\n".join(comparison.accuracy_table(res["results"])))
     print(f"report: {out.with_suffix('.md')}, raw: {out.with_suffix('.json')}")
     return 0
