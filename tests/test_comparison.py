@@ -76,7 +76,8 @@ def test_lr_reused_from_a_task_with_the_same_images(tmp_path, digits):
 def test_report_tables(tmp_path, compared):
     comp = compared[3]
     meta = {"command": "pgn bench", "seconds": 1, "machine": "m", "precision": "fp32", "backbone": "timm:test_vit",
-            "img_size": 32, "epochs": 1, "seeds": 2, "json": "results.json"}
+            "img_size": 32, "epochs": 1, "seeds": 2, "json": "results.json", "seconds_of_all_runs": 1234,
+            "runs_trained_this_call": 0}
     speed = {"meta": {"command": "python benchmarks/throughput.py", "seconds": 3, "machine": "m", "precision": "fp32"},
              "results": [{"size": 112, "batch": 32, "flops_per_image": {"generator_share": 0.01},
                           "train": {"floor": {"images_per_s": 40.0, "ratio_to_floor": 1.0},
@@ -87,6 +88,7 @@ def test_report_tables(tmp_path, compared):
     assert f"| digits (60/30) | {100 * res['linear']['mean']:.2f} ± {100 * res['linear']['std']:.2f} |" in text
     assert f"| digits | {100 * (res['pgn']['mean'] - res['linear']['mean']):+.2f} |" in text
     assert "| 112 px | 40.0 | 1.05 | 1.00 % |" in text
+    assert "took 1,234 s" in text and "trained 0 of them" in text  # a re-render reports the runs' time, not its own
 
 
 def test_bad_requests_fail_clearly(tmp_path, capsys):

@@ -268,16 +268,19 @@ def write_report(path: Path, comparison: dict, meta: dict, throughput: dict | No
 
     results = comparison["results"]
     lines = ["# Results", "", "## Accuracy: the paper's comparison on the embedded backbone", "",
-             f"Command: `{meta['command']}` ({meta['seconds']} s on {meta['machine']}, {meta['precision']}; "
-             f"backbone {meta['backbone']} at {meta['img_size']} px). Each method: learning rate chosen on a "
+             f"Command: `{meta['command']}` on {meta['machine']}, {meta['precision']}; backbone "
+             f"{meta['backbone']} at {meta['img_size']} px. The runs below took {meta['seconds_of_all_runs']:,} s "
+             f"of training and testing in all; this call trained {meta['runs_trained_this_call']} of them "
+             f"({meta['seconds']:,} s wall), the rest came from its cache. Each method: learning rate chosen on a "
              f"validation split carved from train ({int(100 * VAL_FRACTION)} %, stratified, seed 0), then "
              f"{meta['epochs']} epochs on the full train split with {meta['seeds']} seed(s), SGD momentum 0.9, "
              "warm-up + cosine, batch 32. Test top-1 (%), mean ± std over seeds; raw numbers in "
              f"[{meta['json']}]({meta['json']}).", ""]
     lines += accuracy_table(results)
-    if any("pgn" in res for res in results.values()):
-        lines += ["", "PGN (latent library, append layout) against each other method, mean test top-1:", ""]
-        lines += differences(results)
+    for method, what in (("pgn", "latent library, append layout"), ("pgn-frame", "pixel library, frame layout")):
+        if any(method in res for res in results.values()):
+            lines += ["", f"{method} ({what}) against each other method, mean test top-1:", ""]
+            lines += differences(results, method)
     notes = [f"{name}: {res[m]['lr_chosen_on']}" for name, res in results.items() for m in list(res)[:1]
              if not res[m]["lr_chosen_on"].startswith(name + " ")]
     if notes:
