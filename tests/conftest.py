@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random-init timm ViTs, the embedded backbone, an isolated PGN_HOME."""
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a hub in tests
 
@@ -8,6 +9,12 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 from pgn.backbones import TimmViT  # noqa: E402
+
+# Checkpoints released with the paper: next to the repository on our machines, anywhere with
+# PGN_OFFICIAL_DIR. A clone without them skips (and says why) the tests that read them.
+OFFICIAL = Path(os.environ.get("PGN_OFFICIAL_DIR", Path(__file__).resolve().parents[2] / "shared" / "official_pgn"))
+needs_official = pytest.mark.skipif(not OFFICIAL.is_dir(), reason=f"released checkpoints not found in {OFFICIAL} "
+                                    "(set PGN_OFFICIAL_DIR)")
 
 
 @pytest.fixture(scope="session", autouse=True)

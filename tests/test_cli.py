@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import OFFICIAL, make_tiny_vit, needs_official
 from PIL import Image
-
-from conftest import make_tiny_vit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,8 +124,9 @@ def test_checkpoint_for_another_width(digits_run):
     assert "width 64" in msg and "384" in msg
 
 
+@needs_official
 def test_official_checkpoint_info():
-    r = pgn("info", "--official", ROOT / ".." / "shared" / "official_pgn" / "pgn_dino_cifar100.pt")
+    r = pgn("info", "--official", OFFICIAL / "pgn_dino_cifar100.pt")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["parameters"] == 620_656
 

@@ -1,16 +1,15 @@
 """Every method on random-init models of the paper's architectures; official checkpoints round-trip."""
-from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+from conftest import OFFICIAL, needs_official
 from torchvision.models import vit_b_32
 
 from pgn.adapter import AdapterConfig, build_classifier, import_official, load_adapter, save_adapter
 from pgn.backbones import OpenCLIPViT, TorchvisionViT
 from pgn.prompts import GeneratorConfig
 
-OFFICIAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "official_pgn"
 CLASSES = ["airplane", "automobile", "bird"]
 
 
@@ -72,6 +71,7 @@ def test_paper_parameter_counts(clip, tv):
     assert build_classifier(vp, clip).num_trainable() == 69_840
 
 
+@needs_official
 def test_official_clip_checkpoint_imports_and_round_trips(clip, tmp_path):
     model, cfg = import_official(OFFICIAL / "pgn_clip_cifar10.pt", clip, CLASSES, "cifar10",
                                  "This is a photo of a {}.")
@@ -87,6 +87,7 @@ def test_official_clip_checkpoint_imports_and_round_trips(clip, tmp_path):
     assert cfg2 == cfg
 
 
+@needs_official
 def test_official_checkpoint_for_another_width(tv):
     from pgn import PGNError
 

@@ -1,12 +1,11 @@
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import OFFICIAL, needs_official
 
 from pgn import PGNError
 from pgn.prompts import GeneratorConfig, InputIndependentPrompts, PromptGenerator, load_official
 
-OFFICIAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "official_pgn"
 # file -> (width D, trainable parameters stated for the release)
 RELEASED = {
     "pgn_clip_cifar10.pt": (768, 1_032_304),
@@ -56,6 +55,7 @@ def test_bad_generator_config(bad):
         GeneratorConfig(**bad)
 
 
+@needs_official
 @pytest.mark.parametrize("name", sorted(RELEASED))
 def test_official_checkpoints_load_strictly(name):
     dim, count = RELEASED[name]
