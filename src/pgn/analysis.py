@@ -1,6 +1,7 @@
 """Pictures and numbers that explain a trained PGN: curves, token usage, input dependence, prompt patches."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -44,9 +45,8 @@ def mixture_sharpness(coeffs: torch.Tensor) -> dict:
     (1/N when uniform).
     """
     c = coeffs.double()
-    entropy = -(c * c.clamp_min(1e-12).log()).sum(-1) / torch.log(torch.tensor(float(c.shape[-1]), dtype=c.dtype))
-    return {"entropy": float(entropy.mean()), "max_coefficient": float(c.max(-1).values.mean()),
-            "uniform_coefficient": 1.0 / c.shape[-1]}
+    entropy = -(c * c.clamp_min(1e-12).log()).sum(-1) / math.log(c.shape[-1])
+    return {"entropy": float(entropy.mean()), "max_coefficient": float(c.max(-1).values.mean())}
 
 
 def dataset_token_sharing(coeffs: torch.Tensor, labels: torch.Tensor, parts: list[dict], path: Path) -> dict:
