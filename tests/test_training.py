@@ -160,3 +160,89 @@ def test_adapter_width_mismatch_is_clear(tiny_vit, tmp_path):
     (tmp_path / "a" / "adapter.safetensors").write_bytes(b"garbage")
     with pytest.raises(PGNError, match="corrupt"):
         load_adapter(tmp_path / "a", backbone=tiny_vit)
+
+
+def test_defaults_are_the_official_recipe():
+    """TrainConfig() is the paper's recipe for prompt methods: one rate, no clip, half-run warm-up, lr/100."""
+    cfg = TrainConfig()
+    assert (cfg.epochs, cfg.lr, cfg.head_lr, cfg.optimizer, cfg.momentum, cfg.weight_decay) == (100, 0.1, None, "sgd",
+                                                                                                 0.9, 0.0)
+    assert cfg.grad_clip is None and cfg.head_init == "default" and cfg.final_lr_ratio == 0.01
+    assert cfg.warmup == 50 and TrainConfig(epochs=10).warmup == 5 and TrainConfig(epochs=10, warmup_epochs=1).warmup == 1
+    assert TrainConfig.paper() == TrainConfig(warmup_epochs=50.0)
+    # The one named deviation: the linear head reads BatchNorm-normalised features.
+    acfg = adapter_cfg("pgn", make_tiny_vit())
+    assert acfg.head_norm == "batchnorm"
+    from pgn.cli.main import build_parser, resolve_defaults
+
+    args = build_parser().parse_args(["train", "--preset", "paper"])
+    resolve_defaults(args)
+    assert (args.epochs, args.lr, args.warmup_epochs, args.grad_clip, args.head_lr) == (100, 0.1, 50.0, 0.0, None)
+
+
+@pytest.mark.parametrize("head_init", ["default", "zero"])
+def test_generator_gets_gradient_on_the_first_step(tiny_vit, tmp_path, head_init):
+    """With the default head the generator learns from step one; a zero-init head (the old default) blocks it."""
+    acfg = adapter_cfg("pgn", tiny_vit)
+    model = build_classifier(acfg, tiny_vit)
+    before = {k: v.clone() for k, v in model.prompts.net.state_dict().items() if k.endswith("weight")}
+    data = spec()
+    data.train = torch.utils.data.Subset(data.train, range(8))  # one step of batch 8
+    row = train(model, acfg, data, quiet(lr=0.1, head_init=head_init), tmp_path / "r", log=lambda *_: None)
+    moved = max(float((model.prompts.net.state_dict()[k] - v).abs().max()) for k, v in before.items())
+    if head_init == "default":
+        assert row["grad_norm/generator"] > 0 and row["update/generator"] > 0 and moved > 0
+    else:
+        assert row["grad_norm/generator"] == 0 and moved == 0
+
+
+def test_metrics_carry_group_norms_updates_entropy_and_clip(tiny_vit, tmp_path):
+    acfg = adapter_cfg("pgn", tiny_vit)
+    model = build_classifier(acfg, tiny_vit)
+    train(model, acfg, spec(), quiet(epochs=2, lr=0.05, grad_clip=1e-3), tmp_path / "r", log=lambda *_: None)
+    rows = read_metrics(tmp_path / "r")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        for group in ("head", "generator", "library"):
+            assert r[f"grad_norm/{group}"] > 0 and r[f"update/{group}"] > 0
+        assert 0.9 < r["mixture_entropy"] <= 1.0  # near-uniform mixtures after a few tiny steps
+        assert 0 < r["clip_factor"] < 0.1          # a 1e-3 clip scales every step's gradient down hard
+    # With momentum 0.9 a step moves the head by at most lr * clip / (1 - 0.9): clipping really limited it
+    # (unclipped, the head's gradient norm of about 1 would move it about 100 times further).
+    head_norm = float(torch.cat([p.flatten() for p in model.head.parameters()]).norm())
+    assert rows[-1]["update/head"] < 1.2 * 0.05 * 1e-3 / 0.1 / head_norm
+
+
+def test_batchnorm_head_trains_on_a_batch_of_one_and_evaluates_with_running_stats():
+    from pgn.heads import LinearHead
+
+    torch.manual_seed(0)
+    head = LinearHead(8, 3)
+    head.train()
+    out = head(torch.randn(1, 8))  # no batch statistics: must not raise
+    assert out.shape == (1, 3)
+    feats = torch.randn(64, 8) * 40 + 5
+    for _ in range(50):
+        head(feats)  # running statistics converge to the features'
+    head.eval()
+    x = torch.randn(4, 8) * 40 + 5
+    expected = head.fc((x - head.norm.running_mean) / (head.norm.running_var + head.norm.eps).sqrt())
+    torch.testing.assert_close(head(x), expected)
+
+
+def test_adapters_from_before_the_normalised_head_still_load(tiny_vit, tmp_path):
+    """An adapter_config.json without ``head_norm`` (older pgn) is a linear layer on raw features."""
+    acfg = adapter_cfg("pgn", tiny_vit)
+    acfg.head_norm = "none"
+    model = build_classifier(acfg, tiny_vit)
+    torch.nn.init.normal_(model.head.fc.weight, std=0.1)
+    save_adapter(model, acfg, tmp_path / "old")
+    path = tmp_path / "old" / "adapter_config.json"
+    raw = json.loads(path.read_text())
+    del raw["head_norm"]
+    path.write_text(json.dumps(raw))
+    loaded, cfg = load_adapter(tmp_path / "old", backbone=tiny_vit)
+    assert cfg.head_norm == "none" and loaded.head.norm is None
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(loaded(x), model(x))

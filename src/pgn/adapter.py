@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from .backbones import FrozenBackbone, create_backbone
 from .errors import PGNError
 from .files import atomic_path, write_json
-from .heads import LinearHead
+from .heads import HEAD_NORMS, LinearHead
 from .layouts import make_layout
 from .model import PromptedClassifier
 from .prompts import GeneratorConfig, InputIndependentPrompts, PaddingPrompt, PromptGenerator
@@ -45,6 +45,7 @@ class AdapterConfig:
     num_prompts: int = 0                 # K (pgn and iip)
     layout: str = "append"               # where prompts sit: append | extend | frame (pgn.layouts)
     head: str = "linear"                 # "linear" (trained) or "zeroshot" (CLIP text tower, frozen)
+    head_norm: str = "batchnorm"         # linear head input: "batchnorm" (affine-free BN) or "none" (raw features)
     template: str | None = None          # zero-shot prompt template, e.g. "This is a photo of a {}."
     vp_pad: int = 30                     # VP frame width in pixels (Bahng et al.: 30 at 224 px)
     dataset: str | None = None
@@ -56,6 +57,8 @@ class AdapterConfig:
             raise PGNError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.head not in HEADS:
             raise PGNError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        if self.head_norm not in HEAD_NORMS:
+            raise PGNError(f"unknown head_norm {self.head_norm!r}; choose one of {', '.join(HEAD_NORMS)}")
         if self.method == "zeroshot" and self.head != "zeroshot":
             raise PGNError("method zeroshot needs the zero-shot head of a CLIP backbone")
         self.mean, self.std = tuple(self.mean), tuple(self.std)
@@ -87,9 +90,9 @@ def build_head(cfg: AdapterConfig, backbone: FrozenBackbone):
     if cfg.extra.get("datasets"):  # one PGN over several datasets: a head per dataset (pgn.multi)
         from .multi import MultiDatasetHead
 
-        return MultiDatasetHead(backbone.feature_dim, cfg.extra["datasets"])
+        return MultiDatasetHead(backbone.feature_dim, cfg.extra["datasets"], norm=cfg.head_norm)
     if cfg.head == "linear":
-        return LinearHead(backbone.feature_dim, len(cfg.class_names))
+        return LinearHead(backbone.feature_dim, len(cfg.class_names), norm=cfg.head_norm)
     if not hasattr(backbone, "zero_shot_head"):
         raise PGNError(f"{backbone.name} has no text tower for a zero-shot head; use a clip-* backbone or --head linear")
     return backbone.zero_shot_head(cfg.class_names, cfg.template or "This is a photo of a {}.")
@@ -115,6 +118,9 @@ def read_adapter_config(directory: str | Path) -> AdapterConfig:
         raise PGNError(f"no adapter in {directory}: {CONFIG_FILE} is missing (train one with `pgn train`)")
     try:
         raw = json.loads(path.read_text())
+        if isinstance(raw, dict):
+            # Adapters written before the normalised head existed have a linear layer on raw features.
+            raw.setdefault("head_norm", "none")
         return AdapterConfig(**raw)
     except (json.JSONDecodeError, TypeError) as e:
         raise PGNError(f"{path} is not a valid adapter config ({e}); retrain or restore the file") from e
@@ -140,7 +146,7 @@ def load_adapter(directory: str | Path, backbone: FrozenBackbone | None = None,
         model.trainable_modules().load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise PGNError(f"{path} does not match {CONFIG_FILE}: {str(e).splitlines()[0]}") from e
-    return model, cfg
+    return model.eval(), cfg  # inference mode for BatchNorm (the head's, the generator's); train() switches back
 
 
 def import_official(checkpoint: str | Path, backbone: FrozenBackbone, class_names: list[str], dataset: str | None = None,

@@ -12,6 +12,7 @@ from .files import write_json
 from .layouts import PatchInverter
 from .plots import plot_canvases, plot_class_token_usage, plot_prompt_patches, plot_training_curves
 from .training import read_metrics
+from .training.monitor import mixture_sharpness
 
 
 def pick_per_class(labels: torch.Tensor, num_classes: int, n: int) -> list[int]:
@@ -37,16 +38,21 @@ def input_dependence(prompts: torch.Tensor, labels: torch.Tensor) -> dict:
             "total": float((flat - centre).norm(dim=1).mean())}
 
 
-def mixture_sharpness(coeffs: torch.Tensor) -> dict:
-    """How far the softmax mixtures are from uniform: (n, K, N) coefficients.
+@torch.no_grad()
+def initial_perturbation(model, images: torch.Tensor) -> dict:
+    """How much a classifier's prompts move the backbone's feature before any training.
 
-    ``entropy``: mean entropy of a prompt's mixture divided by log N (1 = uniform over the
-    library, 0 = a single token); ``max_coefficient``: mean of each mixture's largest weight
-    (1/N when uniform).
+    ``images``: (B, 3, H, W) normalised. Compares the prompted feature ``model.features(x)``
+    with the unprompted ``model.backbone(x)``: mean cosine similarity and mean relative
+    change ``||f_p - f|| / ||f||``. A PGN that started neutral would give 1 and 0.
     """
-    c = coeffs.double()
-    entropy = -(c * c.clamp_min(1e-12).log()).sum(-1) / math.log(c.shape[-1])
-    return {"entropy": float(entropy.mean()), "max_coefficient": float(c.max(-1).values.mean())}
+    model.eval()
+    plain = model.backbone(images).float()
+    prompted = model.features(images).float()
+    cos = torch.nn.functional.cosine_similarity(prompted, plain, dim=-1)
+    rel = (prompted - plain).norm(dim=-1) / plain.norm(dim=-1)
+    return {"cosine": float(cos.mean()), "relative_change": float(rel.mean()),
+            "feature_norm": float(plain.norm(dim=-1).mean())}
 
 
 def dataset_token_sharing(coeffs: torch.Tensor, labels: torch.Tensor, parts: list[dict], path: Path) -> dict:

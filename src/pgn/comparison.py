@@ -35,19 +35,22 @@ from .files import write_json
 from .prompts import GeneratorConfig
 from .training import TrainConfig, train
 
-# Head learning rate of every method that trains a head next to something else; chosen on ELPV's
-# validation split for the linear probe (the linear probe's own rate is searched below).
-HEAD_LR = 0.01
+# One grid for every method that trains prompts and a head at one tied rate (the paper's recipe:
+# one rate for everything it trains). The linear probe's head searches the same grid.
+GRID = [0.003, 0.01, 0.03, 0.1]
 
-# Learning-rate candidates per method: the rate of the part each method trains besides the head.
+# Learning-rate candidates per method: the rate of everything it trains, except for VP's pixels and
+# fine-tuning's backbone, which need rates of another order; their head then takes the rate the
+# linear probe chose on the same validation split (the same head, tuned once).
 CANDIDATES: dict[str, list[float]] = {
-    "linear": [0.003, 0.01, 0.03],   # the head itself
-    "iip": [0.01, 0.1],
-    "vp": [1.0, 10.0],               # pixel-space padding: Bahng et al. use large rates (40)
-    "pgn": [0.01, 0.1],              # latent library, append layout
-    "pgn-frame": [0.01, 0.1],        # pixel library, frame layout: deployable in the input alone
-    "finetune": [1e-4, 1e-3],        # backbone rate (head at HEAD_LR)
+    "linear": GRID,                  # the head itself
+    "iip": GRID,
+    "vp": [1.0, 10.0, 40.0],         # pixel-space padding: Bahng et al. use 40
+    "pgn": GRID,                     # latent library, append layout
+    "pgn-frame": GRID,               # pixel library, frame layout: deployable in the input alone
+    "finetune": [1e-4, 1e-3],        # backbone rate
 }
+OWN_HEAD_RATE = ("vp", "finetune")   # methods whose head rate is the linear probe's choice
 METHODS = tuple(CANDIDATES)
 
 # ELPV's 4-class task has the same images as the binary one: when both are compared in one call
@@ -68,7 +71,7 @@ class ComparisonConfig:
     """What to compare and at which budget."""
 
     methods: Sequence[str] = METHODS
-    epochs: int = 3
+    epochs: int = 10
     seeds: int = 3
     img_size: int = 112
     bf16: bool = False
@@ -84,27 +87,46 @@ class ComparisonConfig:
         self.runs = Path(self.runs)
 
 
-def method_config(method: str, backbone: FrozenBackbone, data: DataSpec, img_size: int) -> AdapterConfig:
+@dataclass(frozen=True)
+class Variant:
+    """A named change to the recipe, for ablations: fields of the adapter, the generator and the training."""
+
+    name: str = "recipe"
+    adapter: dict = field(default_factory=dict)    # e.g. {"head_norm": "none"}
+    generator: dict = field(default_factory=dict)  # e.g. {"library_init_std": 0.2}
+    train: dict = field(default_factory=dict)      # e.g. {"grad_clip": 1.0}
+
+
+RECIPE = Variant()
+
+
+def method_config(method: str, backbone: FrozenBackbone, data: DataSpec, img_size: int,
+                  variant: Variant = RECIPE) -> AdapterConfig:
     """The adapter of one compared method; ``pgn-frame`` is PGN with a pixel library in the frame layout."""
     base = "pgn" if method.startswith("pgn") else method
     layout, space = ("frame", "pixel") if method == "pgn-frame" else ("append", "latent")
     gen = vars(GeneratorConfig(num_prompts=PROMPTS, library_size=LIBRARY, input_size=img_size,
-                               library_space=space)) if base == "pgn" else None
+                               library_space=space, **variant.generator)) if base == "pgn" else None
     pre = backbone.preprocessing
     return AdapterConfig(method=base, backbone=backbone.name, backbone_width=backbone.width,
                          class_names=list(data.class_names), img_size=img_size, mean=pre.mean, std=pre.std,
                          generator=gen, num_prompts=PROMPTS if base in ("pgn", "iip") else 0, layout=layout,
-                         dataset=data.name, vp_pad=max(1, round(30 * img_size / 224)))
+                         dataset=data.name, vp_pad=max(1, round(30 * img_size / 224)), **variant.adapter)
 
 
-def train_config(method: str, lr: float, epochs: int, seed: int, bf16: bool) -> TrainConfig:
-    """One schedule for all methods; only which group gets ``lr`` differs."""
+def train_config(method: str, lr: float, epochs: int, seed: int, bf16: bool, head_lr: float | None = None,
+                 variant: Variant = RECIPE) -> TrainConfig:
+    """One schedule for all methods (warm-up over half the run, cosine, no clipping); ``lr`` is the rate of
+    everything the method trains (the head's too), except VP's pixels and fine-tuning's backbone, whose
+    head gets ``head_lr``."""
     common = dict(epochs=epochs, lr=lr, seed=seed, bf16=bf16, progress=False)
-    if method == "linear":
-        return TrainConfig(head_lr=lr, **common)
     if method == "finetune":
-        return TrainConfig(backbone_lr=lr, head_lr=HEAD_LR, **common)
-    return TrainConfig(head_lr=HEAD_LR, **common)
+        cfg = dict(common, backbone_lr=lr, head_lr=head_lr)
+    elif method == "vp":
+        cfg = dict(common, head_lr=head_lr)
+    else:
+        cfg = common
+    return TrainConfig(**{**cfg, **variant.train})
 
 
 def validation_split(data: DataSpec, fraction: float = VAL_FRACTION) -> DataSpec:
@@ -122,9 +144,12 @@ def validation_split(data: DataSpec, fraction: float = VAL_FRACTION) -> DataSpec
                     test=Subset(data.train, va))
 
 
-def run_key(root: Path, method: str, split: str, lr: float, seed: int | None = None) -> Path:
+def run_key(root: Path, method: str, split: str, lr: float, seed: int | None = None, head_lr: float | None = None,
+            variant: Variant = RECIPE) -> Path:
     """Directory of one run; its result is cached next to it as ``<name>.json``."""
-    return root / method / (f"{split}-lr{lr}" + ("" if seed is None else f"-seed{seed}"))
+    folder = method if variant.name == RECIPE.name else f"{method}@{variant.name}"
+    return root / folder / (f"{split}-lr{lr}" + ("" if head_lr is None else f"-head{head_lr}")
+                            + ("" if seed is None else f"-seed{seed}"))
 
 
 def _cached(key: Path) -> Path:
@@ -140,19 +165,20 @@ class _Runner:
         self.original = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
         self.trained = 0
 
-    def __call__(self, key: Path, method: str, data: DataSpec, lr: float, seed: int) -> dict:
+    def __call__(self, key: Path, method: str, data: DataSpec, lr: float, seed: int, head_lr: float | None = None,
+                 variant: Variant = RECIPE, epochs: int | None = None) -> dict:
         cached = _cached(key)
         if cached.is_file():
             return json.loads(cached.read_text())
         if key.exists():  # an interrupted attempt: start it again cleanly
             shutil.rmtree(key)
-        acfg = method_config(method, self.backbone, data, self.cfg.img_size)
+        acfg = method_config(method, self.backbone, data, self.cfg.img_size, variant)
         model = build_classifier(acfg, self.backbone)
+        tcfg = train_config(method, lr, epochs or self.cfg.epochs, seed, self.cfg.bf16, head_lr, variant)
         t0 = time.perf_counter()
         diverged = None
         try:
-            row = train(model, acfg, data, train_config(method, lr, self.cfg.epochs, seed, self.cfg.bf16), key,
-                        log=lambda *_: None)
+            row = train(model, acfg, data, tcfg, key, log=lambda *_: None)
         except PGNError as e:
             if not str(e).startswith("loss became"):
                 raise
@@ -163,7 +189,7 @@ class _Runner:
                 p.requires_grad_(False)
             if method == "finetune":
                 self.backbone.load_state_dict(self.original)
-        result = {"top1": row["test_top1"], "trainable_parameters": trainable,
+        result = {"top1": row["test_top1"], "trainable_parameters": trainable, "head_lr": tcfg.head_lr or tcfg.lr,
                   "seconds": round(time.perf_counter() - t0, 1), **({"diverged": diverged} if diverged else {})}
         write_json(cached, result)
         self.trained += 1
@@ -182,31 +208,60 @@ def compare(backbone: FrozenBackbone, datasets: dict[str, DataSpec], cfg: Compar
     runner = _Runner(backbone, cfg, log)
     results: dict = {}
     for name, data in datasets.items():
-        root = cfg.runs / f"{name}-{len(data.train)}x{len(data.test)}-{cfg.img_size}px-e{cfg.epochs}"
+        root = run_root(cfg, name, data)
         lr_from = LR_FROM.get(name) if LR_FROM.get(name) in results else None
-        val = None
-        for method in cfg.methods:
+        val = validation_split(data) if not lr_from else None
+        # VP and fine-tuning train the linear probe's head at the rate the probe chose: run the probe first.
+        order = sorted(cfg.methods, key=lambda m: m != "linear")
+        for method in order:
+            head_lr = None
+            if method in OWN_HEAD_RATE:
+                probe = results.get(name, {}).get("linear") or select_and_test(
+                    runner, root, "linear", data, val, cfg.candidates["linear"], seeds=0)
+                head_lr = probe["lr"]
             if lr_from and method in results[lr_from]:
-                scores, best = {}, results[lr_from][method]["lr"]
+                chosen = results[lr_from][method]["lr"]
+                summary = select_and_test(runner, root, method, data, None, [chosen], cfg.seeds, head_lr)
+                summary["lr_chosen_on"] = f"{lr_from} validation split"
             else:
-                val = val or validation_split(data)
-                scores = {lr: runner(run_key(root, method, "val", lr), method, val, lr, 0)["top1"]
-                          for lr in cfg.candidates[method]}
-                # highest validation top-1 (a diverged rate counts as -1); ties go to the smaller rate
-                best = max(scores, key=lambda lr: (-1 if scores[lr] is None else scores[lr], -lr))
-            tests = [runner(run_key(root, method, "test", best, s), method, data, best, s)
-                     for s in range(cfg.seeds)]
-            accs = [t["top1"] for t in tests]
-            done = [a for a in accs if a is not None]
-            results.setdefault(name, {})[method] = {
-                "val_top1_by_lr": scores, "lr": best, "lr_chosen_on": f"{lr_from or name} validation split",
-                "test_top1": accs, "diverged_seeds": len(accs) - len(done),
-                "mean": statistics.mean(done) if done else None,
-                "std": statistics.stdev(done) if len(done) > 1 else 0.0,
-                "trainable_parameters": tests[0]["trainable_parameters"],
-                "seconds": round(sum(t["seconds"] for t in tests), 1),
-                "train_sizes": [len(data.train), len(data.test)]}
+                summary = select_and_test(runner, root, method, data, val, cfg.candidates[method], cfg.seeds, head_lr)
+            results.setdefault(name, {})[method] = summary
+        results[name] = {m: results[name][m] for m in cfg.methods}  # the caller's order
     return {"results": results, "runs_trained": runner.trained}
+
+
+def run_root(cfg: ComparisonConfig, name: str, data: DataSpec, epochs: int | None = None) -> Path:
+    """The cache folder of one dataset at one budget."""
+    return cfg.runs / f"{name}-{len(data.train)}x{len(data.test)}-{cfg.img_size}px-e{epochs or cfg.epochs}"
+
+
+def select_and_test(runner: "_Runner", root: Path, method: str, data: DataSpec, val: DataSpec | None,
+                    candidates: Sequence[float], seeds: int, head_lr: float | None = None,
+                    variant: Variant = RECIPE, epochs: int | None = None) -> dict:
+    """Choose ``method``'s rate on ``val`` (skipped with one candidate), then train ``seeds`` seeds and test.
+
+    Returns the validation top-1 per rate, the chosen rate, the test top-1 per seed with mean and std.
+    """
+    kw = dict(head_lr=head_lr, variant=variant, epochs=epochs)
+    if len(candidates) > 1:
+        scores = {lr: runner(run_key(root, method, "val", lr, None, head_lr, variant), method, val, lr, 0, **kw)["top1"]
+                  for lr in candidates}
+        # highest validation top-1 (a diverged rate counts as -1); ties go to the smaller rate
+        best = max(scores, key=lambda lr: (-1 if scores[lr] is None else scores[lr], -lr))
+    else:
+        scores, best = {}, candidates[0]
+    tests = [runner(run_key(root, method, "test", best, s, head_lr, variant), method, data, best, s, **kw)
+             for s in range(seeds)]
+    accs = [t["top1"] for t in tests]
+    done = [a for a in accs if a is not None]
+    return {"val_top1_by_lr": scores, "lr": best, "head_lr": head_lr if head_lr is not None else best,
+            "lr_chosen_on": f"{data.name} validation split" if scores else "given",
+            "test_top1": accs, "diverged_seeds": len(accs) - len(done),
+            "mean": statistics.mean(done) if done else None,
+            "std": statistics.stdev(done) if len(done) > 1 else 0.0,
+            "trainable_parameters": tests[0]["trainable_parameters"] if tests else None,
+            "seconds": round(sum(t["seconds"] for t in tests), 1),
+            "train_sizes": [len(data.train), len(data.test)]}
 
 
 def _cell(summary: dict) -> str:
@@ -334,10 +389,8 @@ def _validation_seconds(cfg: ComparisonConfig, specs: dict[str, DataSpec]) -> fl
     """Seconds the cached validation runs took (for the report's total)."""
     total = 0.0
     for name, data in specs.items():
-        root = cfg.runs / f"{name}-{len(data.train)}x{len(data.test)}-{cfg.img_size}px-e{cfg.epochs}"
+        root = run_root(cfg, name, data)
         for method in cfg.methods:
-            for lr in cfg.candidates[method]:
-                cached = _cached(run_key(root, method, "val", lr))
-                if cached.is_file():
-                    total += json.loads(cached.read_text())["seconds"]
+            for cached in (root / method).glob("val-*.json"):
+                total += json.loads(cached.read_text())["seconds"]
     return total

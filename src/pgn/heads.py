@@ -5,20 +5,41 @@ import torch
 from torch import nn
 
 
-class LinearHead(nn.Module):
-    """(B, F) features -> (B, C) logits; trained jointly with the prompts."""
+HEAD_NORMS = ("batchnorm", "none")
 
-    def __init__(self, feature_dim: int, num_classes: int):
+
+class LinearHead(nn.Module):
+    """(B, F) features -> (B, C) logits; trained jointly with the prompts.
+
+    ``norm="batchnorm"`` (the default) puts ``BatchNorm1d(affine=False)`` before the linear
+    layer, as the field's linear probes do (MAE, DINO): the ViT's CLS features have a norm of
+    about 43 on the embedded backbone, and a linear layer trained at the prompts' learning rate
+    on them diverges without gradient clipping (docs/ablations.md). The official PGN code never
+    trains a classifier on raw CLS features either: CLIP's head reads L2-normalised features,
+    supervised ViT its pretrained head. ``norm="none"`` is the raw linear layer of older
+    adapters. The linear layer keeps PyTorch's default initialisation: a zero-initialised one
+    passes exactly zero gradient to the features, so the prompts would get no signal at first.
+    """
+
+    def __init__(self, feature_dim: int, num_classes: int, norm: str = "batchnorm"):
         super().__init__()
+        if norm not in HEAD_NORMS:
+            raise ValueError(f"unknown head norm {norm!r}; choose one of {', '.join(HEAD_NORMS)}")
+        self.norm = nn.BatchNorm1d(feature_dim, affine=False) if norm == "batchnorm" else None
         self.fc = nn.Linear(feature_dim, num_classes)
-        nn.init.zeros_(self.fc.weight)  # zero init: the first steps train prompts against a neutral head
-        nn.init.zeros_(self.fc.bias)
 
     @property
     def num_classes(self) -> int:
         return self.fc.out_features
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:
+            if self.training and features.shape[0] == 1:
+                # A batch of one has no batch statistics: normalise with the running ones.
+                features = nn.functional.batch_norm(features, self.norm.running_mean, self.norm.running_var,
+                                                    training=False, eps=self.norm.eps)
+            else:
+                features = self.norm(features)
         return self.fc(features)
 
 

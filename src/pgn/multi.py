@@ -51,10 +51,10 @@ def combine(specs: list[DataSpec]) -> tuple[DataSpec, list[dict]]:
 class MultiDatasetHead(nn.Module):
     """A linear head per dataset on the shared feature; (B, F) -> (B, sum C_d) concatenated logits."""
 
-    def __init__(self, feature_dim: int, parts: list[dict]):
+    def __init__(self, feature_dim: int, parts: list[dict], norm: str = "batchnorm"):
         super().__init__()
         self.parts = parts
-        self.heads = nn.ModuleList(LinearHead(feature_dim, len(p["classes"])) for p in parts)
+        self.heads = nn.ModuleList(LinearHead(feature_dim, len(p["classes"]), norm=norm) for p in parts)
         owner = torch.cat([torch.full((len(p["classes"]),), i) for i, p in enumerate(parts)])
         self.register_buffer("owner", owner, persistent=False)  # class index -> dataset index
 

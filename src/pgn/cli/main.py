@@ -15,8 +15,8 @@ DEMO_NOTE = "adapts the embedded backbone to ELPV with PGN and with a linear pro
 
 # Defaults for a short CPU run; ``--preset paper`` swaps in the published recipe (method.md).
 # Options left unset on the command line take the preset's value, then these.
-DEFAULTS = dict(num_prompts=16, library_size=128, generator_size=112, img_size=112, epochs=3, lr=0.1,
-                warmup_epochs=1.0, grad_clip=1.0, augment=False, head=None)
+DEFAULTS = dict(num_prompts=16, library_size=128, generator_size=112, img_size=112, epochs=10, lr=0.01,
+                warmup_epochs=None, grad_clip=0.0, augment=False, head=None)
 PRESETS = {
     "paper": dict(num_prompts=16, library_size=128, generator_size=224, img_size=224, epochs=100, lr=0.1,
                   warmup_epochs=50.0, grad_clip=0.0, augment=True),
@@ -47,6 +47,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "finetune (whole backbone) | zeroshot (CLIP, eval only)")
     g.add_argument("--preset", default=None, choices=sorted(PRESETS), help="paper: the published recipe")
     g.add_argument("--head", default=None, choices=HEADS, help="linear (default) or zeroshot (CLIP backbones)")
+    g.add_argument("--head-norm", default="batchnorm", choices=("batchnorm", "none"),
+                   help="linear head input: batchnorm (affine-free BatchNorm, default) or none (raw CLS features)")
     g.add_argument("--num-prompts", "-K", type=int, default=None, help="prompt tokens K (default 16)")
     g.add_argument("--library-size", "-N", type=int, default=None, help="token library size N (default 128; paper CLIP 256)")
     g.add_argument("--generator", default="resnet10", choices=("resnet10", "resnet18"))
@@ -74,15 +76,17 @@ def _add_data_args(p: argparse.ArgumentParser, default: str | None = "elpv") -> 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=None, help="default 3; paper 100")
+    g.add_argument("--epochs", type=int, default=None, help="default 10 (a CPU run); paper 100")
     g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--lr", type=float, default=None, help="prompt learning rate (default and paper: 0.1, SGD)")
-    g.add_argument("--head-lr", type=float, default=None, help="head learning rate (default: --lr)")
+    g.add_argument("--lr", type=float, default=None, help="learning rate of everything trained (default 0.01 for the 10-epoch CPU run; paper 0.1, SGD)")
+    g.add_argument("--head-lr", type=float, default=None, help="head learning rate (default: --lr, as in the paper)")
     g.add_argument("--backbone-lr", type=float, default=None, help="backbone learning rate for finetune (default: --lr)")
     g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
     g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--warmup-epochs", type=float, default=None, help="default 1; paper 50")
-    g.add_argument("--grad-clip", type=float, default=None, help="max gradient norm; 0 disables (default 1; paper off)")
+    g.add_argument("--warmup-epochs", type=float, default=None, help="default: half the run (paper: 50 of 100)")
+    g.add_argument("--grad-clip", type=float, default=None, help="max gradient norm; 0 disables (default and paper: off)")
+    g.add_argument("--head-init", default="default", choices=("default", "zero"),
+                   help="linear head init: PyTorch's default, or zero (an ablation: no signal to the prompts at first)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK when available, else cpu)")
     g.add_argument("--lr-scaling", default="none", choices=("none", "linear"),
@@ -173,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="dinov2-s14-imgfocus")
     p.add_argument("--weights", default=None)
     p.add_argument("--data-root", default=None)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--img-size", type=int, default=112)
     p.add_argument("--subset", action="append", default=None, metavar="NAME=TRAINxTEST",
@@ -223,7 +227,7 @@ def _train_config(args):
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
                        backbone_lr=args.backbone_lr,
                        optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                       grad_clip=args.grad_clip or None, bf16=args.bf16, seed=args.seed, num_workers=args.workers,
+                       grad_clip=args.grad_clip or None, head_init=args.head_init, bf16=args.bf16, seed=args.seed, num_workers=args.workers,
                        progress=not args.no_progress and _is_main(), lr_scaling=args.lr_scaling,
                        device=args.device or _default_device())
 
@@ -264,8 +268,8 @@ def _new_adapter_config(args, backbone, data, img_size: int):
                          class_names=list(data.class_names), img_size=img_size, mean=pre.mean, std=pre.std,
                          backbone_weights=args.weights, generator=gen,
                          num_prompts=args.num_prompts if args.method in ("pgn", "iip") else 0, dataset=data.name,
-                         layout=args.layout, head=head, template=getattr(data, "template", None),
-                         vp_pad=args.vp_pad or max(1, round(30 * img_size / 224)))
+                         layout=args.layout, head=head, head_norm=getattr(args, "head_norm", "batchnorm"),
+                         template=getattr(data, "template", None), vp_pad=args.vp_pad or max(1, round(30 * img_size / 224)))
 
 
 def cmd_train(args) -> int:

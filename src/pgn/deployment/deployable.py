@@ -100,8 +100,11 @@ class Composer:
         self.generator = PromptGenerator(GeneratorConfig(**config["generator"]), embed.weight.shape[0], backbone=embed)
         self.generator.load_state_dict({k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")})
         self.generator.eval()
-        self.head = LinearHead(int(config["feature_dim"]), len(self.class_names))
+        # Exports from before the normalised head hold a linear layer alone.
+        norm = "batchnorm" if "head.norm.running_mean" in state else "none"
+        self.head = LinearHead(int(config["feature_dim"]), len(self.class_names), norm=norm)
         self.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+        self.head.eval()  # BatchNorm: running statistics
         self.layout = make_layout(config["layout"], patch_size=embed.patch_size, mean=self.mean, std=self.std)
         self.pixel_library = self.generator.config.library_space == "pixel"
         self.inverter = None if self.pixel_library else PatchInverter(embed.weight, embed.bias, self.mean, self.std)

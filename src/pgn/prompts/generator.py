@@ -23,6 +23,9 @@ class GeneratorConfig:
     mixing: str = "softmax"        # "softmax" (paper default) or "sigmoid"
     library_space: str = "latent"  # "latent" (paper: D-dim vectors) or "pixel" (RGB patches; exact inversion)
     channels_last: bool = True     # faster convolutions on CPU and GPU
+    # Initialisation (ablations in docs/ablations.md; the defaults are the paper's):
+    library_init_std: float | None = None  # None: N(0, 0.02) latent tokens (paper), N(0, 1) pixel-patch logits
+    output_init: str = "default"   # "default" (PyTorch's Linear init) or "zero": uniform mixtures at step 0
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
@@ -38,6 +41,10 @@ class GeneratorConfig:
             raise PGNError(f"unknown library_space {self.library_space!r}; choose latent or pixel")
         if self.library_space == "pixel" and self.mixing != "softmax":
             raise PGNError("a pixel-space library needs softmax mixing (coefficients must sum to 1)")
+        if self.output_init not in ("default", "zero"):
+            raise PGNError(f"unknown output_init {self.output_init!r}; choose default or zero")
+        if self.library_init_std is not None and not self.library_init_std >= 0:
+            raise PGNError(f"library_init_std must be >= 0, got {self.library_init_std}")
         if len(self.widths) != 4 or min(self.widths) < 1:
             raise PGNError(f"widths must be four positive stage widths, got {self.widths}")
         if self.input_size < 32:
@@ -109,16 +116,22 @@ class PromptGenerator(nn.Module):
         self.config = config
         out = config.num_prompts * config.library_size
         self.net = ResNet10(out, config.widths) if config.arch == "resnet10" else _resnet18(out)
+        if config.output_init == "zero":
+            last = self.net.head[-1] if config.arch == "resnet10" else self.net.fc
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        init = {} if config.library_init_std is None else {"init_std": config.library_init_std}
         if config.library_space == "pixel":
             if backbone is None:
                 raise PGNError("a pixel-space library needs the backbone's patch embedding")
             pre = backbone.preprocessing
             self.library = PixelTokenLibrary(config.library_size, backbone.patch_size, backbone.patch_embed_weight(),
-                                             backbone.patch_embed_bias(), pre.mean, pre.std)
+                                             backbone.patch_embed_bias(), pre.mean, pre.std, **init)
         else:
-            self.library = TokenLibrary(config.library_size, dim)
+            self.library = TokenLibrary(config.library_size, dim, **init)
         if config.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self.last_coefficients: torch.Tensor | None = None  # (B, K, N) of the last forward, detached
 
     @property
     def num_prompts(self) -> int:
@@ -138,7 +151,10 @@ class PromptGenerator(nn.Module):
         return z.softmax(-1) if self.config.mixing == "softmax" else z.sigmoid()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.library(self.coefficients(images))
+        coefficients = self.coefficients(images)
+        # Kept (detached, B x K x N floats) so that the trainer can log how sharp the mixtures are.
+        self.last_coefficients = coefficients.detach()
+        return self.library(coefficients)
 
 
 class InputIndependentPrompts(nn.Module):

@@ -277,7 +277,7 @@ class DataParallelParts:
     Each entry of ``model.trainable_modules()`` with parameters that require grad (head,
     prompts, input_prompt, backbone when fine-tuning) gets its own
     ``DistributedDataParallel``; the frozen backbone is never wrapped. The prompt
-    generator's BatchNorm becomes ``SyncBatchNorm``. ``active()`` swaps the wrappers in as
+    generator's and the head's BatchNorm become ``SyncBatchNorm``. ``active()`` swaps the wrappers in as
     the model's attributes (``model.prompts(images)`` then runs through DDP) and puts the
     plain modules back on exit; ``close()`` undoes the SyncBatchNorm conversion, so what is
     saved and returned is free of DDP. With one process it does nothing.
@@ -292,8 +292,10 @@ class DataParallelParts:
         self._restore_bn = lambda: None
         if not ctx.distributed:
             return
-        if getattr(model, "prompts", None) is not None:
-            self._restore_bn = convert_sync_batchnorm(model.prompts, ctx.device)
+        # The generator's BatchNorm and the head's input BatchNorm see the global batch.
+        restores = [convert_sync_batchnorm(part, ctx.device) for part in (getattr(model, "prompts", None), model.head)
+                    if part is not None]
+        self._restore_bn = lambda: [restore() for restore in restores]
         device_ids = [ctx.local_rank] if ctx.device.startswith("cuda") else None
         for name, module in model.trainable_modules().items():
             if any(p.requires_grad for p in module.parameters()):
