@@ -29,6 +29,7 @@ from pgn.prompts import GeneratorConfig
 from pgn.serving import EmbeddingClient, create_app
 from pgn.serving.background import BackgroundServer
 from pgn.training import TrainConfig, native_bf16, read_metrics, train
+from pgn.training.checkpoint import latest_checkpoint
 
 CONFIGS = [  # (layout, library space)
     ("append", "latent"),
@@ -131,7 +132,7 @@ def main() -> None:
                                  generator=gen, num_prompts=16, layout=layout, dataset="elpv")
             model = build_classifier(acfg, backbone)
             cfg = TrainConfig(epochs=args.epochs, lr=0.1, head_lr=0.01, warmup_epochs=1.0, bf16=bf16, progress=False)
-            train(model, acfg, data, cfg, run, resume=(run / "trainer_state.pt").exists())
+            train(model, acfg, data, cfg, run, resume=latest_checkpoint(run) is not None)
         row = measure(run, data, backbone)
         row["epochs"] = args.epochs
         print(json.dumps(row))

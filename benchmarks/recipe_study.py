@@ -28,8 +28,7 @@ import torch
 from pgn.adapter import build_classifier
 from pgn.analysis import initial_perturbation
 from pgn.backbones import DEFAULT_BACKBONE, create_backbone
-from pgn.comparison import (RECIPE, ComparisonConfig, Variant, _Runner, method_config, run_root, select_and_test,
-                            validation_split)
+from pgn.comparison import RECIPE, ComparisonConfig, Variant, _Runner, method_config, run_root, select_and_test, validation_split
 from pgn.data import build_dataset
 from pgn.files import atomic_path, write_json
 from pgn.training import native_bf16

@@ -47,7 +47,9 @@ def digits_run(tmp_path_factory, tiny_weights):
 
 def test_train_writes_run_directory(digits_run):
     names = {p.name for p in digits_run.iterdir()}
-    assert {"adapter.safetensors", "adapter_config.json", "config.json", "metrics.jsonl", "trainer_state.pt"} <= names
+    assert {"adapter.safetensors", "adapter_config.json", "config.json", "metrics.jsonl", "checkpoints"} <= names
+    assert {p.name for p in (digits_run / "checkpoints" / "epoch-0001").iterdir()} == {
+        "adapter.safetensors", "adapter_config.json", "trainer_state.pt", "metrics.json"}
     rows = [json.loads(line) for line in (digits_run / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["epoch"] == 1 and 0 <= rows[0]["test_top1"] <= 1
 

@@ -44,7 +44,10 @@ N_TRAIN, N_TEST = 24, 7       # 7 test images: the ranks' shards are uneven (4 +
 B = 4                         # per process: 2 x 4 vs 1 x 8, three steps per epoch
 EPOCHS = 2
 OTHER_METHODS = {"iip": 0.1, "vp": 0.1, "finetune": 0.01}  # method: lr
-RUN_FILES = {"adapter.safetensors", "adapter_config.json", "config.json", "metrics.jsonl", "trainer_state.pt"}
+# The run's files: the last epoch's checkpoint directory, the adapter and metrics derived from it, the lock file.
+RUN_FILES = {".pgn.lock", "adapter.safetensors", "adapter_config.json", "config.json", "metrics.jsonl",
+             *(f"checkpoints/epoch-{EPOCHS:04d}/{f}" for f in ("adapter.safetensors", "adapter_config.json",
+                                                              "trainer_state.pt", "metrics.json"))}
 
 
 class LabelledImages(Dataset):
@@ -368,7 +371,7 @@ def test_nan_on_one_rank_stops_every_rank(two_process_runs):
 def test_only_rank_zero_logs_and_writes(two_process_runs):
     base, stdout = two_process_runs["base"], two_process_runs["stdout"]
     files = sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
-    want = sorted(["worker.py", "nan/config.json"] +
+    want = sorted(["worker.py", "nan/config.json", "nan/.pgn.lock"] +
                   [f"{run}/{f}" for run in ("pgn", "const", "resume", "linear", *OTHER_METHODS) for f in RUN_FILES])
     assert files == want  # nothing from rank 1: no "-rank1" run dirs, nothing in its working directory
     assert not list((base / "scratch1").iterdir()) and not list((base / "scratch0").iterdir())

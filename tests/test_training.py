@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from conftest import make_tiny_vit
 from torch.utils.data import Dataset
 
 from pgn import PGNError
@@ -9,8 +10,6 @@ from pgn.adapter import AdapterConfig, build_classifier, load_adapter, save_adap
 from pgn.data import DataSpec
 from pgn.prompts import GeneratorConfig
 from pgn.training import TrainConfig, read_metrics, train, warmup_cosine
-
-from conftest import make_tiny_vit
 
 
 class RandomImages(Dataset):

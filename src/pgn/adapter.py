@@ -21,6 +21,7 @@ from .heads import HEAD_NORMS, LinearHead
 from .layouts import make_layout
 from .model import PromptedClassifier
 from .prompts import GeneratorConfig, InputIndependentPrompts, PaddingPrompt, PromptGenerator
+from .validation import validated
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "adapter.safetensors"
@@ -57,6 +58,11 @@ class AdapterConfig:
             raise PGNError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.head not in HEADS:
             raise PGNError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        if self.img_size < 1 or self.backbone_width < 1 or self.num_prompts < 0 or self.vp_pad < 0:
+            raise PGNError(f"img_size and backbone_width must be positive and num_prompts, vp_pad not negative "
+                           f"(got {self.img_size}, {self.backbone_width}, {self.num_prompts}, {self.vp_pad})")
+        if not self.class_names:
+            raise PGNError("class_names is empty; an adapter needs the names of its classes")
         if self.head_norm not in HEAD_NORMS:
             raise PGNError(f"unknown head_norm {self.head_norm!r}; choose one of {', '.join(HEAD_NORMS)}")
         if self.method == "zeroshot" and self.head != "zeroshot":
@@ -72,6 +78,10 @@ def build_classifier(cfg: AdapterConfig, backbone: FrozenBackbone) -> PromptedCl
     if backbone.width != cfg.backbone_width:
         raise PGNError(f"this adapter was made for a backbone of width {cfg.backbone_width}, but {backbone.name} "
                        f"has width {backbone.width}; use --backbone {cfg.backbone}")
+    patch = backbone.patch_size
+    if cfg.img_size < patch or cfg.img_size % patch:
+        raise PGNError(f"img_size {cfg.img_size} is not a positive multiple of {backbone.name}'s patch size {patch}; "
+                       f"use e.g. {max(1, round(cfg.img_size / patch)) * patch}")
     prompts = input_prompt = None
     if cfg.method == "pgn":
         prompts = PromptGenerator(GeneratorConfig(**(cfg.generator or {})), backbone.width, backbone=backbone)
@@ -118,12 +128,15 @@ def read_adapter_config(directory: str | Path) -> AdapterConfig:
         raise PGNError(f"no adapter in {directory}: {CONFIG_FILE} is missing (train one with `pgn train`)")
     try:
         raw = json.loads(path.read_text())
-        if isinstance(raw, dict):
-            # Adapters written before the normalised head existed have a linear layer on raw features.
-            raw.setdefault("head_norm", "none")
-        return AdapterConfig(**raw)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise PGNError(f"{path} is not a valid adapter config ({e}); retrain or restore the file") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PGNError(f"{path} is not valid JSON ({e}); retrain or restore the file") from None
+    if isinstance(raw, dict):
+        # Adapters written before the normalised head existed have a linear layer on raw features.
+        raw.setdefault("head_norm", "none")
+    cfg = validated(AdapterConfig, raw, str(path))
+    if cfg.generator is not None:
+        validated(GeneratorConfig, cfg.generator, f"{path} (generator)")
+    return cfg
 
 
 def load_adapter(directory: str | Path, backbone: FrozenBackbone | None = None,

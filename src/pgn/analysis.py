@@ -1,7 +1,6 @@
 """Pictures and numbers that explain a trained PGN: curves, token usage, input dependence, prompt patches."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch

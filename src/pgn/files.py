@@ -30,3 +30,48 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def write_json(path: str | os.PathLike, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+LOCK_FILE = ".pgn.lock"
+
+
+@contextmanager
+def run_lock(directory: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive OS lock on ``directory`` (created if needed) for one writer at a time.
+
+    The lock is ``fcntl.flock`` on ``directory/.pgn.lock``: the kernel releases it when the
+    holder exits, however it exits, so a lock left by a killed process never blocks. A second
+    writer fails at once with a PGNError naming the process that holds the lock.
+    """
+    import fcntl
+
+    from .errors import PGNError
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise PGNError(f"{directory} is in use by process {holder} (another pgn run writes there); wait for it "
+                           "to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Delete ``.<name>.*.tmp`` files that :func:`atomic_path` left when a process was killed mid-write.
+
+    Call it only while holding :func:`run_lock` on ``directory``: then no live writer owns them.
+    """
+    directory = Path(directory)
+    stale = [p for p in directory.glob(".*.tmp") if p.is_file()] if directory.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

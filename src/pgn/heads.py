@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
 HEAD_NORMS = ("batchnorm", "none")
 
 

@@ -41,16 +41,42 @@ def plot_prompt_mixtures(images: torch.Tensor, coefficients: torch.Tensor, title
 
 
 def plot_training_curves(rows: list[dict], path: str | Path, title: str = "") -> Path:
-    """Loss and accuracy per epoch from ``metrics.jsonl`` rows."""
+    """Loss and accuracy per epoch from ``metrics.jsonl`` rows; where the rows carry them (since the
+    optimiser monitor), a second line of panels: per-group gradient norms, relative update sizes and
+    the mixture entropy (``pgn.training.monitor``)."""
     ep = [r["epoch"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    groups = sorted({k.split("/", 1)[1] for r in rows for k in r if k.startswith("grad_norm/")})
+    has_mix = any("mixture_entropy" in r for r in rows)
+    lines = 2 if groups else 1
+    fig, axes = plt.subplots(lines, 3 if has_mix and groups else 2, figsize=(13.5 if has_mix else 9, 3.2 * lines),
+                             squeeze=False)
+    a, b = axes[0][0], axes[0][1]
     a.plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
     a.plot(ep, [r["test_loss"] for r in rows], "o-", label="test")
     a.set_xlabel("epoch"), a.set_ylabel("cross-entropy"), a.legend()
     b.plot(ep, [r["train_top1"] for r in rows], "o-", label="train top-1")
     b.plot(ep, [r["test_top1"] for r in rows], "o-", label="test top-1")
     b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend()
-    for ax in (a, b):
+    used = [a, b]
+    if groups:
+        g, u = axes[1][0], axes[1][1]
+        for name in groups:
+            g.plot(ep, [r.get(f"grad_norm/{name}", float("nan")) for r in rows], "o-", label=name)
+            u.plot(ep, [r.get(f"update/{name}", float("nan")) for r in rows], "o-", label=name)
+        g.set_yscale("log"), g.set_xlabel("epoch"), g.set_ylabel("gradient norm (mean per step)"), g.legend(fontsize=7)
+        u.set_yscale("log"), u.set_xlabel("epoch"), u.set_ylabel("|update| / |weights| per step"), u.legend(fontsize=7)
+        used += [g, u]
+        if any("clip_factor" in r for r in rows):
+            g.set_title("clipping scaled gradients by " + ", ".join(f"{r.get('clip_factor', 1):.2f}" for r in rows),
+                        fontsize=8)
+    if has_mix and groups:
+        m = axes[1][2]
+        m.plot(ep, [r.get("mixture_entropy", float("nan")) for r in rows], "o-", label="entropy / log N")
+        m.plot(ep, [r.get("mixture_max_coefficient", float("nan")) for r in rows], "o-", label="largest coefficient")
+        m.set_ylim(0, 1.05), m.set_xlabel("epoch"), m.set_ylabel("prompt mixtures (train)"), m.legend(fontsize=7)
+        used.append(m)
+        axes[0][2].axis("off")
+    for ax in used:
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs are whole
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -7,6 +7,7 @@ transform, yielding ``(tensor (3, S, S) float normalised, label int)``.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,12 +42,70 @@ class DataSpec:
         return len(self.class_names)
 
 
+def dataset_targets(ds) -> list[int] | None:
+    """The integer labels of a dataset (through ``Subset``s), or None where it does not list them."""
+    if hasattr(ds, "targets"):
+        return [int(t) for t in ds.targets]
+    if isinstance(ds, torch.utils.data.Subset):
+        base = dataset_targets(ds.dataset)
+        return None if base is None else [base[i] for i in ds.indices]
+    return None
+
+
+def check_classes(data: DataSpec) -> None:
+    """A classifier needs two classes or more, each with training images; otherwise a PGNError names the gap."""
+    if len(data.class_names) < 2:
+        raise PGNError(f"dataset {data.name} has {len(data.class_names)} class ({', '.join(data.class_names) or 'none'});"
+                       " a classifier needs at least 2 (for a folder dataset: one sub-folder of images per class)")
+    targets = dataset_targets(data.train)
+    if targets is None:
+        return
+    present = set(targets)
+    missing = [name for i, name in enumerate(data.class_names) if i not in present]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise PGNError(f"dataset {data.name}: class {missing[0]!r}{more} has no training images; add images for it "
+                       "or remove the class")
+
+
 # --------------------------------------------------------------------------- images
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Read an image file as RGB; a missing, corrupt or unsupported file raises PGNError."""
+# One pixel budget for every image pgn decodes (CLI, datasets, server): a small file that declares
+# a huge canvas (a decompression bomb) is refused from its header, before any pixel is decoded.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+MAX_PIXELS_ENV = "PGN_MAX_IMAGE_PIXELS"
+
+
+def max_image_pixels() -> int:
+    """The pixel budget per image: ``$PGN_MAX_IMAGE_PIXELS``, else :data:`DEFAULT_MAX_IMAGE_PIXELS`."""
+    raw = os.environ.get(MAX_PIXELS_ENV)
+    if raw is None:
+        return DEFAULT_MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as img:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise PGNError(f"{MAX_PIXELS_ENV}={raw!r} must be a positive whole number of pixels")
+    return value
+
+
+def check_pixels(width: int, height: int, label: str) -> None:
+    """Raise PGNError when a declared ``width`` x ``height`` exceeds the pixel budget."""
+    limit = max_image_pixels()
+    if width * height > limit:
+        raise PGNError(f"{label} declares {width}x{height} = {width * height:,} pixels, over the limit of {limit:,}; "
+                       f"downscale it, or raise {MAX_PIXELS_ENV} if you trust the file")
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Read an image file as RGB; a missing, corrupt, unsupported or oversized file raises PGNError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own budget applies, just below
+            img = Image.open(path)
+        with img:
+            check_pixels(*img.size, f"image {path}")  # from the header, before decoding
             img.load()  # decode now, so a truncated file fails here and not later
             return img.convert("RGB")
     except FileNotFoundError:

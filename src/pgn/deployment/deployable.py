@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +22,42 @@ from ..files import atomic_path, write_json
 from ..heads import LinearHead
 from ..layouts import PatchInverter, make_layout
 from ..prompts import GeneratorConfig, PromptGenerator
+from ..validation import validated
 
 DEPLOY_CONFIG = "deploy_config.json"
 DEPLOY_WEIGHTS = "deploy.safetensors"
 FORMAT = "pgn-deployable"
+
+
+@dataclass
+class DeployConfig:
+    """The fields of ``deploy_config.json`` and their types (validated on load)."""
+
+    format: str
+    version: int
+    layout: str
+    img_size: int
+    canvas_size: tuple[int, int]
+    patch_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    num_prompts: int
+    generator: dict
+    class_names: list[str]
+    feature_dim: int
+    backbone: str
+    backbone_weights: str | None = None
+    dataset: str | None = None
+
+    def __post_init__(self):
+        if self.format != FORMAT:
+            raise PGNError(f"format is {self.format!r}, not {FORMAT!r}: this is not a pgn export")
+        if min(self.img_size, self.patch_size, self.num_prompts, self.feature_dim, *self.canvas_size) < 1:
+            raise PGNError("img_size, canvas_size, patch_size, num_prompts and feature_dim must be positive")
+        if self.img_size % self.patch_size:
+            raise PGNError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if len(self.class_names) < 1:
+            raise PGNError("class_names is empty")
 
 
 @dataclass(frozen=True)
@@ -120,11 +152,17 @@ class Composer:
         try:
             config = json.loads(cfg_path.read_text())
             state = load_file(str(w_path))
-        except (json.JSONDecodeError, SafetensorError, OSError) as e:
-            raise PGNError(f"{directory} holds a corrupt export ({e}); export it again") from e
-        if config.get("format") != FORMAT:
-            raise PGNError(f"{cfg_path} is not a pgn deployable config")
-        return cls(config, state)
+        except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as e:
+            raise PGNError(f"{directory} holds a corrupt export ({e}); export it again") from None
+        checked = validated(DeployConfig, config, str(cfg_path))
+        validated(GeneratorConfig, checked.generator, f"{cfg_path} (generator)")
+        config = {**config, **asdict(checked)}  # JSON lists now tuples where the config says so
+        try:
+            return cls(config, state)
+        except KeyError as e:
+            raise PGNError(f"{w_path} lacks the tensor {e.args[0]!r}; export the adapter again") from None
+        except RuntimeError as e:  # load_state_dict: shapes that do not fit the config
+            raise PGNError(f"{w_path} does not match {DEPLOY_CONFIG}: {str(e).splitlines()[0]}") from None
 
     @torch.inference_mode()
     def prompt_patches(self, images: torch.Tensor) -> torch.Tensor:

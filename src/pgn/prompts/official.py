@@ -41,6 +41,14 @@ def load_official(path: str | Path, input_size: int = 224) -> PromptGenerator:
         raise PGNError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}); re-download it") from e
     if not isinstance(raw, dict) or "tl_vectors" not in raw or "model.output_net.2.weight" not in raw:
         raise PGNError(f"{path} is not an official PGN checkpoint (no tl_vectors / model.output_net.2.weight)")
+    expected = {"tl_vectors": 2, "model.output_net.2.weight": 2, **{f"model.blocks.{i}.net.0.weight": 4 for i in range(4)}}
+    for key, ndim in expected.items():
+        value = raw.get(key)
+        if not isinstance(value, torch.Tensor):
+            raise PGNError(f"{path}: {key} is missing; this is not a complete official PGN checkpoint")
+        if value.ndim != ndim or min(value.shape) < 1:
+            raise PGNError(f"{path}: {key} has shape {tuple(value.shape)}, expected {ndim} non-empty dimensions; "
+                           "the file is damaged or not a PGN checkpoint")
     n, dim = raw["tl_vectors"].shape
     kn, width = raw["model.output_net.2.weight"].shape
     if kn % n:

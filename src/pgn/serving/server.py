@@ -44,6 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from ..backbones.timm_vit import TimmViT
+from ..data.base import check_pixels
 from ..errors import PGNError
 
 __all__ = ["create_app", "serve", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MAX_SIDE", "DEFAULT_MAX_BATCH"]
@@ -96,6 +97,10 @@ def _decode(data: bytes, label: str, patch: int, max_side: int) -> np.ndarray:
                     422,
                     f"{label} is {w}x{h} pixels (width x height) but this server accepts at most "
                     f"{max_side}x{max_side}; send an image with sides that are multiples of {patch} up to {max_side}")
+            try:
+                check_pixels(w, h, label)  # the budget every pgn image decoder shares
+            except PGNError as e:
+                raise _Reject(422, str(e)) from None
             if w <= 0 or h <= 0 or w % patch or h % patch:
                 raise _Reject(
                     422,

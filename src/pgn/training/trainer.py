@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,9 +22,11 @@ from tqdm.auto import tqdm
 
 from ..adapter import AdapterConfig, load_adapter, save_adapter
 from ..data import DataSpec
+from ..data.base import check_classes
 from ..errors import PGNError
-from ..files import atomic_path, write_json
+from ..files import run_lock, write_json
 from ..model import PromptedClassifier
+from .checkpoint import METRICS_FILE, checkpoint_rows, latest_checkpoint, load_state, repair, save_checkpoint
 from .distributed import (
     DataParallelParts,
     DistContext,
@@ -38,8 +41,6 @@ from .evaluate import evaluate, topk_correct
 from .monitor import OptimizerMonitor
 from .schedule import warmup_cosine
 
-STATE_FILE = "trainer_state.pt"
-METRICS_FILE = "metrics.jsonl"
 LR_SCALINGS = ("none", "linear")
 
 
@@ -191,7 +192,20 @@ def train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec,
     # Joins the process group on the first call; it then lives as long as the process (a group
     # cannot be re-created in the same torchrun job), so ``train`` can be called again.
     ctx = init_distributed(cfg.device)
-    return _train(model, adapter_cfg, data, cfg, Path(run_dir), resume, augment, log, ctx)
+    check_classes(data)
+    run_dir = Path(run_dir)
+    with ExitStack() as stack:
+        # One writer per run directory: rank 0 holds an OS lock for the whole run.
+        problem = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(run_lock(run_dir))
+            except PGNError as e:
+                problem = str(e)
+        problem = broadcast_object(problem)
+        if problem:
+            raise PGNError(problem)
+        return _train(model, adapter_cfg, data, cfg, run_dir, resume, augment, log, ctx)
 
 
 def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec, cfg: TrainConfig, run_dir: Path,
@@ -201,15 +215,18 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
         log = _quiet
     progress = cfg.progress and main
     device = ctx.device
-    state_path = run_dir / STATE_FILE
     start_epoch = 0
+    rows: list[dict] = []
     # Rank 0 alone looks at the run directory (the others may not even share its disk) and tells everyone.
     problem = None
     if main:
+        # Under the lock: clear what a killed writer left and re-derive metrics.jsonl from the last checkpoint.
+        checkpoint = repair(run_dir)
         if resume:
-            if not state_path.is_file():
-                problem = f"cannot resume: {state_path} does not exist (start a new run without --resume)"
-        elif (run_dir / METRICS_FILE).exists():
+            if checkpoint is None:
+                problem = (f"cannot resume: {run_dir} holds no finished epoch (no checkpoint); start a new run "
+                           "without --resume")
+        elif checkpoint is not None or (run_dir / METRICS_FILE).exists():
             problem = f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
     problem = broadcast_object(problem)
     if problem:
@@ -258,11 +275,13 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
         log(_lr_rule(cfg, world, optimizer))
     if resume:
         if ctx.distributed:
-            weights, state = _load_resume_shared(model, run_dir, ctx)
+            weights, state, rows = _load_resume_shared(model, run_dir, ctx)
         else:
-            state = torch.load(state_path, map_location=device, weights_only=True)
-            loaded, _ = load_adapter(run_dir, backbone=model.backbone, map_location=device)
+            checkpoint = latest_checkpoint(run_dir)
+            state = load_state(checkpoint, device)
+            loaded, _ = load_adapter(checkpoint, backbone=model.backbone, map_location=device)
             weights = loaded.trainable_modules().state_dict()
+            rows = checkpoint_rows(checkpoint)
         model.trainable_modules().load_state_dict(weights)
         try:
             optimizer.load_state_dict(state["optimizer"])
@@ -282,7 +301,7 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
                 log(f"note: this run was trained on {trained_on} process(es) and resumes on {world}: the data order "
                     f"and steps per epoch change, the learning rates stay those of the checkpoint")
         else:
-            torch.set_rng_state(state["rng"])
+            _set_rng(state)
         log(f"resuming {run_dir} at epoch {start_epoch + 1}/{cfg.epochs}")
     if main:
         config = {
@@ -358,18 +377,15 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
             top5 = f" top5 {row['test_top5']:.4f}" if len(data.class_names) > 5 else ""
             log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_top1']:.4f}  "
                 f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:.4f}{top5}  ({train_time:.0f}s)")
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "rng": torch.get_rng_state(), "epoch": epoch}
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                     **_rng_states()}
             if ctx.distributed:
                 state["rng_per_rank"] = gather_objects(torch.get_rng_state())
                 state["world_size"] = world
+            rows.append(row)
             if main:
-                # Checkpoint first, then the metrics row: a row in metrics.jsonl always has its checkpoint.
-                save_adapter(model, adapter_cfg, run_dir)
-                with atomic_path(state_path) as tmp:
-                    torch.save(state, tmp)
-                with open(run_dir / METRICS_FILE, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                # Weights, trainer state and every metrics row so far, as one directory renamed into place.
+                save_checkpoint(run_dir, epoch + 1, lambda d: save_adapter(model, adapter_cfg, d), state, rows)
             barrier()  # the files of this epoch are complete before any rank goes on
     finally:
         parts.close()  # plain modules (no DDP, BatchNorm again) in the model that is returned
@@ -389,25 +405,50 @@ def _lr_rule(cfg: TrainConfig, world: int, optimizer: torch.optim.Optimizer) -> 
             f"{'; ' + others if others else ''} (scaling: {cfg.lr_scaling})")
 
 
-def _load_resume_shared(model: PromptedClassifier, run_dir: Path, ctx: DistContext) -> tuple[dict, dict]:
-    """Rank 0 reads the adapter and trainer state and sends them to every rank (no shared disk needed)."""
+def _rng_states() -> dict:
+    """Every random generator a training step may draw from (torch, Python, NumPy), in a weights-only form."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"rng": torch.get_rng_state(), "py_rng": random.getstate(),
+            "np_rng": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                       float(cached)]}
+
+
+def _set_rng(state: dict) -> None:
+    torch.set_rng_state(state["rng"])
+    if "py_rng" in state:  # checkpoints from before they were saved hold torch's alone
+        version, internal, gauss = state["py_rng"]
+        random.setstate((version, tuple(internal), gauss))
+    if "np_rng" in state:
+        name, keys, pos, has_gauss, cached = state["np_rng"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _load_resume_shared(model: PromptedClassifier, run_dir: Path, ctx: DistContext) -> tuple[dict, dict, list]:
+    """Rank 0 reads the last checkpoint and sends it to every rank (no shared disk needed)."""
     payload = None
     if ctx.is_main:
         try:
-            state = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
-            loaded, _ = load_adapter(run_dir, backbone=model.backbone, map_location="cpu")
-            payload = {"weights": loaded.trainable_modules().state_dict(), "state": state}
+            checkpoint = latest_checkpoint(run_dir)
+            state = load_state(checkpoint)
+            loaded, _ = load_adapter(checkpoint, backbone=model.backbone, map_location="cpu")
+            payload = {"weights": loaded.trainable_modules().state_dict(), "state": state,
+                       "rows": checkpoint_rows(checkpoint)}
         except PGNError as e:
             payload = {"error": str(e)}
     payload = broadcast_object(payload)
     if "error" in payload:
         raise PGNError(payload["error"])
-    return payload["weights"], payload["state"]
+    return payload["weights"], payload["state"], payload["rows"]
 
 
 def _check_finite(loss: torch.Tensor, ctx: DistContext, epoch: int, step: int, run_dir: Path) -> None:
     """Stop on a NaN/inf loss; with several processes all stop together (the check is an all-reduce)."""
-    hint = f"the last good checkpoint (epoch {epoch}) is kept in {run_dir}; lower --lr or set --grad-clip"
+    # ``epoch`` is 0-based: epochs 1..epoch are finished and the newest of them is checkpointed.
+    if epoch > 0:
+        kept = f"the checkpoint of epoch {epoch} in {run_dir} is kept"
+    else:
+        kept = "no epoch had finished, so no checkpoint was written"
+    hint = f"{kept}; lower --lr or set --grad-clip"
     if not ctx.distributed:
         if not torch.isfinite(loss):
             raise PGNError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; {hint}")

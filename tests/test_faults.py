@@ -1,0 +1,402 @@
+"""Fault injection: kills at every write of the checkpoint path, concurrent writers, malformed configs and
+checkpoints, decompression bombs, degenerate datasets. Each case checks the exact outcome: the exit code or
+error, the one-line message, and that the run directory is still loadable and consistent."""
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_vit
+from PIL import Image
+from test_cli import one_line_error, pgn, tiny_weights  # noqa: F401 (a fixture)
+from test_training import adapter_cfg, quiet, spec
+
+from pgn import PGNError
+from pgn.adapter import build_classifier, load_adapter, save_adapter
+from pgn.data import DataSpec
+from pgn.data.base import load_image
+from pgn.training import read_metrics, train
+from pgn.training.checkpoint import CHECKPOINTS, latest_checkpoint
+
+EPOCHS = 3
+
+
+class Killed(BaseException):
+    """Stands for the process dying at this point: not an Exception, so nothing catches it on the way up."""
+
+
+@pytest.fixture
+def deterministic():
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+def _train(run, resume=False, epochs=EPOCHS, backbone=None):
+    backbone = backbone or make_tiny_vit()
+    acfg = adapter_cfg("pgn", backbone)
+    torch.manual_seed(123)  # the caller's own init, as the CLI builds the model before training
+    model = build_classifier(acfg, backbone)
+    train(model, acfg, spec(), quiet(epochs=epochs, lr=0.05), run, resume=resume, log=lambda *_: None)
+    return model
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.trainable_modules().state_dict().items()}
+
+
+def _count_replaces(tmp_path, monkeypatch):
+    calls = []
+    real = os.replace
+
+    def counting(src, dst):
+        calls.append(str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", counting)
+    model = _train(tmp_path / "reference")
+    monkeypatch.setattr(os, "replace", real)
+    return _weights(model), calls
+
+
+def test_killed_at_every_write_then_resumed_equals_uninterrupted(tmp_path, monkeypatch, deterministic):
+    reference, calls = _count_replaces(tmp_path, monkeypatch)
+    assert len(calls) >= 4 * EPOCHS  # checkpoint rename, adapter copies and metrics.jsonl per epoch at least
+    real = os.replace
+    for k in range(len(calls)):
+        run = tmp_path / f"kill{k}"
+        seen = []
+
+        def dying(src, dst, k=k, seen=seen):
+            seen.append(dst)
+            if len(seen) == k + 1:
+                raise Killed(f"killed before write {k}: {dst}")
+            return real(src, dst)
+
+        monkeypatch.setattr(os, "replace", dying)
+        with pytest.raises(Killed):
+            _train(run)
+        monkeypatch.setattr(os, "replace", real)
+        # Whatever the kill point, the directory is consistent: metrics.jsonl lists exactly the epochs of the
+        # newest checkpoint after the next start repairs it, and a resume finishes the run bit for bit.
+        checkpoint = latest_checkpoint(run)
+        done = 0 if checkpoint is None else int(checkpoint.name.split("-")[1])
+        if checkpoint is None:
+            model = _train(run)  # nothing finished: a fresh start is allowed
+        else:
+            model = _train(run, resume=True)
+        assert [r["epoch"] for r in read_metrics(run)] == list(range(1, EPOCHS + 1)), (k, calls[k], done)
+        got = _weights(model)
+        assert all(torch.equal(got[name], reference[name]) for name in reference), (k, calls[k])
+        loaded, _ = load_adapter(run, backbone=make_tiny_vit())
+        saved = loaded.trainable_modules().state_dict()
+        assert all(torch.equal(saved[name], reference[name]) for name in reference), (k, calls[k])
+        assert [p.name for p in (run / CHECKPOINTS).iterdir()] == [f"epoch-{EPOCHS:04d}"]
+        assert not list(run.rglob("*.tmp"))
+
+
+def test_a_kill_inside_a_write_leaves_no_trace_after_restart(tmp_path):
+    run = tmp_path / "run"
+    _train(run, epochs=1)
+    # What a SIGKILL in the middle of writes leaves: a temp file and a half-written checkpoint directory.
+    (run / ".adapter.safetensors.abc123.tmp").write_bytes(b"half")
+    half = run / CHECKPOINTS / ".epoch-0002.xyz.tmp"
+    half.mkdir()
+    (half / "adapter.safetensors").write_bytes(b"half")
+    (run / "metrics.jsonl").write_text("")  # a metrics file that lost its rows
+    _train(run, resume=True, epochs=2)
+    assert not list(run.rglob("*.tmp"))
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+
+
+def test_weights_and_state_can_never_disagree(tmp_path, monkeypatch):
+    """The old layout wrote weights, then trainer state: a kill between them resumed epoch-2 weights with
+    epoch-1 optimizer state. Now both live in one checkpoint directory, so a resume sees one epoch."""
+    run = tmp_path / "run"
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **kw):
+        if isinstance(obj, dict) and obj.get("epoch") == 1:  # the state of the second epoch
+            raise Killed("killed while writing the trainer state")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(Killed):
+        _train(run, epochs=2)
+    monkeypatch.setattr(torch, "save", real_save)
+    checkpoint = latest_checkpoint(run)
+    assert checkpoint.name == "epoch-0001"
+    state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+    assert state["epoch"] == 0 and [r["epoch"] for r in read_metrics(run)] == [1]
+    top = load_adapter(run, backbone=make_tiny_vit())[0].trainable_modules().state_dict()
+    mine = load_adapter(checkpoint, backbone=make_tiny_vit())[0].trainable_modules().state_dict()
+    assert all(torch.equal(top[k], mine[k]) for k in mine)  # the run's adapter is epoch 1's
+
+
+# ----------------------------------------------------------------------------------------- one writer per run
+
+HOLD = """
+import sys, time
+from pgn.files import run_lock
+with run_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def _holder(run):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_second_writer_fails_at_once_naming_the_holder(tmp_path):
+    run = tmp_path / "run"
+    holder = _holder(run)
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(PGNError, match=rf"in use by process {holder.pid}\b") as e:
+            _train(run)
+        assert time.perf_counter() - t0 < 1.0
+        assert "\n" not in str(e.value)
+        assert not (run / "metrics.jsonl").exists() and not (run / "config.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_second_writer_from_the_cli_exits_2(tmp_path, tiny_weights):
+    run = tmp_path / "run"
+    holder = _holder(run)
+    try:
+        r = pgn("train", "--backbone", "timm:test_vit", "--weights", tiny_weights, "--dataset", "digits", "--img-size", 32, "--epochs", 1,
+                "--train-limit", 32, "--test-limit", 16, "-K", 2, "-N", 4, "--generator-size", 32, "--out", run,
+                "--no-progress")
+        assert r.returncode == 2
+        assert f"in use by process {holder.pid}" in one_line_error(r)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
+    run = tmp_path / "run"
+    holder = _holder(run)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    _train(run, epochs=1)
+    assert [r["epoch"] for r in read_metrics(run)] == [1]
+
+
+# ----------------------------------------------------------------------------------------- typed configs
+
+BAD_ADAPTER_CONFIGS = [
+    ({"img_size": "big"}, "field 'img_size'"),
+    ({"generator": "str"}, "field 'generator'"),
+    ({"generator": {"library_size": "many"}}, "field 'library_size'"),
+    ({"mean": [0.5, 0.5]}, "field 'mean"),
+    ({"img_size": 50}, "img_size 50 is not a positive multiple of"),
+    ({"class_names": "ab"}, "field 'class_names'"),
+    ({"unknown_field": 1}, "unknown field 'unknown_field'"),
+    ({"method": "magic"}, "unknown method 'magic'"),
+]
+
+
+@pytest.fixture(scope="module")
+def saved_adapter(tmp_path_factory):
+    backbone = make_tiny_vit()
+    acfg = adapter_cfg("pgn", backbone)
+    path = tmp_path_factory.mktemp("adapter") / "a"
+    save_adapter(build_classifier(acfg, backbone), acfg, path)
+    return path
+
+
+@pytest.mark.parametrize("change,message", BAD_ADAPTER_CONFIGS)
+def test_malformed_adapter_config_is_one_line_naming_the_field(saved_adapter, tmp_path, change, message):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "adapter.safetensors").write_bytes((saved_adapter / "adapter.safetensors").read_bytes())
+    raw = json.loads((saved_adapter / "adapter_config.json").read_text())
+    if "generator" in change and isinstance(change["generator"], dict):
+        raw["generator"] = {**raw["generator"], **change["generator"]}
+    else:
+        raw.update(change)
+    (bad / "adapter_config.json").write_text(json.dumps(raw))
+    with pytest.raises(PGNError) as e:
+        load_adapter(bad, backbone=make_tiny_vit())
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_malformed_adapter_config_from_the_cli_exits_2_without_traceback(saved_adapter, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "adapter.safetensors").write_bytes((saved_adapter / "adapter.safetensors").read_bytes())
+    raw = json.loads((saved_adapter / "adapter_config.json").read_text())
+    (bad / "adapter_config.json").write_text(json.dumps({**raw, "img_size": "big"}))
+    r = pgn("info", "--adapter", bad)
+    assert r.returncode == 2 and "field 'img_size'" in one_line_error(r)
+
+
+def _official_like(tmp_path, drop=None, change=None):
+    from pgn.prompts import GeneratorConfig, PromptGenerator
+
+    gen = PromptGenerator(GeneratorConfig(num_prompts=2, library_size=4, input_size=32, channels_last=False), 8)
+    inverse = {"library.tokens": "tl_vectors"}
+    raw = {}
+    for k, v in gen.state_dict().items():
+        if k in inverse:
+            raw[inverse[k]] = v
+        elif k.startswith("net.stem."):
+            raw["model.input_net." + k[len("net.stem."):]] = v
+        elif ".body." in k:
+            i, rest = k[len("net.stages."):].split(".body.")
+            raw[f"model.blocks.{i}.net.{rest}"] = v
+        elif ".shortcut." in k:
+            i, rest = k[len("net.stages."):].split(".shortcut.")
+            raw[f"model.blocks.{i}.downsample.{rest}"] = v
+        elif k.startswith("net.head.2."):
+            raw["model.output_net.2." + k[len("net.head.2."):]] = v
+    if drop:
+        del raw[drop]
+    raw.update(change or {})
+    path = tmp_path / "official.pt"
+    torch.save(raw, path)
+    return path
+
+
+@pytest.mark.parametrize("drop,change,message", [
+    (None, None, None),
+    (None, {"tl_vectors": torch.zeros(32)}, "tl_vectors has shape (32,)"),
+    ("model.blocks.2.net.0.weight", None, "model.blocks.2.net.0.weight is missing"),
+])
+def test_malformed_official_checkpoint_is_one_line(tmp_path, drop, change, message):
+    from pgn.prompts import load_official
+
+    path = _official_like(tmp_path, drop, change)
+    if message is None:
+        assert load_official(path, input_size=32).config.library_size == 4  # the well-formed one loads
+        return
+    with pytest.raises(PGNError) as e:
+        load_official(path, input_size=32)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_malformed_deploy_config_is_one_line(tmp_path):
+    from pgn.deployment import Composer
+
+    (tmp_path / "deploy_config.json").write_text(json.dumps({"format": "pgn-deployable", "version": 1, "img_size": "x"}))
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "deploy.safetensors"))
+    with pytest.raises(PGNError) as e:
+        Composer.load(tmp_path)
+    assert "field 'layout'" in str(e.value) or "field 'img_size'" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------------------- honest NaN messages
+
+def test_nan_in_the_first_epoch_says_no_checkpoint_exists(tmp_path):
+    backbone = make_tiny_vit()
+    acfg = adapter_cfg("pgn", backbone)
+    with pytest.raises(PGNError, match="no epoch had finished, so no checkpoint was written"):
+        train(build_classifier(acfg, backbone), acfg, spec(poison=True), quiet(), tmp_path / "r", log=lambda *_: None)
+    assert latest_checkpoint(tmp_path / "r") is None
+
+
+def test_nan_later_names_the_checkpoint_that_exists(tmp_path):
+    run = tmp_path / "r"
+    _train(run, epochs=1)
+    backbone = make_tiny_vit()
+    acfg = adapter_cfg("pgn", backbone)
+    with pytest.raises(PGNError, match=r"the checkpoint of epoch 1 in .* is kept"):
+        train(build_classifier(acfg, backbone), acfg, spec(poison=True), quiet(epochs=2), run, resume=True,
+              log=lambda *_: None)
+    assert latest_checkpoint(run).name == "epoch-0001"
+
+
+# ----------------------------------------------------------------------------------------- decompression bombs
+
+def _bomb(path, side=11200):
+    """A small valid PNG header declaring side x side pixels (a few hundred bytes on disk)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = zlib.compress(b"\x00" * (side + 1) * 64)  # a few rows of zeros; the rest is missing
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+    path.write_bytes(png + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    return path
+
+
+def test_bomb_is_refused_from_its_header(tmp_path):
+    bomb = _bomb(tmp_path / "bomb.png")
+    assert bomb.stat().st_size < 20_000
+    with pytest.raises(PGNError, match="declares 11200x11200 = 125,440,000 pixels, over the limit of 40,000,000"):
+        load_image(bomb)
+
+
+def test_pixel_budget_is_configurable(tmp_path, monkeypatch):
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(small)
+    assert load_image(small).size == (40, 40)
+    monkeypatch.setenv("PGN_MAX_IMAGE_PIXELS", "1000")
+    with pytest.raises(PGNError, match="over the limit of 1,000"):
+        load_image(small)
+
+
+def test_bomb_in_the_cli_exits_2(saved_adapter, tiny_weights, tmp_path):
+    r = pgn("predict", _bomb(tmp_path / "bomb.png"), "--adapter", saved_adapter, "--backbone", "timm:test_vit",
+            "--weights", tiny_weights)
+    assert r.returncode == 2
+    assert "declares 11200x11200 = 125,440,000 pixels" in one_line_error(r)
+
+
+def test_server_shares_the_pixel_budget(monkeypatch):
+    from pgn.serving import create_app
+    from pgn.serving.background import BackgroundServer
+
+    monkeypatch.setenv("PGN_MAX_IMAGE_PIXELS", "1000")
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buf, format="PNG")
+    png = buf.getvalue()
+    with BackgroundServer(create_app(make_tiny_vit(), max_side=256)) as s:
+        r = httpx.post(s.url + "/embed", files={"file": ("a.png", png, "image/png")}, timeout=30)
+        assert r.status_code == 422 and "over the limit of 1,000" in r.json()["detail"]
+        monkeypatch.delenv("PGN_MAX_IMAGE_PIXELS")
+        r = httpx.post(s.url + "/embed", files={"file": ("a.png", png, "image/png")}, timeout=30)
+        assert r.status_code == 200  # the server survived and serves normal images
+
+
+# ----------------------------------------------------------------------------------------- degenerate datasets
+
+def test_one_class_folder_dataset_is_an_error(tmp_path, tiny_weights):
+    folder = tmp_path / "data" / "only"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((32, 32, 3), i * 40, np.uint8)).save(folder / f"{i}.png")
+    r = pgn("train", "--backbone", "timm:test_vit", "--weights", tiny_weights, "--dataset", f"folder:{tmp_path / 'data'}", "--img-size", 32,
+            "--epochs", 1, "-K", 2, "-N", 4, "--generator-size", 32, "--out", tmp_path / "run", "--no-progress")
+    assert r.returncode == 2
+    assert "has 1 class (only); a classifier needs at least 2" in one_line_error(r)
+
+
+def test_class_without_training_images_is_named(tmp_path):
+    data = spec()
+    keep = [i for i, t in enumerate(data.train.targets) if int(t) != 2]
+    data = DataSpec(name="random", class_names=["a", "b", "c"], train=torch.utils.data.Subset(data.train, keep),
+                    test=data.test)
+    backbone = make_tiny_vit()
+    acfg = adapter_cfg("pgn", backbone)
+    with pytest.raises(PGNError, match="class 'c' has no training images"):
+        train(build_classifier(acfg, backbone), acfg, data, quiet(), tmp_path / "r", log=lambda *_: None)
+    assert not (tmp_path / "r").exists()
