@@ -32,5 +32,8 @@ demo: install
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+lint: install
+	$(VENV)/bin/ruff check .
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

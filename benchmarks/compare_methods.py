@@ -5,8 +5,8 @@ fixed Fashion-MNIST subset (1,000 train / 1,000 test, stratified, seed 0). Each 
 learning rate is chosen on a validation split carved from train, then trained with 3 seeds
 at the same budget and tested (protocol: ``pgn.comparison``). Every run is cached under
 runs/bench-compare, so an interrupted run resumes and a finished one re-renders instantly.
-Writes docs/results.md (accuracy table plus the speed summary of docs/throughput.json) and
-docs/results.json (raw). Any option of ``pgn bench`` can be added.
+Writes docs/comparison.md (accuracy table plus the speed summary of docs/throughput.json) and
+docs/comparison.json (raw). Any option of ``pgn bench`` can be added.
 
     python benchmarks/compare_methods.py            # the full comparison
     python benchmarks/compare_methods.py --quick    # minutes: ELPV 400/200, 1 epoch, 1 seed
@@ -17,6 +17,6 @@ from pgn.cli.main import main
 
 if __name__ == "__main__":
     quick = "--quick" in sys.argv[1:]
-    docs = ["--out", "docs/results-quick" if quick else "docs/results", "--throughput", "docs/throughput.json",
+    docs = ["--out", "docs/comparison-quick" if quick else "docs/comparison", "--throughput", "docs/throughput.json",
             "--report-command", " ".join(["python", "benchmarks/compare_methods.py", *sys.argv[1:]])]
     sys.exit(main(["bench", *docs, *sys.argv[1:]]))

@@ -28,7 +28,18 @@ import torch
 from pgn.adapter import build_classifier
 from pgn.analysis import initial_perturbation
 from pgn.backbones import DEFAULT_BACKBONE, create_backbone
-from pgn.comparison import RECIPE, ComparisonConfig, Variant, _Runner, method_config, run_root, select_and_test, validation_split
+from pgn.comparison import (
+    RECIPE,
+    ComparisonConfig,
+    Runner,
+    Variant,
+    cached_result,
+    method_config,
+    run_key,
+    run_root,
+    select_and_test,
+    validation_split,
+)
 from pgn.data import build_dataset
 from pgn.files import atomic_path, write_json
 from pgn.training import native_bf16
@@ -105,7 +116,7 @@ def ablations(args) -> None:
     backbone, pre, cfg = _setup(args)
     data = _data("elpv", pre)
     val = validation_split(data)
-    runner = _Runner(backbone, cfg, lambda line: print(line, flush=True))
+    runner = Runner(backbone, cfg, lambda line: print(line, flush=True))
     root = run_root(cfg, "elpv", data)
     recipe = select_and_test(runner, root, "pgn", data, val, args.grid, cfg.seeds)
     lr = recipe["lr"]
@@ -166,16 +177,21 @@ def convergence(args) -> None:
     ablation = json.loads((DOCS / "ablations.json").read_text())
     lrs = {r["method"]: r["lr"] for r in ablation["rows"] if r["variant"] == "recipe"}
     results: dict = {}
-    for name in args.datasets:
-        data = _data(name, pre)
-        runner = _Runner(backbone, cfg, lambda line: print(line, flush=True))
-        for method in args.methods:
-            for epochs in args.budgets:
+    specs = {name: _data(name, pre) for name in args.datasets}
+    runner = Runner(backbone, cfg, lambda line: print(line, flush=True))
+    # Cheapest first (short budgets before long ones), so an interrupted study has the most points.
+    for epochs in sorted(args.budgets):
+        for name, data in specs.items():
+            for method in args.methods:
                 root = run_root(cfg, name, data, epochs)
-                s = select_and_test(runner, root, method, data, None, [lrs.get(method, lrs["pgn"])], cfg.seeds,
-                                    epochs=epochs)
+                lr = lrs.get(method, lrs["pgn"])
+                keys = [cached_result(run_key(root, method, "test", lr, s)) for s in range(cfg.seeds)]
+                if args.render_only and not all(k.is_file() for k in keys):
+                    continue  # not measured (yet): left out of the page, which says so
+                s = select_and_test(runner, root, method, data, None, [lr], cfg.seeds, epochs=epochs)
                 results.setdefault(name, {}).setdefault(method, {})[epochs] = s
-    meta = {**_meta(args, cfg, t0), "seeds": cfg.seeds, "lrs": lrs, "budgets": args.budgets}
+    meta = {**_meta(args, cfg, t0), "seeds": cfg.seeds, "lrs": lrs, "budgets": sorted(args.budgets),
+            "splits": {name: [len(d.train), len(d.test)] for name, d in specs.items()}}
     write_json(DOCS / "convergence.json", {"meta": meta, "results": results})
     _render_convergence(meta, results)
 
@@ -190,7 +206,9 @@ def _render_convergence(meta: dict, results: dict) -> None:
     lines = ["# Convergence: test accuracy against the training budget", "",
              f"Command: `{meta['command']}` ({meta['machine']}, {meta['precision']}, {meta['seconds']:,} s for this "
              f"call). Embedded backbone at {meta['img_size']} px; each budget is its own run (warm-up over half, "
-             f"cosine), {meta['seeds']} seeds; rates fixed at the ablation budget's validation choice "
+             f"cosine), {meta['seeds']} seeds; training images: "
+             + ", ".join(f"{n} {tr:,} (test {te:,})" for n, (tr, te) in meta["splits"].items())
+             + f"; budgets not listed for a method were not run; rates fixed at the ablation budget's validation choice "
              f"({', '.join(f'{m} {lr:g}' for m, lr in meta['lrs'].items())}). Test top-1 (%), mean ± std. "
              "Raw numbers in [convergence.json](convergence.json).", "", "![test top-1 against epochs](convergence.png)", ""]
     for ax, (name, res) in zip(axes[0], results.items()):
@@ -229,6 +247,7 @@ def main() -> None:
     p.add_argument("--budgets", type=int, nargs="+", default=[1, 3, 10])
     p.add_argument("--runs", default="runs/recipe-study")
     p.add_argument("--fp32", action="store_true")
+    p.add_argument("--render-only", action="store_true", help="convergence: only what is cached, train nothing")
     args = p.parse_args()
     {"perturbation": perturbation, "ablations": ablations, "convergence": convergence}[args.phase](args)
 

@@ -41,3 +41,13 @@ def embedded():
     from pgn.backbones import create_backbone
 
     return create_backbone("dinov2-s14-imgfocus")
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """The tiny ViT's weights as a file, for commands that build the backbone by name (``--weights``)."""
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("w") / "test_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in make_tiny_vit().vit.state_dict().items()}, str(path))
+    return path

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_vit
 from timm.models.vision_transformer import VisionTransformer
 
-from conftest import make_tiny_vit
 from pgn import PGNError
 from pgn.backbones import TimmViT, create_backbone
 

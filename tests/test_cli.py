@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import OFFICIAL, make_tiny_vit, needs_official
+from conftest import OFFICIAL, needs_official
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,15 +24,6 @@ def one_line_error(result):
     lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("pgn: error:"), result.stderr
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    from safetensors.torch import save_file
-
-    path = tmp_path_factory.mktemp("w") / "test_vit.safetensors"
-    save_file({k: v.contiguous() for k, v in make_tiny_vit().vit.state_dict().items()}, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")

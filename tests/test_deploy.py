@@ -9,9 +9,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import make_tiny_vit
+from PIL import Image
 from test_cli import one_line_error, pgn
 
 

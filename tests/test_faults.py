@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import make_tiny_vit
 from PIL import Image
-from test_cli import one_line_error, pgn, tiny_weights  # noqa: F401 (a fixture)
+from test_cli import one_line_error, pgn
 from test_training import adapter_cfg, quiet, spec
 
 from pgn import PGNError

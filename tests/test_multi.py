@@ -1,5 +1,6 @@
 """One PGN over several datasets: shared generator and library, a head per dataset."""
 import torch
+from test_training import RandomImages
 
 from pgn.adapter import AdapterConfig, build_classifier, load_adapter
 from pgn.analysis import dataset_token_sharing
@@ -7,7 +8,6 @@ from pgn.data import DataSpec
 from pgn.multi import MultiDatasetHead, combine
 from pgn.prompts import GeneratorConfig
 from pgn.training import TrainConfig, train
-from test_training import RandomImages
 
 
 def two_specs():

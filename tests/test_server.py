@@ -11,9 +11,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
+from conftest import make_tiny_vit  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from conftest import make_tiny_vit  # noqa: E402
 from pgn.backbones import TimmViT  # noqa: E402
 from pgn.errors import PGNError  # noqa: E402
 from pgn.serving import EmbeddingClient, create_app, serve  # noqa: E402

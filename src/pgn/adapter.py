@@ -92,7 +92,7 @@ def build_classifier(cfg: AdapterConfig, backbone: FrozenBackbone) -> PromptedCl
     if cfg.layout != "append" and prompts is None:
         raise PGNError(f"layout {cfg.layout!r} places prompt tokens; method {cfg.method!r} has none (use --layout append)")
     return PromptedClassifier(backbone, prompts, build_head(cfg, backbone), make_layout(cfg.layout, backbone),
-                              input_prompt=input_prompt, finetune=cfg.method == "finetune")
+                              input_prompt=input_prompt, finetune=cfg.method == "finetune", config=cfg)
 
 
 def build_head(cfg: AdapterConfig, backbone: FrozenBackbone):

@@ -152,11 +152,11 @@ def run_key(root: Path, method: str, split: str, lr: float, seed: int | None = N
                             + ("" if seed is None else f"-seed{seed}"))
 
 
-def _cached(key: Path) -> Path:
+def cached_result(key: Path) -> Path:
     return key.parent / f"{key.name}.json"  # not with_suffix: "lr0.003" has a dot of its own
 
 
-class _Runner:
+class Runner:
     """Trains one configuration at a time on a shared backbone, restoring it after fine-tuning."""
 
     def __init__(self, backbone: FrozenBackbone, cfg: ComparisonConfig, log: Callable[[str], None]):
@@ -167,7 +167,7 @@ class _Runner:
 
     def __call__(self, key: Path, method: str, data: DataSpec, lr: float, seed: int, head_lr: float | None = None,
                  variant: Variant = RECIPE, epochs: int | None = None) -> dict:
-        cached = _cached(key)
+        cached = cached_result(key)
         if cached.is_file():
             return json.loads(cached.read_text())
         if key.exists():  # an interrupted attempt: start it again cleanly
@@ -205,7 +205,7 @@ def compare(backbone: FrozenBackbone, datasets: dict[str, DataSpec], cfg: Compar
     A summary holds the validation top-1 per candidate rate, the chosen rate, the test top-1 per
     seed with mean and std, the trainable parameters and the split sizes.
     """
-    runner = _Runner(backbone, cfg, log)
+    runner = Runner(backbone, cfg, log)
     results: dict = {}
     for name, data in datasets.items():
         root = run_root(cfg, name, data)
@@ -235,7 +235,7 @@ def run_root(cfg: ComparisonConfig, name: str, data: DataSpec, epochs: int | Non
     return cfg.runs / f"{name}-{len(data.train)}x{len(data.test)}-{cfg.img_size}px-e{epochs or cfg.epochs}"
 
 
-def select_and_test(runner: "_Runner", root: Path, method: str, data: DataSpec, val: DataSpec | None,
+def select_and_test(runner: "Runner", root: Path, method: str, data: DataSpec, val: DataSpec | None,
                     candidates: Sequence[float], seeds: int, head_lr: float | None = None,
                     variant: Variant = RECIPE, epochs: int | None = None) -> dict:
     """Choose ``method``'s rate on ``val`` (skipped with one candidate), then train ``seeds`` seeds and test.
@@ -329,7 +329,10 @@ def write_report(path: Path, comparison: dict, meta: dict, throughput: dict | No
              f"({meta['seconds']:,} s wall), the rest came from its cache. Each method: learning rate chosen on a "
              f"validation split carved from train ({int(100 * VAL_FRACTION)} %, stratified, seed 0), then "
              f"{meta['epochs']} epochs on the full train split with {meta['seeds']} seed(s), SGD momentum 0.9, "
-             "warm-up + cosine, batch 32. Test top-1 (%), mean ± std over seeds; raw numbers in "
+             "batch 32, the paper's recipe: one rate for everything a method trains (VP's pixels and fine-tuning's "
+             "backbone excepted: their head takes the linear probe's chosen rate), linear warm-up over half the "
+             "run then cosine to lr/100, no gradient clipping; every linear head reads BatchNorm-normalised "
+             "features (the named deviation, docs/results.md). Test top-1 (%), mean ± std over seeds; raw numbers in "
              f"[{meta['json']}]({meta['json']}).", ""]
     lines += accuracy_table(results)
     for method, what in (("pgn", "latent library, append layout"), ("pgn-frame", "pixel library, frame layout")):

@@ -1,6 +1,8 @@
 """The adapted classifier: prompt source + frozen backbone + head."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -19,8 +21,9 @@ class PromptedClassifier(nn.Module):
     """
 
     def __init__(self, backbone: FrozenBackbone, prompts: nn.Module | None, head: nn.Module, layout=None,
-                 input_prompt: nn.Module | None = None, finetune: bool = False):
+                 input_prompt: nn.Module | None = None, finetune: bool = False, config=None):
         super().__init__()
+        self.config = config  # the AdapterConfig this classifier was built from (pgn.adapter), if any
         self.backbone = backbone
         self.prompts = prompts
         self.input_prompt = input_prompt
@@ -61,3 +64,61 @@ class PromptedClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C) logits."""
         return self.head(self.features(images))
+
+    # ------------------------------------------------------------------ the Python API (pgn.api)
+
+    def _require_config(self):
+        if self.config is None:
+            from .errors import PGNError
+
+            raise PGNError("this classifier carries no config; build it with pgn.create_model or pgn.load")
+        return self.config
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._require_config().class_names)
+
+    @property
+    def transform(self):
+        """The preprocessing this classifier expects: PIL image -> normalised (3, S, S) tensor."""
+        from .data import eval_transform
+
+        cfg = self._require_config()
+        return eval_transform(cfg.img_size, cfg.mean, cfg.std)
+
+    preprocess = transform  # open_clip's name for it
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the adapter (``adapter.safetensors`` + ``adapter_config.json``) into ``directory``."""
+        from .adapter import save_adapter
+
+        return save_adapter(self, self._require_config(), directory)
+
+    @torch.inference_mode()
+    def predict(self, images, top_k: int = 1, batch_size: int = 32) -> list[list[tuple[str, float]]]:
+        """Classify image files, PIL images or a (B, 3, S, S) normalised tensor.
+
+        Returns, per image, the ``top_k`` (class name, probability) pairs, best first.
+        """
+        from PIL import Image
+
+        from .data import load_image
+
+        names = self.class_names
+        if isinstance(images, torch.Tensor):
+            batch = images if images.ndim == 4 else images.unsqueeze(0)
+        else:
+            if isinstance(images, (str, Image.Image)) or hasattr(images, "__fspath__"):
+                images = [images]
+            tf = self.transform
+            batch = torch.stack([tf(im if isinstance(im, Image.Image) else load_image(im)) for im in images])
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        out = []
+        for chunk in batch.split(batch_size):
+            probs = self(chunk.to(device)).float().softmax(-1)
+            top = probs.topk(min(top_k, probs.shape[1]), dim=1)
+            out += [[(names[int(i)], float(p)) for p, i in zip(ps, idx)] for ps, idx in zip(top.values, top.indices)]
+        self.train(was_training)
+        return out

@@ -78,7 +78,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=None, help="default 10 (a CPU run); paper 100")
     g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--lr", type=float, default=None, help="learning rate of everything trained (default 0.01 for the 10-epoch CPU run; paper 0.1, SGD)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="learning rate of everything trained (default 0.01 for the 10-epoch CPU run; paper 0.1, SGD)")
     g.add_argument("--head-lr", type=float, default=None, help="head learning rate (default: --lr, as in the paper)")
     g.add_argument("--backbone-lr", type=float, default=None, help="backbone learning rate for finetune (default: --lr)")
     g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
@@ -198,10 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help=DEMO_NOTE)
     p.add_argument("--out", default=None, help="output directory (default: runs/demo-<time>)")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--img-size", type=int, default=112)
     p.add_argument("--fp32", action="store_true", help="float32 even where bfloat16 is native")
-    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=0.01, help="rate of everything trained (default: chosen on validation)")
+    p.add_argument("--train-images", type=int, default=1000, help="stratified ELPV training subset (0: all 1,968)")
     p.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -588,7 +590,8 @@ def cmd_demo(args) -> int:
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     return run_demo(out=out, epochs=args.epochs, img_size=args.img_size, lr=args.lr,
-                    progress=not args.no_progress, bf16=False if args.fp32 else None)
+                    progress=not args.no_progress, bf16=False if args.fp32 else None,
+                    train_images=args.train_images or None)
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,

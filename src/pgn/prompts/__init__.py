@@ -4,4 +4,5 @@ from .library import PixelTokenLibrary, TokenLibrary
 from .official import load_official
 from .padding import PaddingPrompt
 
-__all__ = ["GeneratorConfig", "InputIndependentPrompts", "PaddingPrompt", "PixelTokenLibrary", "PromptGenerator", "ResNet10", "TokenLibrary", "load_official"]
+__all__ = ["GeneratorConfig", "InputIndependentPrompts", "PaddingPrompt", "PixelTokenLibrary", "PromptGenerator",
+           "ResNet10", "TokenLibrary", "load_official"]

@@ -21,7 +21,7 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", bf16: bool = False,
     model.eval()
     n = correct1 = correct5 = 0
     loss_sum = 0.0
-    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+    for images, labels in tqdm(loader, desc=desc, leave=False, disable=None if progress else True, dynamic_ncols=True):
         images, labels = images.to(device), labels.to(device)
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             logits = model(images)

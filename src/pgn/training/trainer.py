@@ -146,7 +146,7 @@ def _optimizer(model: PromptedClassifier, cfg: TrainConfig, scale: int = 1) -> t
 def _extract_features(model: PromptedClassifier, loader, device: str, bf16: bool, progress: bool,
                       desc: str) -> TensorDataset:
     feats, labels = [], []
-    for images, y in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+    for images, y in tqdm(loader, desc=desc, leave=False, disable=None if progress else True, dynamic_ncols=True):
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             feats.append(model.backbone(images.to(device)).float())
         labels.append(y.to(device))
@@ -335,7 +335,8 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
             t0 = time.perf_counter()
             seen = correct = 0
             loss_sum = 0.0
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+            # disable=None: tqdm draws bars on a terminal and stays quiet in a redirected log.
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if progress else True,
                        leave=False, dynamic_ncols=True)
             # A head may define its own loss (pgn.multi: each sample sees only its dataset's classes).
             loss_fn = getattr(model.head, "loss", None) or F.cross_entropy

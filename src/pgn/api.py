@@ -1,0 +1,97 @@
+"""The Python entry point: create, train, save, load and predict, in the shape of timm and PEFT.
+
+    import pgn
+
+    model = pgn.create_model("dinov2-s14-imgfocus", method="pgn", classes=["functional", "defective"])
+    pgn.train(model, "elpv", epochs=3, lr=0.01, out="runs/elpv")  # a dataset name or a DataSpec
+    model.save_pretrained("adapters/elpv")
+    model = pgn.load("adapters/elpv")
+    model.predict(["cell.png"], top_k=2)            # [[("defective", 0.91), ("functional", 0.09)]]
+
+The model carries its config (``model.config``, an :class:`~pgn.adapter.AdapterConfig`) and its
+preprocessing (``model.transform``); mean and std always come from the backbone.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Sequence
+
+from .adapter import AdapterConfig, build_classifier, load_adapter
+from .backbones import DEFAULT_BACKBONE, FrozenBackbone, create_backbone
+from .data import DataSpec, build_dataset
+from .errors import PGNError
+from .model import PromptedClassifier
+from .prompts import GeneratorConfig
+from .training import TrainConfig
+from .training import train as _train_loop
+
+_GENERATOR_FIELDS = {f.name for f in fields(GeneratorConfig)} - {"num_prompts", "input_size"}
+_TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"epochs"}
+
+
+def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str = "pgn",
+                 classes: Sequence[str] = (), *, img_size: int = 112, weights: str | None = None,
+                 num_prompts: int = 16, layout: str = "append", head: str = "linear", head_norm: str = "batchnorm",
+                 template: str | None = None, vp_pad: int | None = None, dataset: str | None = None,
+                 generator_size: int | None = None, **generator) -> PromptedClassifier:
+    """A freshly initialised classifier of ``method`` on a frozen ``backbone`` (a name or a built backbone).
+
+    ``classes`` are the class names (for the zero-shot head, the text it reads). ``generator``
+    takes :class:`~pgn.prompts.GeneratorConfig` fields (``library_size``, ``library_space``,
+    ``arch``, ``mixing``, ...); ``generator_size`` is its input resolution (default ``img_size``).
+    """
+    unknown = sorted(set(generator) - _GENERATOR_FIELDS)
+    if unknown:
+        raise PGNError(f"unknown option(s) {', '.join(unknown)}; generator options are {', '.join(sorted(_GENERATOR_FIELDS))}")
+    if not classes:
+        raise PGNError("classes is empty; pass the class names, e.g. classes=['cat', 'dog']")
+    if generator and method != "pgn":
+        raise PGNError(f"generator options ({', '.join(sorted(generator))}) apply to method 'pgn', not {method!r}")
+    bb = create_backbone(backbone, weights) if isinstance(backbone, str) else backbone
+    gen = vars(GeneratorConfig(num_prompts=num_prompts, input_size=generator_size or img_size, **generator)) \
+        if method == "pgn" else None
+    pre = bb.preprocessing
+    cfg = AdapterConfig(method=method, backbone=bb.name, backbone_width=bb.width, class_names=list(classes),
+                        img_size=img_size, mean=pre.mean, std=pre.std, backbone_weights=weights, generator=gen,
+                        num_prompts=num_prompts if method in ("pgn", "iip") else 0, layout=layout,
+                        head="zeroshot" if method == "zeroshot" else head, head_norm=head_norm, template=template,
+                        vp_pad=vp_pad if vp_pad is not None else max(1, round(30 * img_size / 224)), dataset=dataset)
+    return build_classifier(cfg, bb)
+
+
+def load(directory: str | Path, backbone: str | FrozenBackbone | None = None, weights: str | None = None,
+         device: str = "cpu") -> PromptedClassifier:
+    """The classifier saved in ``directory`` (by ``save_pretrained`` or ``pgn train``), in eval mode.
+
+    The backbone it names is built, unless ``backbone`` gives another (a name or a built one).
+    """
+    bb = create_backbone(backbone, weights) if isinstance(backbone, str) else backbone
+    model, _ = load_adapter(directory, backbone=bb, map_location=device)
+    return model.to(device)
+
+
+def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out: str | Path | None = None, *,
+          train_limit: int | None = None, test_limit: int | None = None, augment: bool = False,
+          resume: bool = False, **options) -> dict:
+    """Train ``model`` on ``data`` (a dataset name, see ``pgn.data.DATASETS``, or a DataSpec).
+
+    ``options`` are :class:`~pgn.training.TrainConfig` fields (``lr``, ``bf16``, ``seed``, ``device``...);
+    the rest of the recipe is the paper's. Writes the run into ``out`` (default
+    ``runs/<dataset>-<method>-<time>``) and returns the last epoch's metrics.
+    """
+    cfg = model._require_config()
+    unknown = sorted(set(options) - _TRAIN_FIELDS)
+    if unknown:
+        raise PGNError(f"unknown training option(s) {', '.join(unknown)}; choose from {', '.join(sorted(_TRAIN_FIELDS))}")
+    if isinstance(data, str):
+        data = build_dataset(data, img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, augment=augment,
+                             train_limit=train_limit, test_limit=test_limit)
+    if list(data.class_names) != list(cfg.class_names):
+        raise PGNError(f"the model was created for classes {cfg.class_names[:5]}..., the dataset {data.name} has "
+                       f"{list(data.class_names)[:5]}...; create the model with classes=data.class_names")
+    if cfg.dataset is None:
+        cfg.dataset = data.name
+    out = Path(out) if out is not None else Path("runs") / f"{data.name}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return _train_loop(model, cfg, data, TrainConfig(epochs=epochs, **options), out, resume=resume, augment=augment)

@@ -1,0 +1,88 @@
+"""The Python API (pgn.create_model / train / load, model.predict / save_pretrained) on tiny real ViTs."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_vit
+from PIL import Image
+from test_training import spec
+
+import pgn
+from pgn import PGNError
+
+FIXTURE = Path(__file__).parent / "fixtures" / "adapter-v1"
+
+
+def _images(n=3, size=48):
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_create_train_save_load_predict(tmp_path):
+    bb = make_tiny_vit()
+    model = pgn.create_model(bb, "pgn", classes=["a", "b", "c"], img_size=64, num_prompts=4, library_size=8)
+    assert (model.config.mean, model.config.std) == (tuple(bb.preprocessing.mean), tuple(bb.preprocessing.std))
+    assert model.config.num_prompts == model.config.generator["num_prompts"] == model.prompts.num_prompts == 4
+    row = pgn.train(model, spec(), epochs=1, out=tmp_path / "run", batch_size=8, lr=0.05, progress=False)
+    assert row["epoch"] == 1 and (tmp_path / "run" / "metrics.jsonl").is_file()
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = pgn.load(tmp_path / "adapter", backbone=bb)
+    assert not loaded.training and loaded.config == model.config
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+    images = _images()
+    preds = loaded.predict(images, top_k=2)
+    with torch.no_grad():
+        probs = loaded(torch.stack([loaded.transform(im) for im in images])).softmax(-1)
+    for p, row_probs in zip(preds, probs):
+        best = int(row_probs.argmax())
+        assert p[0] == ("abc"[best], pytest.approx(float(row_probs[best]), abs=1e-6)) and len(p) == 2
+        assert p[0][1] >= p[1][1]
+    paths = []
+    for i, im in enumerate(images):
+        im.save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    assert loaded.predict(paths, top_k=2) == preds  # files read through the same preprocessing
+
+
+def test_create_model_refuses_unknown_options():
+    bb = make_tiny_vit()
+    with pytest.raises(PGNError, match="unknown option.*libary_size"):
+        pgn.create_model(bb, "pgn", classes=["a", "b"], img_size=64, libary_size=8)
+    with pytest.raises(PGNError, match="classes is empty"):
+        pgn.create_model(bb, "linear", img_size=64)
+    with pytest.raises(PGNError, match="apply to method 'pgn', not 'linear'"):
+        pgn.create_model(bb, "linear", classes=["a", "b"], img_size=64, library_size=8)
+    model = pgn.create_model(bb, "linear", classes=["a", "b", "c"], img_size=64)
+    with pytest.raises(PGNError, match="unknown training option"):
+        pgn.train(model, spec(), epochs=1, learning_rate=0.1)
+
+
+def _fixture_model():
+    torch.manual_seed(0)
+    return pgn.create_model(make_tiny_vit(), "pgn", classes=["a", "b"], img_size=32, num_prompts=2, library_size=4,
+                            widths=(4, 4, 4, 4), dataset="fixture")
+
+
+def test_adapters_written_by_this_version_keep_loading():
+    """A committed adapter (format 1, written by pgn 0.1.0): its stored tensors reproduce recorded outputs."""
+    if os.environ.get("PGN_WRITE_FIXTURES"):  # regenerate: PGN_WRITE_FIXTURES=1 pytest tests/test_api.py
+        model = _fixture_model()
+        with torch.no_grad():
+            model.head(torch.randn(64, 64) * 40)  # non-trivial BatchNorm running statistics
+        model.save_pretrained(FIXTURE)
+        model.eval()
+        x, feats = torch.randn(2, 3, 32, 32), torch.randn(2, 64) * 40
+        with torch.no_grad():
+            torch.save({"x": x, "features": feats, "prompts": model.prompts(x), "head": model.head(feats)},
+                       FIXTURE.parent / "adapter-v1-expected.pt")
+    expected = torch.load(FIXTURE.parent / "adapter-v1-expected.pt", weights_only=True)
+    model = pgn.load(FIXTURE, backbone=make_tiny_vit())
+    assert model.config.head_norm == "batchnorm" and model.config.class_names == ["a", "b"]
+    with torch.no_grad():
+        torch.testing.assert_close(model.prompts(expected["x"]), expected["prompts"], rtol=0, atol=0)
+        torch.testing.assert_close(model.head(expected["features"]), expected["head"], rtol=0, atol=0)
