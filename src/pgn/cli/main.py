@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
     _add_backbone_override(p)
 
     p = sub.add_parser("predict", help="classify images with a trained adapter")
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api", default=None, help="send composed canvases to an inference API (pgn serve) at this URL")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print JSON lines")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
     _add_backbone_override(p)
 
     p = sub.add_parser("export", help="export a PGN adapter for input-space deployment (no backbone code needed)")
@@ -156,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=10.0)
     p.add_argument("--max-side", type=int, default=1024, help="largest accepted image side in pixels")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
 
     p = sub.add_parser("import-official", help="turn a checkpoint released with the paper into a pgn adapter")
     p.add_argument("checkpoint", help="official .pt file (e.g. pgn_clip_cifar10.pt)")
@@ -352,7 +355,8 @@ def cmd_eval(args) -> int:
         raise PGNError(f"{name} has classes {data.class_names[:5]}..., but the adapter was trained on "
                        f"{cfg.dataset} with {len(cfg.class_names)} classes")
     loader = torch.utils.data.DataLoader(data.test, batch_size=args.batch_size)
-    metrics = evaluate(model, loader, bf16=args.bf16)
+    device = args.device or _default_device()
+    metrics = evaluate(model.to(device), loader, device=device, bf16=args.bf16)
     print(json.dumps({"run": args.run, "dataset": name, "method": cfg.method, **metrics}))
     return 0
 
@@ -427,12 +431,13 @@ def cmd_predict(args) -> int:
     if args.api:
         return _predict_api(args)
     model, cfg = _load(args.adapter, args)
-    model.eval()
+    model.to(args.device or _default_device()).eval()
     tf = eval_transform(cfg.img_size, cfg.mean, cfg.std)
+    device = next(model.parameters()).device
     for path in args.images:
-        x = tf(load_image(path)).unsqueeze(0)
+        x = tf(load_image(path)).unsqueeze(0).to(device)
         with torch.inference_mode():
-            probs = model(x).float().softmax(-1)[0]
+            probs = model(x).float().softmax(-1)[0].cpu()
         _print_predictions(path, probs, cfg.class_names, args.top_k, args.json)
     return 0
 
@@ -499,7 +504,8 @@ def cmd_serve(args) -> int:
     from ..serving import serve
 
     serve(args.backbone, args.weights, host=args.host, port=args.port,
-          max_upload_bytes=int(args.max_upload_mb * 2**20), max_side=args.max_side)
+          max_upload_bytes=int(args.max_upload_mb * 2**20), max_side=args.max_side,
+          device=args.device or _default_device())
     return 0
 
 

@@ -358,8 +358,9 @@ def serve(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_side: int = DEFAULT_MAX_SIDE,
     log_level: str = "info",
+    device: str = "cpu",
 ) -> None:
-    """Build ``backbone_name`` and serve it with uvicorn until interrupted (blocks)."""
+    """Build ``backbone_name`` on ``device`` and serve it with uvicorn until interrupted (blocks)."""
     import uvicorn
 
     from ..backbones import create_backbone
@@ -367,6 +368,7 @@ def serve(
     backbone = create_backbone(backbone_name, weights=weights)
     if not isinstance(backbone, TimmViT):
         raise PGNError(f"{backbone_name} is not a timm ViT backbone; the embedding server serves timm ViTs only")
+    backbone.to(device)  # the app runs its forward where the backbone's weights are
     app = create_app(backbone, max_upload_bytes=max_upload_bytes, max_side=max_side)
     if not _is_loopback(host):
         print(f"warning: serving on {host}, which is not a loopback address: anyone who can reach this machine "
