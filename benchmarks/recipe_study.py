@@ -126,7 +126,9 @@ def ablations(args) -> None:
             continue
         s = recipe if variant is RECIPE else select_and_test(runner, root, "pgn", data, val, [lr], cfg.seeds,
                                                              variant=variant)
-        rows.append({"method": "pgn", "variant": variant.name, "what": what, **s})
+        lr_used = variant.train.get("lr", s["lr"])
+        rows.append({"method": "pgn", "variant": variant.name, "what": what, **s, "lr": lr_used,
+                     "head_lr": variant.train.get("head_lr", lr_used)})
     for variant, what in ((RECIPE, "linear probe, BatchNorm head"),
                           (Variant("raw-head", adapter={"head_norm": "none"}), "linear probe, raw-feature head")):
         s = select_and_test(runner, root, "linear", data, val, args.grid, cfg.seeds, variant=variant)
@@ -165,7 +167,7 @@ def _render_ablations(meta: dict, rows: list[dict]) -> None:
         diff = (f"{100 * (r['mean'] - base['mean']):+.2f}" if r["method"] == "pgn" and r["mean"] is not None
                 and r is not base else "")
         head = r.get("head_lr")
-        lr = f"{r['lr']:g}" + (f" ({head:g})" if head is not None and head != r["lr"] else "")
+        lr = f"{r['lr']:g}" + (f" (head {head:g})" if head is not None and head != r["lr"] else "")
         lines.append(f"| {r['method']} | {r['variant']} | {r['what']} | {lr} | {_pct(r)} | {seeds} | {diff} |")
     with atomic_path(DOCS / "ablations.md") as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")

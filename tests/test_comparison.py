@@ -22,7 +22,8 @@ def digits():
 
 def _cfg(tmp_path, **kw):
     return comparison.ComparisonConfig(methods=METHODS, epochs=1, seeds=2, img_size=32, runs=tmp_path / "runs",
-                                       candidates={**comparison.CANDIDATES, "linear": [0.01, 0.1]}, **kw)
+                                       candidates={**comparison.CANDIDATES, "linear": [0.01, 0.1], "pgn": [0.01, 0.1],
+                                                   "finetune": [1e-4, 1e-3]}, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,9 @@ def test_compare_chooses_lr_on_validation_caches_every_run_and_restores_the_back
         assert len(list((root / method).glob("val-lr*.json"))) == 2
         assert len(list((root / method).glob("test-lr*-seed*.json"))) == 2
     assert first["runs_trained"] == len(logged) == 4 * len(METHODS)
+    # one rate for everything PGN trains; fine-tuning's head takes the rate the linear probe chose
+    assert res["pgn"]["head_lr"] == res["pgn"]["lr"]
+    assert res["finetune"]["head_lr"] == res["linear"]["lr"] != res["finetune"]["lr"]
     # parameter counts are the methods' own: linear head < PGN; fine-tuning = backbone + head
     p = {m: res[m]["trainable_parameters"] for m in METHODS}
     assert p["linear"] < p["pgn"]

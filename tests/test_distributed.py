@@ -45,9 +45,13 @@ B = 4                         # per process: 2 x 4 vs 1 x 8, three steps per epo
 EPOCHS = 2
 OTHER_METHODS = {"iip": 0.1, "vp": 0.1, "finetune": 0.01}  # method: lr
 # The run's files: the last epoch's checkpoint directory, the adapter and metrics derived from it, the lock file.
-RUN_FILES = {".pgn.lock", "adapter.safetensors", "adapter_config.json", "config.json", "metrics.jsonl",
-             *(f"checkpoints/epoch-{EPOCHS:04d}/{f}" for f in ("adapter.safetensors", "adapter_config.json",
-                                                              "trainer_state.pt", "metrics.json"))}
+def run_files(epochs: int = EPOCHS) -> set[str]:
+    return {".pgn.lock", "adapter.safetensors", "adapter_config.json", "config.json", "metrics.jsonl",
+            *(f"checkpoints/epoch-{epochs:04d}/{f}" for f in ("adapter.safetensors", "adapter_config.json",
+                                                             "trainer_state.pt", "metrics.json"))}
+
+
+RUN_FILES = run_files()
 
 
 class LabelledImages(Dataset):
@@ -339,9 +343,10 @@ def test_other_methods_match_too(two_process_runs, method):
 def test_only_the_trained_parts_are_wrapped(two_process_runs):
     wrapped = {m.group(1): json.loads(m.group(2))
                for m in re.finditer(r"^WRAPPED0 (\w+) (.*)$", two_process_runs["stdout"], re.MULTILINE)}
-    assert wrapped["pgn"] == [["head", "prompts"], ["_CPUSyncBatchNorm"], ["BatchNorm2d"]]
-    assert wrapped["linear"] == [["head"], [], []]  # the frozen backbone is never wrapped...
-    assert wrapped["finetune"] == [["backbone", "head"], [], []]  # ...unless it is trained
+    # Every BatchNorm (the generator's, the head's input normalisation) is synced while training, restored after.
+    assert wrapped["pgn"] == [["head", "prompts"], ["_CPUSyncBatchNorm"], ["BatchNorm1d", "BatchNorm2d"]]
+    assert wrapped["linear"] == [["head"], ["_CPUSyncBatchNorm"], ["BatchNorm1d"]]  # the frozen backbone is never
+    assert wrapped["finetune"] == [["backbone", "head"], ["_CPUSyncBatchNorm"], ["BatchNorm1d"]]  # wrapped unless trained
 
 
 def test_resume_under_torchrun_continues_exactly(two_process_runs):
@@ -372,7 +377,8 @@ def test_only_rank_zero_logs_and_writes(two_process_runs):
     base, stdout = two_process_runs["base"], two_process_runs["stdout"]
     files = sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
     want = sorted(["worker.py", "nan/config.json", "nan/.pgn.lock"] +
-                  [f"{run}/{f}" for run in ("pgn", "const", "resume", "linear", *OTHER_METHODS) for f in RUN_FILES])
+                  [f"{run}/{f}" for run in ("pgn", "const", "resume", "linear") for f in RUN_FILES] +
+                  [f"{run}/{f}" for run in OTHER_METHODS for f in run_files(1)])
     assert files == want  # nothing from rank 1: no "-rank1" run dirs, nothing in its working directory
     assert not list((base / "scratch1").iterdir()) and not list((base / "scratch0").iterdir())
     assert "LOG0 global batch 8 = 2 x 4; lr 0.1 (scaling: none)" in stdout

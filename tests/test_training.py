@@ -208,7 +208,7 @@ def test_metrics_carry_group_norms_updates_entropy_and_clip(tiny_vit, tmp_path):
         assert 0 < r["clip_factor"] < 0.1          # a 1e-3 clip scales every step's gradient down hard
     # With momentum 0.9 a step moves the head by at most lr * clip / (1 - 0.9): clipping really limited it
     # (unclipped, the head's gradient norm of about 1 would move it about 100 times further).
-    head_norm = float(torch.cat([p.flatten() for p in model.head.parameters()]).norm())
+    head_norm = float(torch.cat([p.detach().flatten() for p in model.head.parameters()]).norm())
     assert rows[-1]["update/head"] < 1.2 * 0.05 * 1e-3 / 0.1 / head_norm
 
 

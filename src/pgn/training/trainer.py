@@ -372,7 +372,12 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
                    "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
                    "lr": optimizer.param_groups[-1]["lr"], "train_seconds": round(train_time, 2),
                    "train_images_per_s": round(seen / train_time, 2)}
-            row.update({k: float(f"{v:.5g}") for k, v in monitor.epoch_summary().items()})  # 5 significant digits
+            stats = monitor.epoch_summary()
+            if ctx.distributed and stats:  # mixture statistics are per rank: average them (gradients already agree)
+                keys = sorted(stats)
+                total = all_reduce_sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device))
+                stats = dict(zip(keys, (total / world).tolist()))
+            row.update({k: float(f"{v:.5g}") for k, v in stats.items()})  # 5 significant digits
             if use_cache:
                 row["features_cached"] = True  # images/s counts the head alone
             top5 = f" top5 {row['test_top5']:.4f}" if len(data.class_names) > 5 else ""
