@@ -42,7 +42,7 @@ from pgn.comparison import (
 )
 from pgn.data import build_dataset
 from pgn.files import atomic_path, write_json
-from pgn.training import native_bf16
+from pgn.training import native_bf16, read_metrics
 
 DOCS = Path("docs")
 IMG = 112
@@ -74,7 +74,7 @@ def _setup(args):
 
 # Fixed stratified subsets (seed 0) that fit the study into two hours of a 2-core CPU without bf16.
 SUBSETS = {"elpv": (1000, None), "fashion-mnist": (1000, 1000)}
-DEFAULT_VARIANTS = ["recipe", "old-defaults", "clip", "raw-head", "zero-head"]
+DEFAULT_VARIANTS = ["recipe", "old-defaults", "clip", "raw-head", "zero-head", "library-std0.2"]
 
 
 def _data(name: str, pre):
@@ -127,8 +127,9 @@ def ablations(args) -> None:
         s = recipe if variant is RECIPE else select_and_test(runner, root, "pgn", data, val, [lr], cfg.seeds,
                                                              variant=variant)
         lr_used = variant.train.get("lr", s["lr"])
+        runs = [run_key(root, "pgn", "test", lr, seed, None, variant) for seed in range(cfg.seeds)]
         rows.append({"method": "pgn", "variant": variant.name, "what": what, **s, "lr": lr_used,
-                     "head_lr": variant.train.get("head_lr", lr_used)})
+                     "head_lr": variant.train.get("head_lr", lr_used), "optimizer": _optimizer_stats(runs)})
     for variant, what in ((RECIPE, "linear probe, BatchNorm head"),
                           (Variant("raw-head", adapter={"head_norm": "none"}), "linear probe, raw-feature head")):
         s = select_and_test(runner, root, "linear", data, val, args.grid, cfg.seeds, variant=variant)
@@ -138,6 +139,22 @@ def ablations(args) -> None:
             "recipe_lr": lr, "recipe_val_top1_by_lr": recipe["val_top1_by_lr"]}
     write_json(DOCS / "ablations.json", {"meta": meta, "rows": rows})
     _render_ablations(meta, rows)
+
+
+def _optimizer_stats(runs: list[Path]) -> dict:
+    """Means over seeds of what the optimiser monitor logged (pgn.training.monitor), first and last epoch."""
+    rows = [read_metrics(r) for r in runs if (r / "metrics.jsonl").is_file()]
+    rows = [r for r in rows if r and "grad_norm/generator" in r[0]]
+    if not rows:
+        return {}
+    out = {}
+    for key in ("grad_norm/generator", "grad_norm/library", "grad_norm/head", "update/generator", "update/library",
+                "update/head", "mixture_entropy", "clip_factor"):
+        for when, i in (("first", 0), ("last", -1)):
+            values = [r[i][key] for r in rows if key in r[i]]
+            if values:
+                out[f"{key}@{when}"] = statistics.mean(values)
+    return out
 
 
 def _pct(s: dict) -> str:
@@ -169,6 +186,35 @@ def _render_ablations(meta: dict, rows: list[dict]) -> None:
         head = r.get("head_lr")
         lr = f"{r['lr']:g}" + (f" (head {head:g})" if head is not None and head != r["lr"] else "")
         lines.append(f"| {r['method']} | {r['variant']} | {r['what']} | {lr} | {_pct(r)} | {seeds} | {diff} |")
+    lines += ["", "## What the optimiser did (pgn.training.monitor, mean over the 3 seeds)", "",
+              "Per step, averaged over the first / last epoch: the gradient norm of each trained part and the "
+              "relative size of its update `|Δθ| / |θ|`, and the normalised entropy of the prompt mixtures "
+              "(1 = uniform over the library).", "",
+              "| variant | grad generator | grad library | grad head | update generator | update library | "
+              "update head | mixture entropy | clip factor |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        o = r.get("optimizer") or {}
+        if not o:
+            continue
+
+        def pair(key, fmt):
+            a, b = o.get(f"{key}@first"), o.get(f"{key}@last")
+            return "n/a" if a is None else f"{a:{fmt}} / {b:{fmt}}"
+
+        lines.append(f"| {r['variant']} | {pair('grad_norm/generator', '.3g')} | {pair('grad_norm/library', '.3g')} | "
+                     f"{pair('grad_norm/head', '.3g')} | {pair('update/generator', '.1e')} | "
+                     f"{pair('update/library', '.1e')} | {pair('update/head', '.1e')} | "
+                     f"{pair('mixture_entropy', '.3f')} | {pair('clip_factor', '.2f')} |")
+    pert = DOCS / "perturbation.json"
+    if pert.is_file():
+        p = json.loads(pert.read_text())
+        lines += ["", "## The prompts' effect before any training", "",
+                  f"`python benchmarks/recipe_study.py perturbation` ({p['images']} ELPV test images, {p['seeds']} "
+                  "initialisations each): how far the untrained prompts move the CLS feature from the plain "
+                  "backbone's (cosine 1 and change 0 would be a neutral start).", "",
+                  "| setup | cosine to the plain feature | relative change |", "|---|---|---|"]
+        for name, v in p["results"].items():
+            lines.append(f"| {name} | {v['cosine']:.3f} | {v['relative_change']:.3f} |")
     with atomic_path(DOCS / "ablations.md") as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")
 

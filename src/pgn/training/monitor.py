@@ -27,8 +27,9 @@ class OptimizerMonitor:
     """Accumulates, per parameter group and over one epoch, the mean of
 
     * ``grad_norm``: the L2 norm of the group's gradient (before any clipping);
-    * ``update``: ``||theta_after - theta_before|| / ||theta_before||``, the relative size of the step
-      the optimiser really took (after clipping, momentum and the learning rate);
+    * ``update``: ``||theta_after - theta_before|| / max(||theta_before||, ||theta_after||)``, the relative
+      size of the step the optimiser really took (after clipping, momentum and the learning rate; the
+      larger norm keeps a zero-initialised start finite);
 
     plus, for a prompt generator, the mean normalised mixture entropy and largest coefficient
     of the training batches, and with clipping the mean factor the clip scaled gradients by.
@@ -73,7 +74,8 @@ class OptimizerMonitor:
     def after_step(self) -> None:
         for (name, params), before in zip(self._groups(), self._before):
             delta = sum(float((p.detach() - b).float().pow(2).sum()) for p, b in zip(params, before))
-            size = sum(float(b.float().pow(2).sum()) for b in before)
+            size = max(sum(float(b.float().pow(2).sum()) for b in before),
+                       sum(float(p.detach().float().pow(2).sum()) for p in params))
             self._add(f"update/{name}", math.sqrt(delta) / (math.sqrt(size) + 1e-12))
         self._before = []
         self.steps += 1
