@@ -157,6 +157,13 @@ def _optimizer_stats(runs: list[Path]) -> dict:
     return out
 
 
+def _cell(s: dict, seeds: int) -> str:
+    n = len(s["test_top1"])
+    if n == 1 and s["mean"] is not None:
+        return f"{100 * s['mean']:.2f} (1 seed)"
+    return _pct(s) + ("" if n == seeds else f" ({n} seeds)")
+
+
 def _pct(s: dict) -> str:
     if s["mean"] is None:
         return "diverged"
@@ -189,7 +196,9 @@ def _render_ablations(meta: dict, rows: list[dict]) -> None:
     lines += ["", "## What the optimiser did (pgn.training.monitor, mean over the 3 seeds)", "",
               "Per step, averaged over the first / last epoch: the gradient norm of each trained part and the "
               "relative size of its update `|Δθ| / |θ|`, and the normalised entropy of the prompt mixtures "
-              "(1 = uniform over the library).", "",
+              "(1 = uniform over the library). The rows old-defaults and zero-head were logged before the update "
+              "measure divided by the larger of the norms before and after the step, so their head's first-epoch "
+              "update divides by the zero start and is meaningless.", "",
               "| variant | grad generator | grad library | grad head | update generator | update library | "
               "update head | mixture entropy | clip factor |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -233,10 +242,13 @@ def convergence(args) -> None:
             for method in args.methods:
                 root = run_root(cfg, name, data, epochs)
                 lr = lrs.get(method, lrs["pgn"])
-                keys = [cached_result(run_key(root, method, "test", lr, s)) for s in range(cfg.seeds)]
-                if args.render_only and not all(k.is_file() for k in keys):
-                    continue  # not measured (yet): left out of the page, which says so
-                s = select_and_test(runner, root, method, data, None, [lr], cfg.seeds, epochs=epochs)
+                seeds = cfg.seeds
+                if args.render_only:  # the seeds measured so far (0, 1, ...); a budget with none is left out
+                    seeds = next((s for s in range(cfg.seeds)
+                                  if not cached_result(run_key(root, method, "test", lr, s)).is_file()), cfg.seeds)
+                    if seeds == 0:
+                        continue
+                s = select_and_test(runner, root, method, data, None, [lr], seeds, epochs=epochs)
                 results.setdefault(name, {}).setdefault(method, {})[epochs] = s
     meta = {**_meta(args, cfg, t0), "seeds": cfg.seeds, "lrs": lrs, "budgets": sorted(args.budgets),
             "splits": {name: [len(d.train), len(d.test)] for name, d in specs.items()}}
@@ -265,7 +277,8 @@ def _render_convergence(meta: dict, results: dict) -> None:
                   "|---|" + "---|" * len(budgets)]
         for method, per in res.items():
             per = {int(e): s for e, s in per.items()}
-            lines.append(f"| {method} | " + " | ".join(_pct(per[e]) if e in per else "n/a" for e in budgets) + " |")
+            lines.append(f"| {method} | " + " | ".join(_cell(per[e], meta["seeds"]) if e in per else "not run"
+                                                      for e in budgets) + " |")
             xs = [e for e in budgets if e in per and per[e]["mean"] is not None]
             ax.errorbar(xs, [100 * per[e]["mean"] for e in xs], yerr=[100 * per[e]["std"] for e in xs],
                         marker="o", capsize=3, label=method)
