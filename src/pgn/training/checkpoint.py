@@ -54,13 +54,18 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return run_dir if (run_dir / STATE_FILE).is_file() else None
 
 
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The rows of ``run_dir/metrics.jsonl`` (none if it does not exist)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def checkpoint_rows(checkpoint: Path) -> list[dict]:
     """The metrics rows stored with a checkpoint (a legacy run: its ``metrics.jsonl``)."""
     path = checkpoint / ROWS_FILE
-    if path.is_file():
-        return json.loads(path.read_text())
-    legacy = checkpoint / METRICS_FILE
-    return [json.loads(line) for line in legacy.read_text().splitlines() if line.strip()] if legacy.is_file() else []
+    return json.loads(path.read_text()) if path.is_file() else read_metrics(checkpoint)
 
 
 def load_state(checkpoint: Path, map_location: str = "cpu") -> dict:

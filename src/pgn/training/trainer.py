@@ -6,7 +6,6 @@ shards the data, syncs the generator's BatchNorm and wraps the trainable parts i
 """
 from __future__ import annotations
 
-import json
 import random
 import time
 from contextlib import ExitStack
@@ -26,7 +25,7 @@ from ..data.base import check_classes
 from ..errors import PGNError
 from ..files import run_lock, write_json
 from ..model import PromptedClassifier
-from .checkpoint import METRICS_FILE, checkpoint_rows, latest_checkpoint, load_state, repair, save_checkpoint
+from .checkpoint import METRICS_FILE, checkpoint_rows, latest_checkpoint, load_state, read_metrics, repair, save_checkpoint
 from .distributed import (
     DataParallelParts,
     DistContext,
@@ -479,9 +478,3 @@ def _evaluate(net, loader, n_local: int, cfg: TrainConfig, ctx: DistContext, pro
     n = max(int(totals[3]), 1)
     return {"loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n, "n": int(totals[3])}
 
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
