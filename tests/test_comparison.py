@@ -115,3 +115,28 @@ def test_a_diverging_rate_loses_the_selection_instead_of_crashing(tmp_path, digi
     assert res["val_top1_by_lr"][1e38] is None and res["lr"] == 0.01
     cached = json.loads(next(tmp_path.rglob("val-lr1e+38.json")).read_text())
     assert cached["top1"] is None and cached["diverged"].startswith("loss became")
+
+
+def test_render_only_reports_the_cache_and_trains_nothing(compared, digits, tmp_path):
+    vit, _, cfg, first, _ = compared
+    logged = []
+    # Another batch size is another cache folder: nothing of it is cached, so nothing is reported.
+    other = _cfg(cfg.runs.parent, render_only=True, batch_size=16)
+    empty = comparison.compare(vit, {"digits": digits}, other, log=logged.append)
+    assert empty == {"results": {}, "runs_trained": 0}
+    assert len(logged) == len(METHODS) and all("not in the cache" in line for line in logged)
+    assert not (cfg.runs / "digits-60x30-32px-e1-b16").exists()
+    # The batch of the cached runs: everything comes back, and nothing is trained.
+    same = _cfg(cfg.runs.parent, render_only=True)
+    again = comparison.compare(vit, {"digits": digits}, same, log=logged.append)
+    assert again["runs_trained"] == 0 and again["results"] == first["results"]
+    assert {r["batch_size"] for r in again["results"]["digits"].values()} == {32}
+
+
+def test_rate_and_batch_flags_fail_clearly(tmp_path, capsys):
+    assert main(["bench", "--rate", "lora=0.1", "--runs", str(tmp_path)]) == 2
+    assert "unknown method 'lora'" in capsys.readouterr().err
+    assert main(["bench", "--rate", "pgn=fast", "--runs", str(tmp_path)]) == 2
+    assert "METHOD=LR" in capsys.readouterr().err
+    with pytest.raises(PGNError, match="batch size"):
+        comparison.ComparisonConfig(batch_size=0)

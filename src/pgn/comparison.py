@@ -77,6 +77,10 @@ class ComparisonConfig:
     bf16: bool = False
     runs: Path = Path("runs/bench-compare")
     candidates: dict[str, list[float]] = field(default_factory=lambda: dict(CANDIDATES))
+    batch_size: int = 32     # the CPU protocol's; a GPU run may take more (part of the cache key when not 32)
+    device: str = "cpu"
+    num_workers: int = 0     # data-loading processes (a GPU needs several to be fed)
+    render_only: bool = False  # report what the cache holds; train nothing
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in CANDIDATES]
@@ -84,6 +88,11 @@ class ComparisonConfig:
             raise PGNError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
         if self.epochs < 1 or self.seeds < 1:
             raise PGNError(f"epochs and seeds must be at least 1, got {self.epochs} and {self.seeds}")
+        if self.batch_size < 1 or self.num_workers < 0:
+            raise PGNError(f"batch size must be >= 1 and workers >= 0, got {self.batch_size} and {self.num_workers}")
+        empty = [m for m in self.methods if not self.candidates.get(m)]
+        if empty:
+            raise PGNError(f"no learning-rate candidates for {', '.join(empty)}")
         self.runs = Path(self.runs)
 
 
@@ -115,11 +124,11 @@ def method_config(method: str, backbone: FrozenBackbone, data: DataSpec, img_siz
 
 
 def train_config(method: str, lr: float, epochs: int, seed: int, bf16: bool, head_lr: float | None = None,
-                 variant: Variant = RECIPE) -> TrainConfig:
+                 variant: Variant = RECIPE, **loader) -> TrainConfig:
     """One schedule for all methods (warm-up over half the run, cosine, no clipping); ``lr`` is the rate of
     everything the method trains (the head's too), except VP's pixels and fine-tuning's backbone, whose
-    head gets ``head_lr``."""
-    common = dict(epochs=epochs, lr=lr, seed=seed, bf16=bf16, progress=False)
+    head gets ``head_lr``. ``loader``: batch_size, device, num_workers (the same for every method)."""
+    common = dict(epochs=epochs, lr=lr, seed=seed, bf16=bf16, progress=False, **loader)
     if method == "finetune":
         cfg = dict(common, backbone_lr=lr, head_lr=head_lr)
     elif method == "vp":
@@ -156,6 +165,19 @@ def cached_result(key: Path) -> Path:
     return key.parent / f"{key.name}.json"  # not with_suffix: "lr0.003" has a dot of its own
 
 
+class NotCached(Exception):
+    """A run that a render-only comparison would have had to train."""
+
+
+def device_name(device: str) -> str:
+    """The accelerator a run used, in words (recorded with every cached result)."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    import platform
+
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 class Runner:
     """Trains one configuration at a time on a shared backbone, restoring it after fine-tuning."""
 
@@ -170,11 +192,14 @@ class Runner:
         cached = cached_result(key)
         if cached.is_file():
             return json.loads(cached.read_text())
+        if self.cfg.render_only:
+            raise NotCached(key)
         if key.exists():  # an interrupted attempt: start it again cleanly
             shutil.rmtree(key)
         acfg = method_config(method, self.backbone, data, self.cfg.img_size, variant)
         model = build_classifier(acfg, self.backbone)
-        tcfg = train_config(method, lr, epochs or self.cfg.epochs, seed, self.cfg.bf16, head_lr, variant)
+        tcfg = train_config(method, lr, epochs or self.cfg.epochs, seed, self.cfg.bf16, head_lr, variant,
+                            batch_size=self.cfg.batch_size, device=self.cfg.device, num_workers=self.cfg.num_workers)
         t0 = time.perf_counter()
         diverged = None
         try:
@@ -190,7 +215,8 @@ class Runner:
             if method == "finetune":
                 self.backbone.load_state_dict(self.original)
         result = {"top1": row["test_top1"], "trainable_parameters": trainable, "head_lr": tcfg.head_lr or tcfg.lr,
-                  "seconds": round(time.perf_counter() - t0, 1), **({"diverged": diverged} if diverged else {})}
+                  "seconds": round(time.perf_counter() - t0, 1), "device": device_name(tcfg.device),
+                  "batch_size": tcfg.batch_size, **({"diverged": diverged} if diverged else {})}
         write_json(cached, result)
         self.trained += 1
         self.log(f"{key.relative_to(self.cfg.runs)}: " + (f"diverged ({diverged})" if diverged else
@@ -214,25 +240,33 @@ def compare(backbone: FrozenBackbone, datasets: dict[str, DataSpec], cfg: Compar
         # VP and fine-tuning train the linear probe's head at the rate the probe chose: run the probe first.
         order = sorted(cfg.methods, key=lambda m: m != "linear")
         for method in order:
-            head_lr = None
-            if method in OWN_HEAD_RATE:
-                probe = results.get(name, {}).get("linear") or select_and_test(
-                    runner, root, "linear", data, val, cfg.candidates["linear"], seeds=0)
-                head_lr = probe["lr"]
-            if lr_from and method in results[lr_from]:
-                chosen = results[lr_from][method]["lr"]
-                summary = select_and_test(runner, root, method, data, None, [chosen], cfg.seeds, head_lr)
-                summary["lr_chosen_on"] = f"{lr_from} validation split"
-            else:
-                summary = select_and_test(runner, root, method, data, val, cfg.candidates[method], cfg.seeds, head_lr)
+            try:
+                head_lr = None
+                if method in OWN_HEAD_RATE:
+                    probe = results.get(name, {}).get("linear") or select_and_test(
+                        runner, root, "linear", data, val, cfg.candidates["linear"], seeds=0)
+                    head_lr = probe["lr"]
+                if lr_from and method in results[lr_from]:
+                    chosen = results[lr_from][method]["lr"]
+                    summary = select_and_test(runner, root, method, data, None, [chosen], cfg.seeds, head_lr)
+                    summary["lr_chosen_on"] = f"{lr_from} validation split"
+                else:
+                    summary = select_and_test(runner, root, method, data, val, cfg.candidates[method], cfg.seeds,
+                                              head_lr)
+            except NotCached as missing:
+                log(f"{name} {method}: not in the cache ({missing}); left out of the report")
+                continue
             results.setdefault(name, {})[method] = summary
-        results[name] = {m: results[name][m] for m in cfg.methods}  # the caller's order
+        done = results.pop(name, {})
+        if done:
+            results[name] = {m: done[m] for m in cfg.methods if m in done}  # the caller's order
     return {"results": results, "runs_trained": runner.trained}
 
 
 def run_root(cfg: ComparisonConfig, name: str, data: DataSpec, epochs: int | None = None) -> Path:
     """The cache folder of one dataset at one budget."""
-    return cfg.runs / f"{name}-{len(data.train)}x{len(data.test)}-{cfg.img_size}px-e{epochs or cfg.epochs}"
+    batch = "" if cfg.batch_size == 32 else f"-b{cfg.batch_size}"
+    return cfg.runs / f"{name}-{len(data.train)}x{len(data.test)}-{cfg.img_size}px-e{epochs or cfg.epochs}{batch}"
 
 
 def select_and_test(runner: "Runner", root: Path, method: str, data: DataSpec, val: DataSpec | None,
@@ -260,6 +294,7 @@ def select_and_test(runner: "Runner", root: Path, method: str, data: DataSpec, v
             "mean": statistics.mean(done) if done else None,
             "std": statistics.stdev(done) if len(done) > 1 else 0.0,
             "trainable_parameters": tests[0]["trainable_parameters"] if tests else None,
+            "device": tests[0].get("device") if tests else None, "batch_size": tests[0].get("batch_size") if tests else None,
             "seconds": round(sum(t["seconds"] for t in tests), 1),
             "train_sizes": [len(data.train), len(data.test)]}
 
@@ -326,10 +361,12 @@ def write_report(path: Path, comparison: dict, meta: dict, throughput: dict | No
              f"Command: `{meta['command']}` on {meta['machine']}, {meta['precision']}; backbone "
              f"{meta['backbone']} at {meta['img_size']} px. The runs below took {meta['seconds_of_all_runs']:,} s "
              f"of training and testing in all; this call trained {meta['runs_trained_this_call']} of them "
-             f"({meta['seconds']:,} s wall), the rest came from its cache. Each method: learning rate chosen on a "
-             f"validation split carved from train ({int(100 * VAL_FRACTION)} %, stratified, seed 0), then "
+             f"({meta['seconds']:,} s wall), the rest came from its cache. Each method: " +
+             ("learning rate given on the command line (one candidate: no validation runs), then " if
+              meta.get("rates_given") else "learning rate chosen on a validation split carved from train "
+              f"({int(100 * VAL_FRACTION)} %, stratified, seed 0), then ") +
              f"{meta['epochs']} epochs on the full train split with {meta['seeds']} seed(s), SGD momentum 0.9, "
-             "batch 32, the paper's recipe: one rate for everything a method trains (VP's pixels and fine-tuning's "
+             f"batch {meta.get('batch_size', 32)}, the paper's recipe: one rate for everything a method trains (VP's pixels and fine-tuning's "
              "backbone excepted: their head takes the linear probe's chosen rate), linear warm-up over half the "
              "run then cosine to lr/100, no gradient clipping; every linear head reads BatchNorm-normalised "
              "features (the named deviation, docs/results.md). Test top-1 (%), mean ± std over seeds; raw numbers in "
@@ -374,10 +411,14 @@ def benchmark(datasets: Sequence[str], cfg: ComparisonConfig, out: Path, *, comm
         specs[name] = build_dataset(name, img_size=cfg.img_size, mean=pre.mean, std=pre.std, root=data_root,
                                     train_limit=train_limit, test_limit=test_limit)
     comparison = compare(model, specs, cfg, log)
+    if not comparison["results"]:
+        raise PGNError(f"nothing to report: no run of {', '.join(cfg.methods)} is in {cfg.runs}")
     out = Path(out)
     meta = {"command": command, "backbone": model.name, "img_size": cfg.img_size, "epochs": cfg.epochs,
-            "seeds": cfg.seeds, "precision": "bf16 autocast" if cfg.bf16 else "fp32",
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "seeds": cfg.seeds, "precision": "bf16 autocast" if cfg.bf16 else "fp32", "batch_size": cfg.batch_size,
+            "rates_given": all(len(cfg.candidates[m]) == 1 for m in cfg.methods),
+            "machine": _machines(comparison["results"]) or
+            f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
             "seconds": round(time.perf_counter() - t0), "runs_trained_this_call": comparison["runs_trained"],
             "seconds_of_all_runs": round(sum(r["seconds"] for res in comparison["results"].values()
                                              for r in res.values()) + _validation_seconds(cfg, specs)),
@@ -386,6 +427,12 @@ def benchmark(datasets: Sequence[str], cfg: ComparisonConfig, out: Path, *, comm
     speed = json.loads(Path(throughput).read_text()) if throughput and Path(throughput).is_file() else None
     write_report(out.with_suffix(".md"), comparison, meta, speed)
     return {"meta": meta, **comparison}
+
+
+def _machines(results: dict) -> str:
+    """Where the reported runs ran, from their cached results (a report may be rendered elsewhere)."""
+    seen = sorted({r["device"] for res in results.values() for r in res.values() if r.get("device")})
+    return " and ".join(seen)
 
 
 def _validation_seconds(cfg: ComparisonConfig, specs: dict[str, DataSpec]) -> float:

@@ -192,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report path without suffix: writes .md and .json "
                                                 "(default: <runs>/results)")
     p.add_argument("--throughput", default=None, help="JSON of benchmarks/throughput.py to summarise in the report")
+    p.add_argument("--rate", action="append", default=None, metavar="METHOD=LR[,LR...]",
+                   help="learning-rate candidates of a method (one: no validation runs); repeatable")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--render-only", action="store_true", help="write the report from the cache; train nothing")
     p.add_argument("--report-command", default=None, help=argparse.SUPPRESS)
 
     p = sub.add_parser("info", help="summarise a backbone, an adapter or an official checkpoint")
@@ -569,6 +575,18 @@ def _parse_subset(text: str) -> tuple[str, tuple[int, int]]:
     return name, (int(train), int(test))
 
 
+def _parse_rate(text: str) -> tuple[str, list[float]]:
+    from ..comparison import METHODS
+
+    method, _, rates = text.partition("=")
+    if method not in METHODS:
+        raise PGNError(f"--rate {text!r}: unknown method {method!r}; choose from {', '.join(METHODS)}")
+    try:
+        return method, [float(r) for r in rates.split(",")]
+    except ValueError:
+        raise PGNError(f"--rate {text!r}: expected METHOD=LR[,LR...], e.g. pgn=0.01,0.03") from None
+
+
 def cmd_bench(args) -> int:
     from .. import comparison
     from ..training import native_bf16
@@ -579,8 +597,11 @@ def cmd_bench(args) -> int:
     if args.quick:
         datasets, epochs, seeds, runs = ["elpv"], 1, 1, args.runs + "-quick"
         subsets = {"elpv": (400, 200)}
+    rates = {**comparison.CANDIDATES, **dict(_parse_rate(r) for r in args.rate or [])}
     cfg = comparison.ComparisonConfig(methods=args.methods or comparison.METHODS, epochs=epochs, seeds=seeds,
-                                      img_size=args.img_size, bf16=not args.fp32 and native_bf16(), runs=Path(runs))
+                                      img_size=args.img_size, bf16=not args.fp32 and native_bf16(args.device),
+                                      runs=Path(runs), candidates=rates, batch_size=args.batch_size,
+                                      device=args.device, num_workers=args.workers, render_only=args.render_only)
     out = Path(args.out) if args.out else Path(runs) / "results"
     command = args.report_command or "pgn " + " ".join(args.argv)
     res = comparison.benchmark(datasets, cfg, out, command=command, backbone=args.backbone, weights=args.weights,

@@ -16,6 +16,7 @@ With one process (no ``WORLD_SIZE``, or ``WORLD_SIZE=1``) everything here is a n
 from __future__ import annotations
 
 import atexit
+import gc
 import importlib
 import os
 from contextlib import contextmanager
@@ -171,6 +172,11 @@ def barrier() -> None:
 def cleanup() -> None:
     """End the process group (registered to run at exit by :func:`init_distributed`)."""
     if dist.is_available() and dist.is_initialized():
+        # A training stopped by an exception (a NaN loss, say) leaves its frames, and the DDP
+        # wrappers in them, in reference cycles. Collected after the group is destroyed, a gloo
+        # wrapper aborts the finished process ("terminate called without an active exception"):
+        # collect them while the group still exists.
+        gc.collect()
         dist.destroy_process_group()
 
 

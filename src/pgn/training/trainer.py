@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import time
 from contextlib import ExitStack
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -253,6 +254,8 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
     else:
         train_set = data.train
     net = model.head if use_cache else model
+    if use_cache:  # features already sit on the device: worker processes could neither use nor speed them
+        cfg = dataclasses.replace(cfg, num_workers=0)
     sampler = None
     if ctx.distributed:
         # Rank r trains on samples perm[r], perm[r + W], ... of one seeded permutation per epoch (set_epoch),
