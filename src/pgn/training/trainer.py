@@ -6,10 +6,10 @@ shards the data, syncs the generator's BatchNorm and wraps the trainable parts i
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from contextlib import ExitStack
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
