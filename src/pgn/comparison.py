@@ -367,8 +367,8 @@ def write_report(path: Path, comparison: dict, meta: dict, throughput: dict | No
               f"({int(100 * VAL_FRACTION)} %, stratified, seed 0), then ") +
              f"{meta['epochs']} epochs on the full train split with {meta['seeds']} seed(s), SGD momentum 0.9, "
              f"batch {meta.get('batch_size', 32)}, the paper's recipe: one rate for everything a method trains "
-             "(VP's pixels and fine-tuning's backbone excepted: their head takes the linear probe's chosen rate), linear warm-up over half the "
-             "run then cosine to lr/100, no gradient clipping; every linear head reads BatchNorm-normalised "
+             "(VP's pixels and fine-tuning's backbone excepted: their head takes the linear probe's chosen rate), "
+             "linear warm-up over half the run then cosine to lr/100, no gradient clipping; every linear head reads BatchNorm-normalised "
              "features (the named deviation, docs/results.md). Test top-1 (%), mean ± std over seeds; raw numbers in "
              f"[{meta['json']}]({meta['json']}).", ""]
     lines += accuracy_table(results)
