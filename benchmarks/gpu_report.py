@@ -76,7 +76,8 @@ def main() -> None:
         "",
         f"PGN trained at {sum(r['train_images_per_s'] for r in pg) / last:,.0f} images/s in this run, against "
         f"{speed['pgn_train_images_per_s']:,.0f} images/s for the same training step on synthetic batches "
-        f"(`python benchmarks/gpu_step_speed.py`, same machine, [step_speed.json]({RUN.name}/step_speed.json); the frozen backbone's forward alone: "
+        f"(`python benchmarks/gpu_step_speed.py`, same machine, "
+        f"[step_speed.json]({RUN.name}/step_speed.json); the frozen backbone's forward alone: "
         f"{speed['backbone_forward_images_per_s']:,.0f} images/s). So the run was bound by its data pipeline "
         "(PIL decoding and bicubic resizing of 28 px images to 224 px in 14 worker processes), not by the model: "
         f"at the synthetic-batch speed, {EPOCHS} epochs of PGN training take about {full_run_s:.0f} s.",

@@ -26,7 +26,7 @@ def _pgn_home(tmp_path_factory):
 def make_tiny_vit(seed: int = 0, **kw) -> TimmViT:
     """timm's ``test_vit`` (patch 16, width 64, 6 blocks), random init, any image size."""
     torch.manual_seed(seed)
-    vit = timm.create_model("test_vit", pretrained=False, num_classes=0, dynamic_img_size=True, **kw)
+    vit = timm.create_model("test_vit", pretrained=False, dynamic_img_size=True, **{"num_classes": 0, **kw})
     return TimmViT(vit, name="timm:test_vit")
 
 

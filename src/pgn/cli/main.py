@@ -159,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=10.0)
     p.add_argument("--max-side", type=int, default=1024, help="largest accepted image side in pixels")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
+    p.add_argument("--classes", default=None, metavar="FILE",
+                   help="hosted classifier: class names, one per line (optional first line 'template: a photo of a {}.'); "
+                        "answers class scores (CLIP: zero-shot head) and no embeddings")
+    p.add_argument("--fp32", action="store_true", help="float32 even where bfloat16 is native")
+    p.add_argument("--forward-batch", type=int, default=32, help="images per forward, gathered from concurrent requests")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a forward waits to gather more images")
+    p.add_argument("--max-request-pixels", type=int, default=None,
+                   help="work one request may ask for (default: 16 inputs at the model's size, at least max-side^2)")
 
     p = sub.add_parser("import-official", help="turn a checkpoint released with the paper into a pgn adapter")
     p.add_argument("checkpoint", help="official .pt file (e.g. pgn_clip_cifar10.pt)")
@@ -325,17 +333,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _api_batches(composer, images, client, batch: int = 16):
-    """Compose canvases client-side, send only PNGs, apply the head: yields (B, C) logits per batch."""
-    import torch
-
-    for i in range(0, len(images), batch):
-        x = torch.stack(images[i:i + batch])
-        pngs = composer.png_bytes(composer.to_uint8(composer.canvas(x)))
-        embeddings, _ = client.embed_png(pngs)
-        yield composer.logits(embeddings)
-
-
 def cmd_eval(args) -> int:
     import torch
 
@@ -404,27 +401,25 @@ def _eval_api(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from ..deployment import Composer
-    from ..serving import EmbeddingClient
+    from ..deployment import RemoteClassifier
 
-    composer = Composer.load(args.run)
-    cfg = composer.config
-    name = args.dataset or cfg.get("dataset")
-    if not name:
-        raise PGNError(f"{args.run} does not record its dataset; pass --dataset")
-    data = _dataset(args, name, composer.img_size, composer.mean, composer.std, test_limit=args.test_limit)
-    if list(data.class_names) != composer.class_names:
-        raise PGNError(f"{name}'s classes differ from the adapter's ({cfg.get('dataset')})")
-    correct = n = 0
-    with EmbeddingClient(args.api) as client:
-        idx = list(range(len(data.test)))
-        for start in tqdm(range(0, len(idx), 64), desc="api eval", leave=False):
-            items = [data.test[i] for i in idx[start:start + 64]]
+    with RemoteClassifier(args.run, args.api) as remote:
+        cfg = remote.composer.config
+        name = args.dataset or cfg.get("dataset")
+        if not name:
+            raise PGNError(f"{args.run} does not record its dataset; pass --dataset")
+        data = _dataset(args, name, remote.composer.img_size, remote.composer.mean, remote.composer.std,
+                        test_limit=args.test_limit)
+        if list(data.class_names) != remote.class_names:
+            raise PGNError(f"{name}'s classes differ from the adapter's ({cfg.get('dataset')})")
+        correct = n = 0
+        for start in tqdm(range(0, len(data.test), 64), desc="api eval", leave=False, disable=None):
+            items = [data.test[i] for i in range(start, min(start + 64, len(data.test)))]
             labels = torch.tensor([y for _, y in items])
-            logits = torch.cat(list(_api_batches(composer, [x for x, _ in items], client)))
-            correct += int((logits.argmax(-1) == labels).sum())
+            correct += int((remote.logits([x for x, _ in items]).argmax(-1) == labels).sum())
             n += len(items)
     print(json.dumps({"run": args.run, "dataset": name, "api": args.api, "layout": cfg["layout"],
+                      "head": "server's own" if remote.composer.remote_head else "exported linear",
                       "top1": correct / max(n, 1), "n": n}))
     return 0
 
@@ -459,17 +454,14 @@ def _print_predictions(path, probs, class_names, top_k, as_json) -> None:
 
 
 def _predict_api(args) -> int:
-    from ..data import eval_transform, load_image
-    from ..deployment import Composer
-    from ..serving import EmbeddingClient
+    from ..data import load_image
+    from ..deployment import RemoteClassifier
 
-    composer = Composer.load(args.adapter)
-    tf = eval_transform(composer.img_size, composer.mean, composer.std)
-    images = [tf(load_image(p)) for p in args.images]
-    with EmbeddingClient(args.api) as client:
-        logits = [row for batch in _api_batches(composer, images, client) for row in batch]
+    with RemoteClassifier(args.adapter, args.api) as remote:
+        tf = remote.transform
+        logits = remote.logits([tf(load_image(p)) for p in args.images])
     for path, lg in zip(args.images, logits):
-        _print_predictions(path, lg.float().softmax(-1), composer.class_names, args.top_k, args.json)
+        _print_predictions(path, lg.float().softmax(-1), remote.class_names, args.top_k, args.json)
     return 0
 
 
@@ -511,7 +503,9 @@ def cmd_serve(args) -> int:
 
     serve(args.backbone, args.weights, host=args.host, port=args.port,
           max_upload_bytes=int(args.max_upload_mb * 2**20), max_side=args.max_side,
-          device=args.device or _default_device())
+          device=args.device or _default_device(), classes_file=args.classes,
+          precision="fp32" if args.fp32 else "auto", forward_batch=args.forward_batch,
+          max_wait_ms=args.max_wait_ms, max_request_pixels=args.max_request_pixels)
     return 0
 
 

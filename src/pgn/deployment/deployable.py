@@ -48,8 +48,14 @@ class DeployConfig:
     backbone: str
     backbone_weights: str | None = None
     dataset: str | None = None
+    # "linear": the client applies the exported head to the server's embeddings;
+    # "remote": the model's own head scores on the server (CLIP zero-shot), nothing of it is exported.
+    head: str = "linear"
+    template: str | None = None  # the zero-shot prompt the remote head must use
 
     def __post_init__(self):
+        if self.head not in ("linear", "remote"):
+            raise PGNError(f"head is {self.head!r}; choose linear or remote")
         if self.format != FORMAT:
             raise PGNError(f"format is {self.format!r}, not {FORMAT!r}: this is not a pgn export")
         if min(self.img_size, self.patch_size, self.num_prompts, self.feature_dim, *self.canvas_size) < 1:
@@ -84,11 +90,14 @@ class PatchEmbedding:
         return self.bias
 
 
-def export_adapter(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write the deployable form of the PGN adapter in ``run_dir`` into ``out_dir``."""
+def export_adapter(run_dir: str | Path, out_dir: str | Path, backbone=None) -> Path:
+    """Write the deployable form of the PGN adapter in ``run_dir`` into ``out_dir``.
+
+    ``backbone``: the frozen backbone to rebuild it on (default: the one its config names).
+    """
     from ..adapter import load_adapter
 
-    model, cfg = load_adapter(run_dir)
+    model, cfg = load_adapter(run_dir, backbone)
     if cfg.method != "pgn":
         raise PGNError(f"only PGN adapters deploy in the input (this one is {cfg.method!r})")
     if cfg.layout == "append":
@@ -98,7 +107,9 @@ def export_adapter(run_dir: str | Path, out_dir: str | Path) -> Path:
     grid = (cfg.img_size // bb.patch_size, cfg.img_size // bb.patch_size)
     hc, wc = model.layout.canvas_grid(grid, cfg.num_prompts)
     state = {f"generator.{k}": v for k, v in model.prompts.state_dict().items()}
-    state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
+    remote = cfg.head == "zeroshot"  # the frozen head lives with the model: the server scores
+    if not remote:
+        state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
     state["patch_embed.weight"] = bb.patch_embed_weight().detach()
     state["patch_embed.bias"] = bb.patch_embed_bias().detach()
     out_dir = Path(out_dir)
@@ -111,6 +122,7 @@ def export_adapter(run_dir: str | Path, out_dir: str | Path) -> Path:
         "mean": list(cfg.mean), "std": list(cfg.std), "num_prompts": cfg.num_prompts, "generator": cfg.generator,
         "class_names": cfg.class_names, "feature_dim": bb.feature_dim, "backbone": cfg.backbone,
         "backbone_weights": cfg.backbone_weights, "dataset": cfg.dataset,
+        "head": "remote" if remote else "linear", "template": cfg.template if remote else None,
     })
     return out_dir
 
@@ -132,11 +144,15 @@ class Composer:
         self.generator = PromptGenerator(GeneratorConfig(**config["generator"]), embed.weight.shape[0], backbone=embed)
         self.generator.load_state_dict({k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")})
         self.generator.eval()
-        # Exports from before the normalised head hold a linear layer alone.
-        norm = "batchnorm" if "head.norm.running_mean" in state else "none"
-        self.head = LinearHead(int(config["feature_dim"]), len(self.class_names), norm=norm)
-        self.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
-        self.head.eval()  # BatchNorm: running statistics
+        # "remote": the served model's own head scores the canvases (a hosted classifier); no head here.
+        self.remote_head = config.get("head", "linear") == "remote"
+        self.head = None
+        if not self.remote_head:
+            # Exports from before the normalised head hold a linear layer alone.
+            norm = "batchnorm" if "head.norm.running_mean" in state else "none"
+            self.head = LinearHead(int(config["feature_dim"]), len(self.class_names), norm=norm)
+            self.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+            self.head.eval()  # BatchNorm: running statistics
         self.layout = make_layout(config["layout"], patch_size=embed.patch_size, mean=self.mean, std=self.std)
         self.pixel_library = self.generator.config.library_space == "pixel"
         self.inverter = None if self.pixel_library else PatchInverter(embed.weight, embed.bias, self.mean, self.std)
@@ -202,4 +218,7 @@ class Composer:
 
     @torch.inference_mode()
     def logits(self, embeddings: torch.Tensor | np.ndarray) -> torch.Tensor:
+        if self.head is None:
+            raise PGNError("this adapter has no head of its own: its class scores come from the model server "
+                           "(pgn.deployment.RemoteClassifier)")
         return self.head(torch.as_tensor(embeddings, dtype=torch.float32))

@@ -1,6 +1,7 @@
 """A small client for the embedding server (:mod:`pgn.serving.server`)."""
 from __future__ import annotations
 
+import io
 from typing import Sequence
 
 import httpx
@@ -11,6 +12,17 @@ from ..errors import PGNError
 __all__ = ["EmbeddingClient"]
 
 _PART_OVERHEAD = 512  # multipart headers and boundary per image, generously
+
+
+def _pixels(image: bytes) -> int:
+    """Width x height from the image header (no decoding); 0 if unreadable (the server will say why)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(image)) as img:
+            return img.size[0] * img.size[1]
+    except Exception:
+        return 0
 
 
 class EmbeddingClient:
@@ -75,14 +87,18 @@ class EmbeddingClient:
         info = self.info()
         max_batch = int(info.get("max_batch", len(images)) or len(images))
         max_bytes = int(info.get("max_upload_bytes", 0) or 0)
-        chunks, cur, cur_bytes = [], [], 0
+        max_pixels = int(info.get("max_request_pixels", 0) or 0)
+        chunks, cur, cur_bytes, cur_pixels = [], [], 0, 0
         for im in images:
             size = len(im) + _PART_OVERHEAD
-            if cur and (len(cur) >= max_batch or (max_bytes and cur_bytes + size > max_bytes)):
+            pixels = _pixels(im) if max_pixels else 0
+            if cur and (len(cur) >= max_batch or (max_bytes and cur_bytes + size > max_bytes)
+                        or (max_pixels and cur_pixels + pixels > max_pixels)):
                 chunks.append(cur)
-                cur, cur_bytes = [], 0
+                cur, cur_bytes, cur_pixels = [], 0, 0
             cur.append(im)
             cur_bytes += size
+            cur_pixels += pixels
         if cur:
             chunks.append(cur)
         return chunks
@@ -107,3 +123,20 @@ class EmbeddingClient:
                 logits.append(np.asarray(out["logits"], dtype=np.float32))
         emb = np.concatenate(embs)
         return emb, (np.concatenate(logits) if len(logits) == len(embs) else None)
+
+    def classify_png(self, images: Sequence[bytes] | bytes) -> np.ndarray:
+        """PNG (or JPEG) bytes of same-size images -> (B, C) float32 class scores of the model's own head."""
+        if isinstance(images, (bytes, bytearray)):
+            images = [bytes(images)]
+        images = list(images)
+        if not images:
+            raise PGNError("classify_png needs at least one image")
+        out = []
+        for chunk in self._chunks(images):
+            files = [("files", (f"image{i}.png", data, "image/png")) for i, data in enumerate(chunk)]
+            scores = np.asarray(self._request("POST", "/classify", files=files).get("scores"), dtype=np.float32)
+            if scores.ndim != 2 or scores.shape[0] != len(chunk):
+                raise PGNError(f"server at {self.base_url}/classify answered scores of shape {scores.shape} for "
+                               f"{len(chunk)} images; is this a pgn model server?")
+            out.append(scores)
+        return np.concatenate(out)

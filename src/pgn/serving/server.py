@@ -1,35 +1,38 @@
-"""A plain inference server for a frozen timm ViT: images in, CLS embeddings out.
+"""A plain inference server for a frozen ViT (timm, open_clip or torchvision): images in, embeddings
+or class scores out.
 
-The server knows nothing about prompts. For input-space deployment a client composes
-the prompted canvas itself and sends it here; the server runs the backbone's own,
-unmodified forward::
-
-    feats = vit.forward_features(normalise(image))   # timm's forward, final norm included
-    embedding = feats[:, 0]                          # the CLS token
-    logits = vit.forward_head(feats)                 # only if the model has a classifier head
+The server knows nothing about prompts. For input-space deployment a client composes the prompted
+canvas itself and sends it here; the server runs the model's own, unmodified forward
+(:mod:`pgn.serving.models` says which, per library). Concurrent requests are gathered into one
+forward (:mod:`pgn.serving.batching`), fairly, in bf16 autocast where the hardware runs it natively.
 
 Endpoints (every error answers ``{"detail": "<one line>"}``):
 
-``GET /health``  ``{"status": "ok", "backbone": NAME}``
-``GET /info``    backbone name, description, patch_size, width, mean, std, input_size, limits
-``POST /embed``  multipart field ``file`` (one image) or ``files`` (a batch of same-size images),
-                 PNG or JPEG, any mode (converted to RGB), NOT resized: height and width must be
-                 positive multiples of the patch size and at most ``max_side``. Answers
-                 ``{"embeddings": [[float, ...], ...], "grid": [H/P, W/P], "size": [H, W]}``
-                 plus ``"logits"`` when the model has a head. Floats are the float32 outputs
-                 written exactly (float32 -> Python float -> shortest round-trip JSON).
+``GET /health``     ``{"status": "ok", "backbone": NAME}``
+``GET /info``       backbone, family, patch_size, width, mean, std, input_size, accepted sizes, classes,
+                    endpoints, precision, limits
+``POST /embed``     multipart field ``file`` (one image) or ``files`` (a batch of same-size images),
+                    PNG or JPEG, any mode (converted to RGB), NOT resized. Answers
+                    ``{"embeddings": [[float, ...], ...], "grid": [H/P, W/P], "size": [H, W]}`` plus
+                    ``"logits"`` when the model has a head of its own. Refused (403) by a hosted classifier.
+``POST /classify``  the same upload; answers ``{"scores": [[float, ...], ...], "classes": [...]}``: the
+                    class scores of the model's own head (CLIP: its zero-shot head over ``classes``).
 
-Status codes: 413 upload over ``max_upload_bytes`` (the whole request body) or batch over
-``max_batch``; 415 not a PNG/JPEG or corrupt; 422 wrong image size, mixed sizes in a batch or
-no image field; 400 malformed multipart; 500 only for a model failure (the server keeps running).
+Sizes: timm ViTs take sides that are positive multiples of the patch size up to ``max_side``;
+open_clip and torchvision ViTs take their native input size only.
+
+Status codes: 413 upload over ``max_upload_bytes`` (the whole request body), batch over
+``max_batch`` images or over ``max_request_pixels`` pixels; 415 not a PNG/JPEG or corrupt; 422 wrong
+image size, mixed sizes in a batch or no image field; 400 malformed multipart; 403 an endpoint this
+server does not offer; 500 only for a model failure (the server keeps running).
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import ipaddress
 import socket
 import sys
-import threading
 from typing import Any
 
 import numpy as np
@@ -43,15 +46,20 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from ..backbones.timm_vit import TimmViT
+from ..backbones.base import FrozenBackbone
 from ..data.base import check_pixels
 from ..errors import PGNError
+from .batching import Batcher
+from .models import ServedModel, served_model
 
 __all__ = ["create_app", "serve", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MAX_SIDE", "DEFAULT_MAX_BATCH"]
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
 DEFAULT_MAX_SIDE = 1024
-DEFAULT_MAX_BATCH = 64
+DEFAULT_MAX_BATCH = 64      # images per request
+DEFAULT_FORWARD_BATCH = 32  # images per forward, gathered from concurrent requests
+DEFAULT_MAX_WAIT_MS = 5.0   # how long the first image of a forward waits for company
+PRECISIONS = ("auto", "bf16", "fp32")
 _IMAGE_FIELDS = ("file", "files")
 _FORMATS = ("PNG", "JPEG")
 _READ_CHUNK = 64 * 1024
@@ -83,7 +91,7 @@ def _valid_sizes_hint(side: int, patch: int, max_side: int) -> str:
     return str(down) if down == up else f"{down} or {up}"
 
 
-def _decode(data: bytes, label: str, patch: int, max_side: int) -> np.ndarray:
+def _decode(data: bytes, label: str, patch: int, max_side: int, native: tuple[int, int] | None = None) -> np.ndarray:
     """PNG/JPEG bytes -> (H, W, 3) uint8 RGB, refusing wrong sizes before decoding any pixels."""
     if not data:
         raise _Reject(415, f"{label} is empty; send a PNG or JPEG image")
@@ -101,6 +109,10 @@ def _decode(data: bytes, label: str, patch: int, max_side: int) -> np.ndarray:
                 check_pixels(w, h, label)  # the budget every pgn image decoder shares
             except PGNError as e:
                 raise _Reject(422, str(e)) from None
+            if native is not None and (h, w) != native:
+                raise _Reject(422, f"{label} is {w}x{h} pixels (width x height) but this model takes "
+                                   f"{native[1]}x{native[0]} only (its positional grid is fixed); compose the canvas "
+                                   "at that size (the frame layout does); the server does not resize")
             if w <= 0 or h <= 0 or w % patch or h % patch:
                 raise _Reject(
                     422,
@@ -132,53 +144,104 @@ def normalise(pixels: np.ndarray, mean, std) -> torch.Tensor:
 
 
 def create_app(
-    backbone: TimmViT,
+    model: ServedModel | FrozenBackbone,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_side: int = DEFAULT_MAX_SIDE,
     *,
     max_batch: int = DEFAULT_MAX_BATCH,
+    scores_only: bool = False,
+    forward_batch: int = DEFAULT_FORWARD_BATCH,
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+    max_request_pixels: int | None = None,
+    precision: str = "auto",
 ) -> FastAPI:
-    """The FastAPI app serving ``backbone``'s unmodified forward (see the module docstring)."""
-    if not isinstance(backbone, TimmViT):
-        raise PGNError(f"the embedding server needs a timm ViT backbone, got {type(backbone).__name__}")
-    patch = int(backbone.patch_size)
+    """The FastAPI app serving ``model``'s unmodified forward (see the module docstring).
+
+    ``model``: a :class:`~pgn.serving.models.ServedModel`, or a backbone (served for embeddings).
+    ``scores_only``: a hosted classifier: ``/classify`` alone, no embedding leaves the server.
+    ``forward_batch`` / ``max_wait_ms``: dynamic batching across concurrent requests.
+    ``max_request_pixels``: the work one request may ask for (default: 16 model inputs at the
+    model's input size, and at least one ``max_side`` x ``max_side`` image). ``precision``:
+    ``auto`` is bf16 autocast where the device runs bfloat16 natively, else fp32.
+    """
+    if not isinstance(model, ServedModel):
+        model = served_model(model)
+    patch = int(model.patch_size)
     if max_side < patch:
         raise PGNError(f"max_side {max_side} is smaller than the patch size {patch}; raise it")
-    if max_upload_bytes <= 0 or max_batch <= 0:
-        raise PGNError("max_upload_bytes and max_batch must be positive")
+    if max_upload_bytes <= 0 or max_batch <= 0 or forward_batch <= 0 or max_wait_ms < 0:
+        raise PGNError("max_upload_bytes, max_batch and forward_batch must be positive, max_wait_ms >= 0")
+    if precision not in PRECISIONS:
+        raise PGNError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if scores_only and model.classes is None:
+        raise PGNError(f"{model.name} has no classifier head to answer scores with; for CLIP give the class names "
+                       "(--classes FILE)")
     max_upload_bytes, max_side, max_batch = int(max_upload_bytes), int(max_side), int(max_batch)
+    native = model.native_size
+    if native is not None:
+        max_side = max(max_side, *native)
 
-    vit = backbone.vit
-    backbone.eval()
-    pre = backbone.preprocessing
+    pre = model.preprocessing
     mean = tuple(float(v) for v in pre.mean)
     std = tuple(float(v) for v in pre.std)
-    num_classes = int(getattr(vit, "num_classes", 0) or 0)
-    param = next(vit.parameters())
-    device, dtype = param.device, param.dtype
-    lock = threading.Lock()  # one forward at a time: concurrent requests would oversubscribe the cores
-    pixel_budget = max_side * max_side  # pixels per forward chunk (bounds peak activation memory)
+    input_pixels = int(pre.input_size) ** 2
+    if max_request_pixels is None:
+        max_request_pixels = max(16 * input_pixels, max_side * max_side)
+    max_request_pixels = int(max_request_pixels)
+    device = model.device
+    from ..training.evaluate import native_bf16
+
+    bf16 = precision == "bf16" or (precision == "auto" and native_bf16(str(device)))
+
+    def forward(kind: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, H, W) normalised -> rows to answer with; runs on the batcher's thread."""
+        x = x.to(device)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            if kind == "scores":
+                out = {"scores": model.scores(x)}
+            else:
+                emb, logits = model.embed(x)
+                out = {"embeddings": emb} if logits is None else {"embeddings": emb, "logits": logits}
+        out = {k: v.float().cpu() for k, v in out.items()}
+        if not all(torch.isfinite(v).all() for v in out.values()):
+            raise _Reject(500, "the model produced non-finite outputs for this input")
+        return out
+
+    # One forward may cost as much as ``forward_batch`` model inputs (and always takes one image).
+    batcher = Batcher(forward, max_batch=forward_batch, max_wait_ms=max_wait_ms,
+                      max_pixels=forward_batch * max(input_pixels, 1))
 
     info = {
-        "backbone": backbone.name,
-        "description": getattr(backbone, "description", ""),
+        "backbone": model.name,
+        "family": model.family,
+        "description": model.description,
         "patch_size": patch,
-        "width": int(backbone.width),
-        "feature_dim": int(backbone.feature_dim),
+        "width": model.width,
+        "feature_dim": model.feature_dim,
         "mean": list(mean),
         "std": list(std),
         "input_size": int(pre.input_size),
-        "num_classes": num_classes,
+        "sizes": ([list(native)] if native is not None else f"multiples of {patch} up to {max_side}"),
+        "num_classes": len(model.classes) if model.classes is not None else 0,
+        "classes": model.classes,
+        "endpoints": ["/classify"] if scores_only else (["/embed", "/classify"] if model.classes else ["/embed"]),
+        "precision": "bf16 autocast" if bf16 else "fp32",
         "max_upload_bytes": max_upload_bytes,
         "max_side": max_side,
         "max_batch": max_batch,
+        "max_request_pixels": max_request_pixels,
+        "forward_batch": forward_batch,
+        "max_wait_ms": max_wait_ms,
     }
 
     app = FastAPI(
-        title="pgn embedding server",
-        description=f"Unmodified forward of {backbone.name}: images in, CLS embeddings out.",
-        version="1",
+        title="pgn model server",
+        description=f"Unmodified forward of {model.name}: images in, " +
+                    ("class scores out." if scores_only else "embeddings out."),
+        version="2",
     )
+    app.state.batcher = batcher
+    app.router.on_shutdown.append(batcher.close)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -197,43 +260,41 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "backbone": backbone.name}
+        return {"status": "ok", "backbone": model.name}
 
     @app.get("/info")
     def get_info() -> dict:
         return dict(info)
 
-    def run_model(images: list[np.ndarray]) -> dict:
-        batch = np.stack(images)  # (B, H, W, 3) uint8
-        B, H, W, _ = batch.shape
-        x_all = normalise(batch, mean, std)
-        per = max(1, pixel_budget // (H * W))
-        embs, logits = [], []
-        with lock, torch.inference_mode():
-            for i in range(0, B, per):
-                x = x_all[i:i + per].to(device=device, dtype=dtype)
-                feats = vit.forward_features(x)
-                embs.append(feats[:, 0].float().cpu())
-                if num_classes > 0:
-                    out = vit.forward_head(feats)
-                    if out.ndim == 3:  # global_pool='' keeps every token; the CLS row is the prediction
-                        out = out[:, 0]
-                    logits.append(out.float().cpu())
-        emb = torch.cat(embs)
-        if not torch.isfinite(emb).all():
-            raise _Reject(500, "the model produced non-finite embeddings for this input")
-        result = {"embeddings": emb.tolist(), "grid": [H // patch, W // patch], "size": [H, W]}
-        if num_classes > 0:
-            result["logits"] = torch.cat(logits).tolist()
-        return result
-
-    def decode_and_run(blobs: list[tuple[str, bytes]]) -> dict:
-        images = [_decode(data, label, patch, max_side) for label, data in blobs]
-        sizes = {im.shape[:2] for im in images}
-        if len(sizes) > 1:
+    def decode_all(blobs: list[tuple[str, bytes]]) -> list[torch.Tensor]:
+        """Check every header first (sizes, the request's pixel budget), then decode and normalise."""
+        sizes = []
+        for label, data in blobs:
+            try:
+                with Image.open(io.BytesIO(data), formats=_FORMATS) as img:
+                    sizes.append(img.size)
+            except Exception:  # _decode below gives the precise answer
+                sizes.append((0, 0))
+        for (label, data), (w, h) in zip(blobs, sizes):
+            if w > max_side or h > max_side:
+                _decode(data, label, patch, max_side, native)  # one image too large: its own 422 answer
+        total = sum(w * h for w, h in sizes)
+        if total > max_request_pixels:
+            raise _Reject(413, f"this request asks for {total:,} pixels of work but this server takes at most "
+                               f"{max_request_pixels:,} per request (about {max_request_pixels // max(input_pixels, 1)}"
+                               f" images of {pre.input_size}x{pre.input_size}); split it into several requests")
+        images = [_decode(data, label, patch, max_side, native) for label, data in blobs]
+        shapes = {im.shape[:2] for im in images}
+        if len(shapes) > 1:
             listed = ", ".join(f"{label}: {im.shape[1]}x{im.shape[0]}" for (label, _), im in zip(blobs, images))
             raise _Reject(422, f"all images of a batch must have the same size (width x height), got {listed}")
-        return run_model(images)
+        return list(normalise(np.stack(images), mean, std))
+
+    async def run(kind: str, blobs: list[tuple[str, bytes]]) -> tuple[list[dict], tuple[int, int]]:
+        """Rows of the model's outputs, one per image, and the images' (H, W)."""
+        images = await run_in_threadpool(decode_all, blobs)
+        rows = await asyncio.wrap_future(batcher.submit(kind, images))
+        return rows, tuple(images[0].shape[-2:])
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -299,26 +360,42 @@ def create_app(
         finally:
             await form.close()
 
-    @app.post(
-        "/embed",
-        openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "properties": {
-                "file": {"type": "string", "format": "binary", "description": "one PNG/JPEG image"},
-                "files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                          "description": "a batch of same-size PNG/JPEG images"},
-            },
-        }}}}},
-    )
-    async def embed(request: Request):
+    upload_schema = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object",
+        "properties": {
+            "file": {"type": "string", "format": "binary", "description": "one PNG/JPEG image"},
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                      "description": "a batch of same-size PNG/JPEG images"},
+        },
+    }}}}}
+
+    async def answer(request: Request, kind: str) -> JSONResponse:
         try:
             body = await read_body(request)
             blobs = await parse_files(request, body)
             del body
-            result = await run_in_threadpool(decode_and_run, blobs)
+            rows, (h, w) = await run(kind, blobs)
         except _Reject as r:
             return _error(r.status, r.detail)
+        if kind == "scores":
+            return JSONResponse({"scores": [r["scores"].tolist() for r in rows], "classes": model.classes})
+        result = {"embeddings": [r["embeddings"].tolist() for r in rows], "grid": [h // patch, w // patch],
+                  "size": [h, w]}
+        if "logits" in rows[0]:
+            result["logits"] = [r["logits"].tolist() for r in rows]
         return JSONResponse(result)
+
+    @app.post("/embed", openapi_extra=upload_schema)
+    async def embed(request: Request):
+        if scores_only:
+            return _error(403, "this server is a hosted classifier: it answers class scores only (POST /classify)")
+        return await answer(request, "embed")
+
+    @app.post("/classify", openapi_extra=upload_schema)
+    async def classify(request: Request):
+        if model.classes is None:
+            return _error(403, f"{model.name} has no classifier head; this server answers embeddings only (POST /embed)")
+        return await answer(request, "scores")
 
     return app
 
@@ -359,26 +436,40 @@ def serve(
     max_side: int = DEFAULT_MAX_SIDE,
     log_level: str = "info",
     device: str = "cpu",
+    *,
+    classes_file: str | None = None,
+    precision: str = "auto",
+    forward_batch: int = DEFAULT_FORWARD_BATCH,
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+    max_request_pixels: int | None = None,
 ) -> None:
-    """Build ``backbone_name`` on ``device`` and serve it with uvicorn until interrupted (blocks)."""
+    """Build ``backbone_name`` on ``device`` and serve it with uvicorn until interrupted (blocks).
+
+    ``classes_file`` (class names, one per line, optional ``template:`` first line) makes the server a
+    hosted classifier: ``/classify`` answers class scores (CLIP: its zero-shot head) and no embedding.
+    """
     import uvicorn
 
     from ..backbones import create_backbone
+    from .models import read_class_file
 
+    classes, template = read_class_file(classes_file) if classes_file else (None, None)
     backbone = create_backbone(backbone_name, weights=weights)
-    if not isinstance(backbone, TimmViT):
-        raise PGNError(f"{backbone_name} is not a timm ViT backbone; the embedding server serves timm ViTs only")
     backbone.to(device)  # the app runs its forward where the backbone's weights are
-    app = create_app(backbone, max_upload_bytes=max_upload_bytes, max_side=max_side)
+    model = served_model(backbone, classes, template)
+    app = create_app(model, max_upload_bytes=max_upload_bytes, max_side=max_side, scores_only=classes is not None,
+                     precision=precision, forward_batch=forward_batch, max_wait_ms=max_wait_ms,
+                     max_request_pixels=max_request_pixels)
     if not _is_loopback(host):
         print(f"warning: serving on {host}, which is not a loopback address: anyone who can reach this machine "
               "can use the model (there is no authentication); use --host 127.0.0.1 to keep it local",
               file=sys.stderr, flush=True)
     sock = _bind(host, port)
     shown = f"[{host}]" if ":" in host else host
-    print(f"serving {backbone.name} on http://{shown}:{sock.getsockname()[1]} "
-          f"(patch {backbone.patch_size}, sides up to {max_side}, uploads up to {max_upload_bytes} bytes)",
-          flush=True)
+    what = f"class scores over {len(classes)} classes" if classes else "embeddings"
+    print(f"serving {backbone.name} ({model.family}, {what}) on http://{shown}:{sock.getsockname()[1]} "
+          f"(patch {model.patch_size}, sides up to {max_side}, uploads up to {max_upload_bytes} bytes, "
+          f"{app.state.batcher.max_batch} images per forward)", flush=True)
     config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("debug", "trace"))
     try:
         uvicorn.Server(config).run(sockets=[sock])

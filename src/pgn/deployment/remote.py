@@ -1,0 +1,81 @@
+"""Classify through a model you can only send images to: the client side of input-space deployment.
+
+:class:`RemoteClassifier` holds an exported adapter (generator, prompt library, and a linear head
+unless the model's own head scores) and a running model server (``pgn serve``). For each batch it
+composes the prompted canvases locally, sends only PNG images, and turns what comes back into class
+scores: the server's embeddings through the exported head, or, for a hosted classifier, the
+server's own scores as they are.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..errors import PGNError
+from .deployable import Composer
+
+__all__ = ["RemoteClassifier"]
+
+
+class RemoteClassifier:
+    """``RemoteClassifier(export_dir, url)``; ``logits(images)``: (B, 3, S, S) normalised -> (B, C)."""
+
+    def __init__(self, adapter: str | Path | Composer, url: str, *, batch: int = 16, timeout: float = 60):
+        from ..serving import EmbeddingClient
+
+        self.composer = adapter if isinstance(adapter, Composer) else Composer.load(adapter)
+        self.client = EmbeddingClient(url, timeout=timeout)
+        self.batch = batch
+        self.class_names = self.composer.class_names
+        if self.composer.remote_head:
+            self._check_remote_classes()
+
+    def _check_remote_classes(self) -> None:
+        served = self.client.info().get("classes")
+        if served is None:
+            raise PGNError(f"{self.client.base_url} answers embeddings only, but this adapter was trained against the "
+                           "model's own head: serve it as a hosted classifier (pgn serve --classes FILE)")
+        if list(served) != list(self.class_names):
+            raise PGNError(f"{self.client.base_url} scores the classes {served[:5]}..., not the adapter's "
+                           f"{self.class_names[:5]}...; serve it with the adapter's class names, in its order")
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> "RemoteClassifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def transform(self):
+        """PIL image -> (3, S, S) normalised tensor, the adapter's preprocessing."""
+        from ..data import eval_transform
+
+        return eval_transform(self.composer.img_size, self.composer.mean, self.composer.std)
+
+    def logits(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """(B, 3, S, S) normalised images -> (B, C) class scores; only PNG canvases are sent."""
+        images = list(images)
+        out = []
+        for i in range(0, len(images), self.batch):
+            x = torch.stack(images[i:i + self.batch])
+            pngs = self.composer.png_bytes(self.composer.to_uint8(self.composer.canvas(x)))
+            if self.composer.remote_head:
+                out.append(torch.as_tensor(self.client.classify_png(pngs)))
+            else:
+                embeddings, _ = self.client.embed_png(pngs)
+                out.append(self.composer.logits(embeddings))
+        return torch.cat(out) if out else torch.empty(0, len(self.class_names))
+
+    def predict(self, paths: Sequence[str | Path]) -> list[tuple[str, float]]:
+        """Image files -> (class name, probability) of the top class, per image."""
+        from ..data import load_image
+
+        tf = self.transform
+        probs = self.logits([tf(load_image(p)) for p in paths]).float().softmax(-1)
+        top = probs.max(-1)
+        return [(self.class_names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
