@@ -264,7 +264,8 @@ def create_app(
 
     @app.get("/info")
     def get_info() -> dict:
-        return dict(info)
+        # Live batching counters: images / forwards is the mean batch the load produced.
+        return {**info, "forwards": batcher.forwards, "images_served": batcher.images}
 
     def decode_all(blobs: list[tuple[str, bytes]]) -> list[torch.Tensor]:
         """Check every header first (sizes, the request's pixel budget), then decode and normalise."""
