@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml Makefile
 	      echo "note: could not install dataset-fashion-mnist; Fashion-MNIST will be downloaded by torchvision"; \
 	  else echo "note: run 'apt-get install dataset-fashion-mnist' as root for offline Fashion-MNIST"; fi; \
 	fi
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) || \
+	    echo "note: could not install chromium; the browser test of 'pgn app' will be skipped"; \
+	fi
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install $(TORCH)
 	$(PIP) install -e ".[embedded,test]"

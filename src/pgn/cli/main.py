@@ -168,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-request-pixels", type=int, default=None,
                    help="work one request may ask for (default: 16 inputs at the model's size, at least max-side^2)")
 
+    p = sub.add_parser("app", help="a web page: an image, the canvas the unmodified model receives, its answer "
+                                   "with and without the adapter")
+    p.add_argument("--adapter", required=True, help="exported adapter directory (pgn export)")
+    p.add_argument("--api", required=True, help="the model server's URL (pgn serve)")
+    p.add_argument("--samples", default=None,
+                   help="a directory of example images to pick from (default: test images of the adapter's dataset)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=7860)
+
     p = sub.add_parser("import-official", help="turn a checkpoint released with the paper into a pgn adapter")
     p.add_argument("checkpoint", help="official .pt file (e.g. pgn_clip_cifar10.pt)")
     p.add_argument("--backbone", required=True, help="the backbone it was trained for (clip-vit-b32, dino-vit-s16, vit-b32)")
@@ -509,6 +518,13 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_app(args) -> int:
+    from ..deployment.app import run_app
+
+    run_app(args.adapter, args.api, samples=args.samples, host=args.host, port=args.port)
+    return 0
+
+
 def cmd_import_official(args) -> int:
     from ..adapter import import_official, save_adapter
     from ..backbones import create_backbone
@@ -616,7 +632,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
-            "compose": cmd_compose, "serve": cmd_serve, "import-official": cmd_import_official, "analyze": cmd_analyze,
+            "compose": cmd_compose, "serve": cmd_serve, "app": cmd_app, "import-official": cmd_import_official, "analyze": cmd_analyze,
             "info": cmd_info, "bench": cmd_bench, "demo": cmd_demo}
 
 

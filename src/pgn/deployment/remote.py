@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..errors import PGNError
@@ -57,18 +58,24 @@ class RemoteClassifier:
 
         return eval_transform(self.composer.img_size, self.composer.mean, self.composer.std)
 
+    def scores_of_pngs(self, pngs: list[bytes]) -> torch.Tensor:
+        """PNG images the model receives as they are -> (B, C) class scores (server's head, or the exported one)."""
+        if self.composer.remote_head:
+            return torch.as_tensor(self.client.classify_png(pngs))
+        embeddings, _ = self.client.embed_png(pngs)
+        return self.composer.logits(embeddings)
+
+    def canvases(self, images: torch.Tensor) -> np.ndarray:
+        """(B, 3, S, S) normalised -> (B, Hc, Wc, 3) uint8: the prompted images the model receives."""
+        return self.composer.to_uint8(self.composer.canvas(images))
+
     def logits(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, 3, S, S) normalised images -> (B, C) class scores; only PNG canvases are sent."""
         images = list(images)
         out = []
         for i in range(0, len(images), self.batch):
-            x = torch.stack(images[i:i + self.batch])
-            pngs = self.composer.png_bytes(self.composer.to_uint8(self.composer.canvas(x)))
-            if self.composer.remote_head:
-                out.append(torch.as_tensor(self.client.classify_png(pngs)))
-            else:
-                embeddings, _ = self.client.embed_png(pngs)
-                out.append(self.composer.logits(embeddings))
+            canvases = self.canvases(torch.stack(images[i:i + self.batch]))
+            out.append(self.scores_of_pngs(self.composer.png_bytes(canvases)))
         return torch.cat(out) if out else torch.empty(0, len(self.class_names))
 
     def predict(self, paths: Sequence[str | Path]) -> list[tuple[str, float]]:
