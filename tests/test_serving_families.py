@@ -117,6 +117,8 @@ def test_hosted_clip_classifier_deploys_a_pgn_with_scores_only(tmp_path):
         assert r.status_code == 403 and "class scores only" in r.json()["detail"]
         r = post(s.url, "/classify", [png(pixels(SIZE, SIZE))])
         assert set(r.json()) == {"scores", "classes"}  # no embedding crosses the wire
+        assert post(s.url, "/classify", [b"GIF89a not a png"]).status_code == 415  # bad input: 4xx, still serving
+        assert post(s.url, "/classify", [png(pixels(SIZE, SIZE + 16))]).status_code == 422
         with RemoteClassifier(export, s.url) as remote:
             api = remote.logits(list(x))
     assert torch.equal(api.argmax(-1), latent.argmax(-1))  # every test image

@@ -13,6 +13,7 @@ preprocessing (``model.transform``); mean and std always come from the backbone.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -78,8 +79,9 @@ def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out
     """Train ``model`` on ``data`` (a dataset name, see ``pgn.data.DATASETS``, or a DataSpec).
 
     ``options`` are :class:`~pgn.training.TrainConfig` fields (``lr``, ``bf16``, ``seed``, ``device``...);
-    the rest of the recipe is the paper's. Writes the run into ``out`` (default
-    ``runs/<dataset>-<method>-<time>``) and returns the last epoch's metrics.
+    the rest is the ``cpu`` preset of :mod:`pgn.presets` (the paper's recipe at lr 0.01), as on the command
+    line. Writes the run into ``out`` (default ``runs/<dataset>-<method>-<time>``) and returns the last
+    epoch's metrics.
     """
     cfg = model._require_config()
     unknown = sorted(set(options) - _TRAIN_FIELDS)
@@ -94,4 +96,8 @@ def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out
     if cfg.dataset is None:
         cfg.dataset = data.name
     out = Path(out) if out is not None else Path("runs") / f"{data.name}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return _train_loop(model, cfg, data, TrainConfig(epochs=epochs, **options), out, resume=resume, augment=augment)
+    from .presets import PRESETS
+
+    # The command line's default budget (pgn.presets "cpu"), with the caller's epochs and options.
+    recipe = dataclasses.replace(PRESETS["cpu"].train, epochs=epochs, **options)
+    return _train_loop(model, cfg, data, recipe, out, resume=resume, augment=augment)

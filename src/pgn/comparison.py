@@ -17,6 +17,7 @@ Used by ``pgn bench`` and ``benchmarks/compare_methods.py``.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import statistics
 import time
@@ -34,6 +35,8 @@ from .errors import PGNError
 from .files import write_json
 from .prompts import GeneratorConfig
 from .training import TrainConfig, train
+
+logger = logging.getLogger(__name__)
 
 # One grid for every method that trains prompts and a head at one tied rate (the paper's recipe:
 # one rate for everything it trains). The linear probe's head searches the same grid.
@@ -225,12 +228,13 @@ class Runner:
 
 
 def compare(backbone: FrozenBackbone, datasets: dict[str, DataSpec], cfg: ComparisonConfig,
-            log: Callable[[str], None] = print) -> dict:
+            log: Callable[[str], None] | None = None) -> dict:
     """Run (or read from the cache) the comparison; returns ``{dataset: {method: summary}}``.
 
     A summary holds the validation top-1 per candidate rate, the chosen rate, the test top-1 per
     seed with mean and std, the trainable parameters and the split sizes.
     """
+    log = log or logger.info
     runner = Runner(backbone, cfg, log)
     results: dict = {}
     for name, data in datasets.items():
@@ -390,7 +394,7 @@ def write_report(path: Path, comparison: dict, meta: dict, throughput: dict | No
 def benchmark(datasets: Sequence[str], cfg: ComparisonConfig, out: Path, *, command: str,
               backbone: str = "dinov2-s14-imgfocus", weights: str | None = None,
               subsets: dict[str, tuple[int, int]] | None = None, data_root: str | None = None,
-              throughput: Path | None = None, log: Callable[[str], None] = print) -> dict:
+              throughput: Path | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Build the backbone and datasets, compare, write ``out.json`` (raw) and ``out.md`` (report).
 
     ``subsets`` maps a dataset name to (train, test) sizes of a stratified seed-0 subset;
@@ -401,6 +405,7 @@ def benchmark(datasets: Sequence[str], cfg: ComparisonConfig, out: Path, *, comm
     from .backbones import create_backbone
     from .data import build_dataset
 
+    log = log or logger.info
     subsets = SUBSETS if subsets is None else subsets
     t0 = time.perf_counter()
     model = create_backbone(backbone, weights)

@@ -70,3 +70,17 @@ class MultiDatasetHead(nn.Module):
         """(B, sum C) -> (B, C_index): the logits of one dataset's head."""
         o = self.parts[index]["offset"]
         return logits[:, o:o + len(self.parts[index]["classes"])]
+
+
+class DatasetView(nn.Module):
+    """One dataset's classifier out of a multi-dataset model: (B, 3, S, S) -> (B, C_index) logits.
+
+    Lets the one evaluation loop (:func:`pgn.training.evaluate`) score each dataset of the model.
+    """
+
+    def __init__(self, model: nn.Module, index: int):
+        super().__init__()
+        self.model, self.index = model, index
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.head.dataset_logits(self.model(images), self.index)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -13,23 +14,12 @@ from ..errors import PGNError
 DEMO_NOTE = "adapts the embedded backbone to ELPV with PGN and with a linear probe at the same budget"
 
 
-# Defaults for a short CPU run; ``--preset paper`` swaps in the published recipe (method.md).
-# Options left unset on the command line take the preset's value, then these.
-DEFAULTS = dict(num_prompts=16, library_size=128, generator_size=112, img_size=112, epochs=10, lr=0.01,
-                warmup_epochs=None, grad_clip=0.0, augment=False, head=None)
-PRESETS = {
-    "paper": dict(num_prompts=16, library_size=128, generator_size=224, img_size=224, epochs=100, lr=0.1,
-                  warmup_epochs=50.0, grad_clip=0.0, augment=True),
-}
-PAPER_CLIP = dict(library_size=256, head="zeroshot")  # CLIP runs of the paper: N 256, text-tower head
-
-
 def resolve_defaults(args) -> None:
-    """Fill options the user did not set: from ``--preset`` first, then :data:`DEFAULTS`."""
-    preset = dict(PRESETS.get(getattr(args, "preset", None) or "", {}))
-    if getattr(args, "preset", None) == "paper" and str(getattr(args, "backbone", "")).startswith("clip-"):
-        preset.update(PAPER_CLIP)
-    for key, value in {**DEFAULTS, **preset}.items():
+    """Fill the options the user did not set from the preset (``--preset``, else ``cpu``): pgn.presets."""
+    from ..presets import preset
+
+    chosen = preset(getattr(args, "preset", None) or "cpu", getattr(args, "backbone", "") or "")
+    for key, value in chosen.options().items():
         if hasattr(args, key) and getattr(args, key) is None:
             setattr(args, key, value)
 
@@ -45,7 +35,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", default="pgn", choices=METHODS,
                    help="pgn | iip (input-independent prompts) | vp (pixel padding) | linear (probe) | "
                         "finetune (whole backbone) | zeroshot (CLIP, eval only)")
-    g.add_argument("--preset", default=None, choices=sorted(PRESETS), help="paper: the published recipe")
+    g.add_argument("--preset", default=None, choices=("cpu", "paper"),
+                   help="cpu (default): 112 px, 10 epochs, lr 0.01; paper: the published recipe (pgn.presets)")
     g.add_argument("--head", default=None, choices=HEADS, help="linear (default) or zeroshot (CLIP backbones)")
     g.add_argument("--head-norm", default="batchnorm", choices=("batchnorm", "none"),
                    help="linear head input: batchnorm (affine-free BatchNorm, default) or none (raw CLS features)")
@@ -376,18 +367,16 @@ def cmd_eval(args) -> int:
 def _eval_multi(args, model, cfg, img_size) -> int:
     import torch
 
-    from ..training.evaluate import topk_correct
+    from ..multi import DatasetView
+    from ..training import evaluate
 
+    device = args.device or _default_device()
+    model.to(device)
     out = {"run": args.run, "method": cfg.method, "datasets": {}}
     for i, part in enumerate(cfg.extra["datasets"]):
         data = _dataset(args, part["name"], img_size, cfg.mean, cfg.std, test_limit=args.test_limit)
-        correct = n = 0
-        with torch.inference_mode():
-            for x, y in torch.utils.data.DataLoader(data.test, batch_size=args.batch_size):
-                logits = model.head.dataset_logits(model(x), i)
-                correct += topk_correct(logits, y, 1)
-                n += len(y)
-        out["datasets"][part["name"]] = {"top1": correct / max(n, 1), "n": n}
+        loader = torch.utils.data.DataLoader(data.test, batch_size=args.batch_size)
+        out["datasets"][part["name"]] = evaluate(DatasetView(model, i), loader, device=device, bf16=args.bf16)
     print(json.dumps(out))
     return 0
 
@@ -639,6 +628,8 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "expor
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for reports that quote their command
+    # The library logs through ``logging`` (pgn.*); the command line shows those lines as they are.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     if args.command == "train":
         resolve_defaults(args)
     try:

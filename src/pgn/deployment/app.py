@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import PGNError
 from .remote import RemoteClassifier
 
+log = logging.getLogger(__name__)
 __all__ = ["create_page_app", "run_app"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -162,15 +164,15 @@ def run_app(adapter: str, api: str, samples: str | None = None, host: str = "127
         try:  # the adapter's own task: a few of its test images
             offered = dataset_samples(dataset)
         except PGNError as e:
-            print(f"note: no example images ({e}); pass --samples DIR", flush=True)
+            log.warning(f"note: no example images ({e}); pass --samples DIR")
             offered = []
     else:
         offered = []
     app = create_page_app(remote, offered)
     if not _is_loopback(host):
-        print(f"warning: serving the page on {host}, which is not a loopback address", flush=True)
+        log.warning(f"warning: serving the page on {host}, which is not a loopback address")
     sock = _bind(host, port)
-    print(f"page on http://{host}:{sock.getsockname()[1]} (adapter {adapter}, model API {api})", flush=True)
+    log.info(f"page on http://{host}:{sock.getsockname()[1]} (adapter {adapter}, model API {api})")
     try:
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     finally:

@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .. import pixels
 from ..errors import PGNError
 from ..files import atomic_path, write_json
 from ..heads import LinearHead
@@ -195,15 +196,12 @@ class Composer:
         return self.layout.compose(images, self.prompt_patches(images))
 
     def to_uint8(self, canvas: torch.Tensor) -> np.ndarray:
-        m = torch.tensor(self.mean).view(1, 3, 1, 1)
-        s = torch.tensor(self.std).view(1, 3, 1, 1)
-        rgb = (canvas.float() * s + m).clamp(0, 1)
-        return (rgb * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        """(B, 3, H, W) normalised -> (B, H, W, 3) uint8, what is sent to the model."""
+        return pixels.to_uint8(canvas, self.mean, self.std)
 
     def from_uint8(self, canvas_u8: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised, as the model's own preprocessing computes it."""
-        x = torch.from_numpy(np.ascontiguousarray(canvas_u8)).permute(0, 3, 1, 2).float() / 255
-        return (x - torch.tensor(self.mean).view(1, 3, 1, 1)) / torch.tensor(self.std).view(1, 3, 1, 1)
+        return pixels.from_uint8(canvas_u8, self.mean, self.std)
 
     @staticmethod
     def png_bytes(canvas_u8: np.ndarray) -> list[bytes]:

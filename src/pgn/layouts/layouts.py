@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import PGNError
+from ..pixels import round8
 
 LAYOUTS = ("append", "extend", "frame")
 
@@ -51,7 +52,7 @@ class CanvasLayout:
         self.mean, self.std = mean_t, std_t
         # Unused prompt cells hold the representable uint8 colour nearest the mean, so a PNG canvas
         # reproduces them exactly; in normalised space that is almost, not exactly, zero.
-        fill_rgb = torch.round(mean_t * 255) / 255
+        fill_rgb = round8(mean_t)
         self.fill = ((fill_rgb - mean_t) / std_t).expand(3, patch_size, patch_size).contiguous()  # (3, P, P)
 
     # --- geometry, in cells; subclasses implement ---
@@ -90,7 +91,7 @@ class CanvasLayout:
         small = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
         # Round the resized image to 8-bit RGB, so training sees exactly what a PNG canvas carries.
         m, s = self.mean.to(small), self.std.to(small)
-        rgb = torch.round((small * s + m).clamp(0, 1) * 255) / 255
+        rgb = round8((small * s + m).clamp(0, 1))
         return (rgb - m) / s
 
     # --- the two views of one canvas ---

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..pixels import round8
+
 
 class TokenLibrary(nn.Module):
     """N x D learned token vectors, initialised N(0, 0.02) as in the paper.
@@ -75,7 +77,7 @@ class PixelTokenLibrary(nn.Module):
 
     def _rounding_residual(self, rgb: torch.Tensor) -> torch.Tensor:
         """(..., 3, P, P) RGB -> normalised residual of rounding it to 8 bits (no gradient)."""
-        return ((torch.round(rgb * 255) / 255 - rgb) / self.std).detach()
+        return ((round8(rgb) - rgb) / self.std).detach()
 
     def forward(self, coefficients: torch.Tensor) -> torch.Tensor:
         tokens = coefficients.float() @ self.embeddings()  # (B, K, D), through W once per step
@@ -88,5 +90,5 @@ class PixelTokenLibrary(nn.Module):
         """The normalised patches whose embeddings ``forward`` returns (8-bit exact with ``quantize``)."""
         rgb = self.mixed_rgb(coefficients)
         if self.quantize:
-            rgb = torch.round(rgb * 255) / 255
+            rgb = round8(rgb)
         return (rgb - self.mean) / self.std

@@ -31,8 +31,8 @@ from __future__ import annotations
 import asyncio
 import io
 import ipaddress
+import logging
 import socket
-import sys
 from typing import Any
 
 import numpy as np
@@ -49,9 +49,11 @@ from starlette.formparsers import MultiPartException
 from ..backbones.base import FrozenBackbone
 from ..data.base import check_pixels
 from ..errors import PGNError
+from ..pixels import from_uint8
 from .batching import Batcher
 from .models import ServedModel, served_model
 
+log = logging.getLogger(__name__)
 __all__ = ["create_app", "serve", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MAX_SIDE", "DEFAULT_MAX_BATCH"]
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
@@ -137,10 +139,7 @@ def _decode(data: bytes, label: str, patch: int, max_side: int, native: tuple[in
 
 def normalise(pixels: np.ndarray, mean, std) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, ToTensor (x / 255) then Normalize((x - mean) / std)."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).to(torch.float32).div(255)
-    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    return x.sub(m).div(s).contiguous()
+    return from_uint8(pixels, mean, std)
 
 
 def create_app(
@@ -462,15 +461,14 @@ def serve(
                      precision=precision, forward_batch=forward_batch, max_wait_ms=max_wait_ms,
                      max_request_pixels=max_request_pixels)
     if not _is_loopback(host):
-        print(f"warning: serving on {host}, which is not a loopback address: anyone who can reach this machine "
-              "can use the model (there is no authentication); use --host 127.0.0.1 to keep it local",
-              file=sys.stderr, flush=True)
+        log.warning(f"warning: serving on {host}, which is not a loopback address: anyone who can reach this "
+                    "machine can use the model (there is no authentication); use --host 127.0.0.1 to keep it local")
     sock = _bind(host, port)
     shown = f"[{host}]" if ":" in host else host
     what = f"class scores over {len(classes)} classes" if classes else "embeddings"
-    print(f"serving {backbone.name} ({model.family}, {what}) on http://{shown}:{sock.getsockname()[1]} "
-          f"(patch {model.patch_size}, sides up to {max_side}, uploads up to {max_upload_bytes} bytes, "
-          f"{app.state.batcher.max_batch} images per forward)", flush=True)
+    log.info(f"serving {backbone.name} ({model.family}, {what}) on http://{shown}:{sock.getsockname()[1]} "
+             f"(patch {model.patch_size}, sides up to {max_side}, uploads up to {max_upload_bytes} bytes, "
+             f"{app.state.batcher.max_batch} images per forward)")
     config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("debug", "trace"))
     try:
         uvicorn.Server(config).run(sockets=[sock])

@@ -7,6 +7,7 @@ shards the data, syncs the generator's BatchNorm and wraps the trainable parts i
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import time
 from contextlib import ExitStack
@@ -41,6 +42,7 @@ from .evaluate import evaluate, topk_correct
 from .monitor import OptimizerMonitor
 from .schedule import warmup_cosine
 
+logger = logging.getLogger(__name__)
 LR_SCALINGS = ("none", "linear")
 
 
@@ -177,7 +179,7 @@ def _quiet(*args, **kwargs) -> None:
 
 
 def train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec, cfg: TrainConfig,
-          run_dir: str | Path, resume: bool = False, augment: bool = False, log=print) -> dict:
+          run_dir: str | Path, resume: bool = False, augment: bool = False, log=None) -> dict:
     """Train ``model``'s prompts and head on ``data.train``; evaluate on ``data.test`` every epoch.
 
     Writes into ``run_dir``: ``config.json``, ``metrics.jsonl`` (one JSON row per epoch),
@@ -205,7 +207,7 @@ def train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec,
         problem = broadcast_object(problem)
         if problem:
             raise PGNError(problem)
-        return _train(model, adapter_cfg, data, cfg, run_dir, resume, augment, log, ctx)
+        return _train(model, adapter_cfg, data, cfg, run_dir, resume, augment, log or logger.info, ctx)
 
 
 def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec, cfg: TrainConfig, run_dir: Path,
