@@ -20,12 +20,11 @@ from pathlib import Path
 
 import torch
 
-from pgn.adapter import AdapterConfig, build_classifier, load_adapter
+from pgn.adapter import adapter_config, build_classifier, load_adapter
 from pgn.backbones import create_backbone
 from pgn.data import build_dataset
 from pgn.deployment import Composer, export_adapter
 from pgn.files import write_json
-from pgn.prompts import GeneratorConfig
 from pgn.serving import EmbeddingClient, create_app
 from pgn.serving.background import BackgroundServer
 from pgn.training import TrainConfig, native_bf16, read_metrics, train
@@ -126,10 +125,9 @@ def main() -> None:
         run = Path(args.runs) / f"{layout}-{space}{'-quick' if args.quick else ''}"
         done = len(read_metrics(run)) >= args.epochs
         if not done:
-            gen = vars(GeneratorConfig(num_prompts=16, library_size=128, input_size=112, library_space=space))
-            acfg = AdapterConfig(method="pgn", backbone=backbone.name, backbone_width=backbone.width,
-                                 class_names=list(data.class_names), img_size=112, mean=pre.mean, std=pre.std,
-                                 generator=gen, num_prompts=16, layout=layout, dataset="elpv")
+            acfg = adapter_config(backbone, "pgn", data.class_names, img_size=112, num_prompts=16,
+                                  generator={"library_size": 128, "library_space": space}, layout=layout,
+                                  dataset="elpv")
             model = build_classifier(acfg, backbone)
             cfg = TrainConfig(epochs=args.epochs, lr=0.1, head_lr=0.01, warmup_epochs=1.0, bf16=bf16, progress=False)
             train(model, acfg, data, cfg, run, resume=latest_checkpoint(run) is not None)

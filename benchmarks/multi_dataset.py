@@ -16,13 +16,12 @@ from pathlib import Path
 
 import torch
 
-from pgn.adapter import AdapterConfig, build_classifier
+from pgn.adapter import adapter_config, build_classifier
 from pgn.analysis import dataset_token_sharing
 from pgn.backbones import create_backbone
 from pgn.data import build_dataset
 from pgn.files import write_json
 from pgn.multi import combine
-from pgn.prompts import GeneratorConfig
 from pgn.training import TrainConfig, native_bf16, train
 from pgn.training.evaluate import topk_correct
 
@@ -60,12 +59,10 @@ def main() -> None:
                            test_limit=args.test_limit) for n in DATASETS]
     bf16 = native_bf16()
     cfg = TrainConfig(epochs=args.epochs, lr=0.1, head_lr=0.01, bf16=bf16, progress=False)
-    gen = vars(GeneratorConfig(num_prompts=16, library_size=128, input_size=112))
 
     def adapter(spec, extra=None):
-        return AdapterConfig(method="pgn", backbone=backbone.name, backbone_width=backbone.width,
-                             class_names=list(spec.class_names), img_size=112, mean=pre.mean, std=pre.std,
-                             generator=gen, num_prompts=16, dataset=spec.name, extra=extra or {})
+        return adapter_config(backbone, "pgn", spec.class_names, img_size=112, num_prompts=16,
+                              generator={"library_size": 128}, dataset=spec.name, extra=extra)
 
     results = {"single": {}, "shared": {}}
     for spec in specs:

@@ -12,9 +12,8 @@ import timm
 import torch
 from torchvision.models import vit_b_32
 
-from pgn.adapter import AdapterConfig, build_classifier
+from pgn.adapter import adapter_config, build_classifier
 from pgn.backbones import OpenCLIPViT, TimmViT, TorchvisionViT
-from pgn.prompts import GeneratorConfig
 
 # (backbone name, factory, classes of the paper dataset used for its released checkpoint, head, N, released count)
 ROWS = [
@@ -36,10 +35,9 @@ def _tv():
 
 def count(backbone, method, classes, head, n) -> int:
     head = head if method != "finetune" else "linear"
-    gen = vars(GeneratorConfig(num_prompts=16, library_size=n, input_size=224)) if method == "pgn" else None
-    cfg = AdapterConfig(method=method, backbone=backbone.name, backbone_width=backbone.width,
-                        class_names=[str(i) for i in range(classes)], img_size=224, generator=gen,
-                        num_prompts=16 if method in ("pgn", "iip") else 0, head=head if method != "linear" else "linear")
+    gen = {"library_size": n} if method == "pgn" else None
+    cfg = adapter_config(backbone, method, [str(i) for i in range(classes)], img_size=224, num_prompts=16,
+                         generator=gen, head=head if method != "linear" else "linear")
     model = build_classifier(cfg, backbone)
     total = model.num_trainable()
     for p in backbone.parameters():

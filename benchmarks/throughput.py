@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from pgn.adapter import AdapterConfig, build_classifier
+from pgn.adapter import adapter_config, build_classifier
 from pgn.backbones import create_backbone
 from pgn.files import write_json
 from pgn.prompts import GeneratorConfig, PromptGenerator
@@ -32,11 +32,8 @@ K, N = 16, 128
 
 
 def make(method, backbone, size, layout="append", space="latent"):
-    gen = vars(GeneratorConfig(num_prompts=K, library_size=N, input_size=size, library_space=space)) \
-        if method == "pgn" else None
-    cfg = AdapterConfig(method=method, backbone=backbone.name, backbone_width=backbone.width, class_names=["a", "b"],
-                        img_size=size, generator=gen, num_prompts=K if method in ("pgn", "iip") else 0,
-                        layout=layout, vp_pad=max(1, round(30 * size / 224)))
+    gen = {"library_size": N, "library_space": space} if method == "pgn" else None
+    cfg = adapter_config(backbone, method, ["a", "b"], img_size=size, num_prompts=K, generator=gen, layout=layout)
     model = build_classifier(cfg, backbone)
     torch.nn.init.normal_(model.head.fc.weight, std=0.01)
     return model

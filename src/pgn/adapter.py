@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -95,6 +96,35 @@ def build_classifier(cfg: AdapterConfig, backbone: FrozenBackbone) -> PromptedCl
                               input_prompt=input_prompt, finetune=cfg.method == "finetune", config=cfg)
 
 
+def adapter_config(backbone: FrozenBackbone, method: str, classes: Sequence[str], *, img_size: int,
+                   num_prompts: int = 16, generator: GeneratorConfig | dict | None = None, layout: str = "append",
+                   head: str = "linear", head_norm: str = "batchnorm", template: str | None = None,
+                   vp_pad: int | None = None, dataset: str | None = None, backbone_weights: str | None = None,
+                   extra: dict | None = None) -> AdapterConfig:
+    """The one constructor of :class:`AdapterConfig`: preprocessing comes from ``backbone``, K is stored once.
+
+    ``generator``: the PGN's shape (method ``pgn`` only; default ``GeneratorConfig`` with ``num_prompts``
+    and ``input_size=img_size``). ``vp_pad`` defaults to the paper's 30 px at 224, scaled to ``img_size``.
+    """
+    if method == "pgn":
+        gen = generator if isinstance(generator, GeneratorConfig) else GeneratorConfig(
+            **{"num_prompts": num_prompts, "input_size": img_size, **(generator or {})})
+        num_prompts = gen.num_prompts
+        gen = vars(gen)
+    elif generator:
+        raise PGNError(f"generator options apply to method 'pgn', not {method!r}")
+    else:
+        gen = None
+    pre = backbone.preprocessing
+    return AdapterConfig(method=method, backbone=backbone.name, backbone_width=backbone.width,
+                         class_names=list(classes), img_size=img_size, mean=pre.mean, std=pre.std,
+                         backbone_weights=backbone_weights, generator=gen,
+                         num_prompts=num_prompts if method in ("pgn", "iip") else 0, layout=layout,
+                         head="zeroshot" if method == "zeroshot" else head, head_norm=head_norm, template=template,
+                         vp_pad=vp_pad if vp_pad is not None else max(1, round(30 * img_size / 224)),
+                         dataset=dataset, extra=dict(extra or {}))
+
+
 def build_head(cfg: AdapterConfig, backbone: FrozenBackbone):
     """A trained linear head, or CLIP's zero-shot head from its frozen text tower."""
     if cfg.extra.get("datasets"):  # one PGN over several datasets: a head per dataset (pgn.multi)
@@ -178,11 +208,9 @@ def import_official(checkpoint: str | Path, backbone: FrozenBackbone, class_name
         raise PGNError(f"{checkpoint} holds prompts of width {width}, but {backbone.name} has width {backbone.width}; "
                        "pick the backbone it was trained for")
     zero_shot = hasattr(backbone, "zero_shot_head")
-    cfg = AdapterConfig(method="pgn", backbone=backbone.name, backbone_width=backbone.width, class_names=class_names,
-                        img_size=img_size, mean=backbone.preprocessing.mean, std=backbone.preprocessing.std,
-                        generator=vars(gen.config), num_prompts=gen.config.num_prompts, dataset=dataset,
-                        head="zeroshot" if zero_shot else "linear", template=template,
-                        extra={"imported_from": Path(checkpoint).name, "head_trained": zero_shot})
+    cfg = adapter_config(backbone, "pgn", class_names, img_size=img_size, generator=gen.config, dataset=dataset,
+                         head="zeroshot" if zero_shot else "linear", template=template,
+                         extra={"imported_from": Path(checkpoint).name, "head_trained": zero_shot})
     model = build_classifier(cfg, backbone)
     model.prompts.load_state_dict(gen.state_dict(), strict=True)
     return model, cfg

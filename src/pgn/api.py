@@ -19,7 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-from .adapter import AdapterConfig, build_classifier, load_adapter
+from .adapter import adapter_config, build_classifier, load_adapter
 from .backbones import DEFAULT_BACKBONE, FrozenBackbone, create_backbone
 from .data import DataSpec, build_dataset
 from .errors import PGNError
@@ -51,14 +51,10 @@ def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str 
     if generator and method != "pgn":
         raise PGNError(f"generator options ({', '.join(sorted(generator))}) apply to method 'pgn', not {method!r}")
     bb = create_backbone(backbone, weights) if isinstance(backbone, str) else backbone
-    gen = vars(GeneratorConfig(num_prompts=num_prompts, input_size=generator_size or img_size, **generator)) \
-        if method == "pgn" else None
-    pre = bb.preprocessing
-    cfg = AdapterConfig(method=method, backbone=bb.name, backbone_width=bb.width, class_names=list(classes),
-                        img_size=img_size, mean=pre.mean, std=pre.std, backbone_weights=weights, generator=gen,
-                        num_prompts=num_prompts if method in ("pgn", "iip") else 0, layout=layout,
-                        head="zeroshot" if method == "zeroshot" else head, head_norm=head_norm, template=template,
-                        vp_pad=vp_pad if vp_pad is not None else max(1, round(30 * img_size / 224)), dataset=dataset)
+    gen = {"input_size": generator_size or img_size, **generator} if method == "pgn" else None
+    cfg = adapter_config(bb, method, classes, img_size=img_size, num_prompts=num_prompts, generator=gen,
+                         layout=layout, head=head, head_norm=head_norm, template=template, vp_pad=vp_pad,
+                         dataset=dataset, backbone_weights=weights)
     return build_classifier(cfg, bb)
 
 

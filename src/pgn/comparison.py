@@ -28,12 +28,11 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Subset
 
-from .adapter import AdapterConfig, build_classifier
+from .adapter import AdapterConfig, adapter_config, build_classifier
 from .backbones.base import FrozenBackbone
 from .data import DataSpec
 from .errors import PGNError
 from .files import write_json
-from .prompts import GeneratorConfig
 from .training import TrainConfig, train
 
 logger = logging.getLogger(__name__)
@@ -117,13 +116,9 @@ def method_config(method: str, backbone: FrozenBackbone, data: DataSpec, img_siz
     """The adapter of one compared method; ``pgn-frame`` is PGN with a pixel library in the frame layout."""
     base = "pgn" if method.startswith("pgn") else method
     layout, space = ("frame", "pixel") if method == "pgn-frame" else ("append", "latent")
-    gen = vars(GeneratorConfig(num_prompts=PROMPTS, library_size=LIBRARY, input_size=img_size,
-                               library_space=space, **variant.generator)) if base == "pgn" else None
-    pre = backbone.preprocessing
-    return AdapterConfig(method=base, backbone=backbone.name, backbone_width=backbone.width,
-                         class_names=list(data.class_names), img_size=img_size, mean=pre.mean, std=pre.std,
-                         generator=gen, num_prompts=PROMPTS if base in ("pgn", "iip") else 0, layout=layout,
-                         dataset=data.name, vp_pad=max(1, round(30 * img_size / 224)), **variant.adapter)
+    gen = dict(library_size=LIBRARY, library_space=space, **variant.generator) if base == "pgn" else None
+    return adapter_config(backbone, base, data.class_names, img_size=img_size, num_prompts=PROMPTS, generator=gen,
+                          layout=layout, dataset=data.name, **variant.adapter)
 
 
 def train_config(method: str, lr: float, epochs: int, seed: int, bf16: bool, head_lr: float | None = None,

@@ -272,23 +272,17 @@ def _print_params(model) -> None:
 
 def _new_adapter_config(args, backbone, data, img_size: int):
     """The adapter a fresh run of ``args.method`` builds on ``backbone`` for ``data``."""
-    from ..adapter import AdapterConfig
-    from ..prompts import GeneratorConfig
+    from ..adapter import adapter_config
 
     gen = None
     if args.method == "pgn":
-        widths = tuple(int(w) for w in args.generator_widths.split(","))
-        gen = vars(GeneratorConfig(num_prompts=args.num_prompts, library_size=args.library_size,
-                                   arch=args.generator, widths=widths, input_size=args.generator_size,
-                                   mixing=args.mixing, library_space=args.library_space))
-    head = args.head or ("zeroshot" if args.method == "zeroshot" else "linear")
-    pre = backbone.preprocessing
-    return AdapterConfig(method=args.method, backbone=backbone.name, backbone_width=backbone.width,
-                         class_names=list(data.class_names), img_size=img_size, mean=pre.mean, std=pre.std,
-                         backbone_weights=args.weights, generator=gen,
-                         num_prompts=args.num_prompts if args.method in ("pgn", "iip") else 0, dataset=data.name,
-                         layout=args.layout, head=head, head_norm=getattr(args, "head_norm", "batchnorm"),
-                         template=getattr(data, "template", None), vp_pad=args.vp_pad or max(1, round(30 * img_size / 224)))
+        gen = dict(library_size=args.library_size, arch=args.generator, input_size=args.generator_size,
+                   widths=tuple(int(w) for w in args.generator_widths.split(",")), mixing=args.mixing,
+                   library_space=args.library_space)
+    return adapter_config(backbone, args.method, data.class_names, img_size=img_size, num_prompts=args.num_prompts,
+                          generator=gen, layout=args.layout, head=args.head or "linear",
+                          head_norm=getattr(args, "head_norm", "batchnorm"), template=getattr(data, "template", None),
+                          vp_pad=args.vp_pad, dataset=data.name, backbone_weights=args.weights)
 
 
 def cmd_train(args) -> int:
