@@ -50,7 +50,7 @@ def deployed(tmp_path_factory):
 
 def expected_label(export, url, path) -> str:
     with RemoteClassifier(export, url) as remote:
-        return remote.predict([path])[0][0]
+        return remote.predict([path])[0][0][0]
 
 
 def test_page_endpoint_answers_with_and_without_the_adapter(deployed):

@@ -133,8 +133,6 @@ def test_latent_library_inversion_deploys_through_the_canvas():
 
 def test_embedded_backbone_canvas_and_uint8(embedded):
     """Real DINOv2 weights: float canvases are exact; uint8 canvases keep the prediction."""
-    from pgn.deployment.deployable import Composer  # noqa: F401  (import check for the client side)
-
     gen = vars(GeneratorConfig(num_prompts=16, library_size=32, input_size=112, library_space="pixel"))
     for layout_name in ("extend", "frame"):
         cfg = AdapterConfig(method="pgn", backbone=embedded.name, backbone_width=384, class_names=list("abcd"),

@@ -9,21 +9,26 @@ Library layout (data flows one way)::
     heads.py     linear head (BatchNorm-normalised features), CLIP zero-shot head
     model.py     PromptedClassifier = prompts + backbone + head (+ predict / save_pretrained)
     adapter.py   save/load the trainable parts (safetensors + JSON, validated on load)
-    api.py       create_model / train / load: the Python entry point
+    pixels.py    8-bit RGB <-> normalised tensors, the one place (exact input-space deployment needs it)
+    presets.py   budgets: the cpu default and the paper's recipe (sizes + TrainConfig)
+    api.py       create_model / train / evaluate / load: the Python entry point
     training/    the training loop, atomic checkpoints, optimiser monitor, evaluation, schedule, DDP
-    comparison.py, analysis.py, plots.py   the method comparison, what a run learned, pictures
-    deployment/, serving/                   input-space deployment and the model server
+    multi.py     one PGN over several datasets (a head per dataset)
+    comparison.py, analysis.py, plots.py, demo.py   the method comparison, what a run learned, pictures, make demo
+    deployment/  export, canvas composer, RemoteClassifier (an API client), the pgn app page
+    serving/     the model server: each library's own forward, dynamic batching, hosted-classifier mode
+    files.py, validation.py, paths.py, errors.py   atomic writes and run locks, typed configs, cache dir, PGNError
 The command line (``pgn.cli``) sits on top; the library never imports it.
 """
 from .errors import PGNError
 
 __version__ = "0.1.0"
-__all__ = ["PGNError", "__version__", "create_model", "load", "train"]
+__all__ = ["PGNError", "__version__", "create_model", "evaluate", "load", "train"]
 
 
 def __getattr__(name: str):
     # The API pulls in torch and the backbones: import it on first use, so ``import pgn`` stays cheap.
-    if name in ("create_model", "load", "train"):
+    if name in ("create_model", "evaluate", "load", "train"):
         from . import api
 
         return getattr(api, name)

@@ -97,3 +97,41 @@ def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out
     # The command line's default budget (pgn.presets "cpu"), with the caller's epochs and options.
     recipe = dataclasses.replace(PRESETS["cpu"].train, epochs=epochs, **options)
     return _train_loop(model, cfg, data, recipe, out, resume=resume, augment=augment)
+
+
+def evaluate(model: PromptedClassifier, data: str | DataSpec | None = None, *, test_limit: int | None = None,
+             batch_size: int = 32, device: str | None = None, bf16: bool = False, data_root: str | None = None,
+             progress: bool = True) -> dict:
+    """Test metrics of ``model`` (loss, top-1, top-5, n) on ``data`` (default: the dataset it records).
+
+    A model trained on several datasets at once (``pgn.multi``) is scored per dataset:
+    ``{"datasets": {name: metrics}}``. ``device``: where to run (default: where the model is).
+    """
+    from torch.utils.data import DataLoader
+
+    from .multi import DatasetView
+    from .training import evaluate as evaluate_loop
+
+    cfg = model._require_config()
+    device = device or str(next(model.parameters()).device)
+    model.to(device)
+
+    def split(name):
+        spec = build_dataset(name, img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, test_limit=test_limit,
+                             root=data_root) if isinstance(name, str) else name
+        return DataLoader(spec.test, batch_size=batch_size), spec
+
+    if cfg.extra.get("datasets") and data is None:
+        out = {}
+        for i, part in enumerate(cfg.extra["datasets"]):
+            loader, _ = split(part["name"])
+            out[part["name"]] = evaluate_loop(DatasetView(model, i), loader, device, bf16, progress)
+        return {"datasets": out}
+    name = data if data is not None else cfg.dataset
+    if name is None:
+        raise PGNError("the model does not record its dataset; pass data=NAME")
+    loader, spec = split(name)
+    if list(spec.class_names) != list(cfg.class_names):
+        raise PGNError(f"{spec.name} has classes {list(spec.class_names)[:5]}..., but the model was trained on "
+                       f"{cfg.dataset} with {len(cfg.class_names)} classes")
+    return evaluate_loop(model, loader, device, bf16, progress)

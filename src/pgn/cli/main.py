@@ -328,50 +328,28 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
+    from ..api import evaluate
 
     if args.api:
         return _eval_api(args)
-
-    from ..training import evaluate
-
     if args.method == "zeroshot":
         model, cfg = _zero_shot_model(args)
     elif not args.run:
         raise PGNError("pass a run directory to evaluate, or --method zeroshot with a clip-* --backbone")
     else:
         model, cfg = _load(args.run, args)
+    device = args.device or _default_device()
+    if cfg.extra.get("datasets"):  # one PGN over several datasets: each scored
+        metrics = evaluate(model, test_limit=args.test_limit, batch_size=args.batch_size, device=device,
+                           bf16=args.bf16, data_root=args.data_root)
+        print(json.dumps({"run": args.run, "method": cfg.method, **metrics}))
+        return 0
     name = args.dataset or cfg.dataset
     if not name:
         raise PGNError(f"{args.run} does not record its dataset; pass --dataset")
-    img_size = args.img_size or cfg.img_size
-    if cfg.extra.get("datasets"):
-        return _eval_multi(args, model, cfg, img_size)
-    data = _dataset(args, name, img_size, cfg.mean, cfg.std, test_limit=args.test_limit)
-    if list(data.class_names) != list(cfg.class_names):
-        raise PGNError(f"{name} has classes {data.class_names[:5]}..., but the adapter was trained on "
-                       f"{cfg.dataset} with {len(cfg.class_names)} classes")
-    loader = torch.utils.data.DataLoader(data.test, batch_size=args.batch_size)
-    device = args.device or _default_device()
-    metrics = evaluate(model.to(device), loader, device=device, bf16=args.bf16)
+    data = _dataset(args, name, args.img_size or cfg.img_size, cfg.mean, cfg.std, test_limit=args.test_limit)
+    metrics = evaluate(model, data, batch_size=args.batch_size, device=device, bf16=args.bf16)
     print(json.dumps({"run": args.run, "dataset": name, "method": cfg.method, **metrics}))
-    return 0
-
-
-def _eval_multi(args, model, cfg, img_size) -> int:
-    import torch
-
-    from ..multi import DatasetView
-    from ..training import evaluate
-
-    device = args.device or _default_device()
-    model.to(device)
-    out = {"run": args.run, "method": cfg.method, "datasets": {}}
-    for i, part in enumerate(cfg.extra["datasets"]):
-        data = _dataset(args, part["name"], img_size, cfg.mean, cfg.std, test_limit=args.test_limit)
-        loader = torch.utils.data.DataLoader(data.test, batch_size=args.batch_size)
-        out["datasets"][part["name"]] = evaluate(DatasetView(model, i), loader, device=device, bf16=args.bf16)
-    print(json.dumps(out))
     return 0
 
 
@@ -390,9 +368,6 @@ def _zero_shot_model(args):
 
 
 def _eval_api(args) -> int:
-    import torch
-    from tqdm.auto import tqdm
-
     from ..deployment import RemoteClassifier
 
     with RemoteClassifier(args.run, args.api) as remote:
@@ -404,56 +379,28 @@ def _eval_api(args) -> int:
                         test_limit=args.test_limit)
         if list(data.class_names) != remote.class_names:
             raise PGNError(f"{name}'s classes differ from the adapter's ({cfg.get('dataset')})")
-        correct = n = 0
-        for start in tqdm(range(0, len(data.test), 64), desc="api eval", leave=False, disable=None):
-            items = [data.test[i] for i in range(start, min(start + 64, len(data.test)))]
-            labels = torch.tensor([y for _, y in items])
-            correct += int((remote.logits([x for x, _ in items]).argmax(-1) == labels).sum())
-            n += len(items)
-    print(json.dumps({"run": args.run, "dataset": name, "api": args.api, "layout": cfg["layout"],
-                      "head": "server's own" if remote.composer.remote_head else "exported linear",
-                      "top1": correct / max(n, 1), "n": n}))
+        metrics = remote.evaluate(data.test)
+        head = "server's own" if remote.composer.remote_head else "exported linear"
+    print(json.dumps({"run": args.run, "dataset": name, "api": args.api, "layout": cfg["layout"], "head": head,
+                      **metrics}))
     return 0
 
 
 def cmd_predict(args) -> int:
-    import torch
-
-    from ..data import eval_transform, load_image
-
     if args.api:
-        return _predict_api(args)
-    model, cfg = _load(args.adapter, args)
-    model.to(args.device or _default_device()).eval()
-    tf = eval_transform(cfg.img_size, cfg.mean, cfg.std)
-    device = next(model.parameters()).device
-    for path in args.images:
-        x = tf(load_image(path)).unsqueeze(0).to(device)
-        with torch.inference_mode():
-            probs = model(x).float().softmax(-1)[0].cpu()
-        _print_predictions(path, probs, cfg.class_names, args.top_k, args.json)
-    return 0
+        from ..deployment import RemoteClassifier
 
-
-def _print_predictions(path, probs, class_names, top_k, as_json) -> None:
-    k = min(top_k, probs.numel())
-    top = probs.topk(k)
-    preds = [(class_names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
-    if as_json:
-        print(json.dumps({"image": str(path), "top": [{"label": lab, "score": s} for lab, s in preds]}))
+        with RemoteClassifier(args.adapter, args.api) as remote:
+            preds = remote.predict(args.images, top_k=args.top_k)
     else:
-        print(f"{path}: " + ", ".join(f"{lab} {s:.3f}" for lab, s in preds))
-
-
-def _predict_api(args) -> int:
-    from ..data import load_image
-    from ..deployment import RemoteClassifier
-
-    with RemoteClassifier(args.adapter, args.api) as remote:
-        tf = remote.transform
-        logits = remote.logits([tf(load_image(p)) for p in args.images])
-    for path, lg in zip(args.images, logits):
-        _print_predictions(path, lg.float().softmax(-1), remote.class_names, args.top_k, args.json)
+        model, _ = _load(args.adapter, args)
+        model.to(args.device or _default_device())
+        preds = model.predict(args.images, top_k=args.top_k)
+    for path, top in zip(args.images, preds):
+        if args.json:
+            print(json.dumps({"image": str(path), "top": [{"label": lab, "score": p} for lab, p in top]}))
+        else:
+            print(f"{path}: " + ", ".join(f"{lab} {p:.3f}" for lab, p in top))
     return 0
 
 
@@ -606,7 +553,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     return run_demo(out=out, epochs=args.epochs, img_size=args.img_size, lr=args.lr,
@@ -622,8 +569,15 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "expor
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for reports that quote their command
-    # The library logs through ``logging`` (pgn.*); the command line shows those lines as they are.
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    # The library logs through ``logging`` (pgn.*); the command line shows its lines as they are, and
+    # other libraries' (httpx logs every request at INFO) only from warnings up.
+    pgn_log = logging.getLogger("pgn")
+    if not pgn_log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        pgn_log.addHandler(handler)
+        pgn_log.setLevel(logging.INFO)
+        pgn_log.propagate = False
     if args.command == "train":
         resolve_defaults(args)
     try:

@@ -78,11 +78,23 @@ class RemoteClassifier:
             out.append(self.scores_of_pngs(self.composer.png_bytes(canvases)))
         return torch.cat(out) if out else torch.empty(0, len(self.class_names))
 
-    def predict(self, paths: Sequence[str | Path]) -> list[tuple[str, float]]:
-        """Image files -> (class name, probability) of the top class, per image."""
+    def predict(self, paths: Sequence[str | Path], top_k: int = 1) -> list[list[tuple[str, float]]]:
+        """Image files -> per image, the ``top_k`` (class name, probability) pairs, best first."""
         from ..data import load_image
 
         tf = self.transform
         probs = self.logits([tf(load_image(p)) for p in paths]).float().softmax(-1)
-        top = probs.max(-1)
-        return [(self.class_names[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
+        top = probs.topk(min(top_k, probs.shape[1]), dim=1)
+        return [[(self.class_names[int(i)], float(p)) for p, i in zip(ps, idx)] for ps, idx in zip(top.values, top.indices)]
+
+    def evaluate(self, split, batch: int = 64, progress: bool = True) -> dict:
+        """Top-1 accuracy over a dataset split of (normalised image, label), every image through the API."""
+        from tqdm.auto import tqdm
+
+        correct = n = 0
+        for start in tqdm(range(0, len(split), batch), desc="api eval", leave=False, disable=None if progress else True):
+            items = [split[i] for i in range(start, min(start + batch, len(split)))]
+            labels = torch.tensor([y for _, y in items])
+            correct += int((self.logits([x for x, _ in items]).argmax(-1) == labels).sum())
+            n += len(items)
+        return {"top1": correct / max(n, 1), "n": n}

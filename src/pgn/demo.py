@@ -6,14 +6,14 @@ from pathlib import Path
 
 import torch
 
-from ..adapter import build_classifier
-from ..analysis import pick_per_class
-from ..backbones import DEFAULT_BACKBONE, create_backbone
-from ..comparison import method_config
-from ..data import build_dataset
-from ..files import write_json
-from ..plots import plot_prompt_mixtures, plot_training_curves
-from ..training import TrainConfig, native_bf16, read_metrics, train
+from .adapter import build_classifier
+from .analysis import pick_per_class
+from .backbones import DEFAULT_BACKBONE, create_backbone
+from .comparison import method_config
+from .data import build_dataset
+from .files import write_json
+from .plots import plot_prompt_mixtures, plot_training_curves
+from .training import TrainConfig, native_bf16, read_metrics, train
 
 DATASET = "elpv"
 # A stratified seed-0 subset of ELPV's 1,968 training images (all 656 test images): the ablation

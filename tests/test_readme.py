@@ -1,0 +1,39 @@
+"""The README's Python example runs as it stands (on the embedded backbone and real ELPV images)."""
+import ast
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def using_it_example() -> str:
+    text = README.read_text()
+    section = text[text.index("## Using it"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_python_example_runs_verbatim(tmp_path, monkeypatch):
+    pytest.importorskip("elpv_dataset")
+    pytest.importorskip("onnx")
+    code = using_it_example()
+    assert len([line for line in code.splitlines() if line.strip()]) <= 8  # create, train, save, load, predict
+    from elpv_dataset.utils import load_dataset
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(load_dataset()[0][0]).save("cell.png")  # a real solar-cell image, as the example names
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    printed = ast.literal_eval(out.getvalue().strip().splitlines()[-1])
+
+    import pgn
+
+    again = pgn.load("adapters/elpv").predict(["cell.png"], top_k=2)
+    assert [label for label, _ in printed[0]] == [label for label, _ in again[0]]
+    assert [p for _, p in printed[0]] == pytest.approx([p for _, p in again[0]])
+    assert (tmp_path / "runs" / "elpv-py" / "metrics.jsonl").read_text().count("\n") == 1  # one epoch trained
