@@ -176,7 +176,14 @@ def test_defaults_are_the_official_recipe():
 
     args = build_parser().parse_args(["train", "--preset", "paper"])
     resolve_defaults(args)
-    assert (args.epochs, args.lr, args.warmup_epochs, args.grad_clip, args.head_lr) == (100, 0.1, 50.0, 0.0, None)
+    assert (args.epochs, args.lr, args.warmup_epochs, args.grad_clip, args.head_lr) == (100, 0.1, 50.0, None, None)
+    assert (args.img_size, args.augment) == (224, True)
+    args = build_parser().parse_args(["train"])  # no preset: the cpu budget, the same recipe at lr 0.01
+    resolve_defaults(args)
+    assert (args.epochs, args.lr, args.warmup_epochs, args.grad_clip, args.img_size) == (10, 0.01, None, None, 112)
+    args = build_parser().parse_args(["train", "--preset", "paper", "--backbone", "clip-vit-b32", "--lr", "0.5"])
+    resolve_defaults(args)  # the paper's CLIP runs: N 256 and the zero-shot head; what the user sets stays
+    assert (args.library_size, args.head, args.lr) == (256, "zeroshot", 0.5)
 
 
 @pytest.mark.parametrize("head_init", ["default", "zero"])
