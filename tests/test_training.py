@@ -252,3 +252,19 @@ def test_adapters_from_before_the_normalised_head_still_load(tiny_vit, tmp_path)
     model.eval()
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_the_dataset_decides_augmentation_and_augmented_features_are_never_cached(tiny_vit, tmp_path):
+    from pgn.data import build_dataset
+
+    cached = {}
+    for augment in (False, True):
+        data = build_dataset("digits", img_size=32, augment=augment, train_limit=30, test_limit=10)
+        assert data.augmented is augment
+        acfg = AdapterConfig(method="linear", backbone=tiny_vit.name, backbone_width=tiny_vit.width,
+                             class_names=list(data.class_names), img_size=32, dataset="digits")
+        row = train(build_classifier(acfg, tiny_vit), acfg, data, TrainConfig(epochs=1, batch_size=10, progress=False),
+                    tmp_path / f"aug{augment}", log=lambda *_: None)
+        cached[augment] = row.get("features_cached", False)
+        assert json.loads((tmp_path / f"aug{augment}" / "config.json").read_text())["augment"] is augment
+    assert cached == {False: True, True: False}  # the probe runs the frozen ViT on every augmented draw

@@ -96,7 +96,7 @@ def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out
 
     # The command line's default budget (pgn.presets "cpu"), with the caller's epochs and options.
     recipe = dataclasses.replace(PRESETS["cpu"].train, epochs=epochs, **options)
-    return _train_loop(model, cfg, data, recipe, out, resume=resume, augment=augment)
+    return _train_loop(model, cfg, data, recipe, out, resume=resume)
 
 
 def evaluate(model: PromptedClassifier, data: str | DataSpec | None = None, *, test_limit: int | None = None,

@@ -44,7 +44,8 @@ def combine(specs: list[DataSpec]) -> tuple[DataSpec, list[dict]]:
         return ds
 
     names = [f"{p['name']}/{c}" for p in parts for c in p["classes"]]
-    spec = DataSpec(name=",".join(s.name for s in specs), class_names=names, train=cat("train"), test=cat("test"))
+    spec = DataSpec(name=",".join(s.name for s in specs), class_names=names, train=cat("train"), test=cat("test"),
+                    augmented=any(s.augmented for s in specs))
     return spec, parts
 
 

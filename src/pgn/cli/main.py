@@ -320,7 +320,7 @@ def cmd_train(args) -> int:
         print(f"backbone {backbone.name}: {backbone.description}")
         print(f"dataset {data.name}: {len(data.train)} train / {len(data.test)} test, {len(data.class_names)} classes, {img_size}px")
         _print_params(model)
-    row = train(model, acfg, data, _train_config(args), out, resume=args.resume, augment=args.augment,
+    row = train(model, acfg, data, _train_config(args), out, resume=args.resume,
                 log=print if _is_main() else (lambda *_: None))
     if _is_main():
         print(json.dumps({"run": str(out), **row}))

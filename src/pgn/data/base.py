@@ -36,6 +36,9 @@ class DataSpec:
     train: Dataset  # yields (image tensor (3, S, S) float normalised, label int)
     test: Dataset
     template: str = DEFAULT_TEMPLATE  # CLIP zero-shot prompt; "{}" is replaced by a class name
+    # Whether ``train`` yields randomly augmented images: the dataset decides, and a run never caches
+    # features of an augmented split (the linear probe would train on one frozen draw of the augmentation).
+    augmented: bool = False
 
     @property
     def num_classes(self) -> int:

@@ -265,4 +265,5 @@ def build_dataset(
         spec.train = spec.train.subset(train_limit, seed)
     if test_limit is not None:
         spec.test = spec.test.subset(test_limit, seed)
+    spec.augmented = bool(augment)
     return spec

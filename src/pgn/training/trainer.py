@@ -179,7 +179,7 @@ def _quiet(*args, **kwargs) -> None:
 
 
 def train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec, cfg: TrainConfig,
-          run_dir: str | Path, resume: bool = False, augment: bool = False, log=None) -> dict:
+          run_dir: str | Path, resume: bool = False, log=None) -> dict:
     """Train ``model``'s prompts and head on ``data.train``; evaluate on ``data.test`` every epoch.
 
     Writes into ``run_dir``: ``config.json``, ``metrics.jsonl`` (one JSON row per epoch),
@@ -207,11 +207,11 @@ def train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec,
         problem = broadcast_object(problem)
         if problem:
             raise PGNError(problem)
-        return _train(model, adapter_cfg, data, cfg, run_dir, resume, augment, log or logger.info, ctx)
+        return _train(model, adapter_cfg, data, cfg, run_dir, resume, log or logger.info, ctx)
 
 
 def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec, cfg: TrainConfig, run_dir: Path,
-           resume: bool, augment: bool, log, ctx: DistContext) -> dict:
+           resume: bool, log, ctx: DistContext) -> dict:
     main, world = ctx.is_main, ctx.world_size
     if not main:
         log = _quiet
@@ -239,6 +239,7 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
     model.to(device)
 
     frozen_features = model.prompts is None and model.input_prompt is None and not model.finetune
+    augment = getattr(data, "augmented", False)  # the dataset decides (DataSpec.augmented)
     use_cache = frozen_features and not augment and cfg.cache_features
     # Evaluation is sharded without padding (rank r takes test samples r, r + W, ...), so every
     # test sample is counted exactly once; the sums are added up over the ranks.
