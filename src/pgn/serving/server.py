@@ -37,14 +37,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException
 
 from ..backbones.base import FrozenBackbone
 from ..data.base import check_pixels
@@ -64,7 +62,6 @@ DEFAULT_MAX_WAIT_MS = 5.0   # how long the first image of a forward waits for co
 PRECISIONS = ("auto", "bf16", "fp32")
 _IMAGE_FIELDS = ("file", "files")
 _FORMATS = ("PNG", "JPEG")
-_READ_CHUNK = 64 * 1024
 
 
 class _Reject(Exception):
@@ -140,6 +137,43 @@ def _decode(data: bytes, label: str, patch: int, max_side: int, native: tuple[in
 def normalise(pixels: np.ndarray, mean, std) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, ToTensor (x / 255) then Normalize((x - mean) / std)."""
     return from_uint8(pixels, mean, std)
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets a 413, declared or streamed (chunked).
+
+    A declared ``Content-Length`` over the limit is refused before the app runs; a body that grows past
+    it while streaming raises ``HTTPException(413)`` inside the app's read, which the app's handler
+    answers as one line of JSON. Nothing past the limit is buffered.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, int(max_bytes)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return await _error(400, f"invalid Content-Length header {declared.decode(errors='replace')!r}")(
+                    scope, receive, send)
+            if int(declared) > self.max_bytes:
+                return await _error(413, f"upload of {int(declared)} bytes is over this server's limit of "
+                                         f"{self.max_bytes} bytes; send smaller images or fewer per request")(
+                    scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise StarletteHTTPException(413)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def create_app(
@@ -239,12 +273,17 @@ def create_app(
                     ("class scores out." if scores_only else "embeddings out."),
         version="2",
     )
+    # The one thing no library gives in the form we need: a cap on the whole body, answered as our JSON.
+    app.add_middleware(BodySizeLimit, max_bytes=max_upload_bytes)
     app.state.batcher = batcher
     app.router.on_shutdown.append(batcher.close)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
-        return JSONResponse({"detail": _one_line(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        detail = too_large if exc.status_code == 413 else exc.detail
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            detail = "malformed multipart body: send multipart/form-data with field 'file' or 'files'"
+        return JSONResponse({"detail": _one_line(detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -296,84 +335,27 @@ def create_app(
         rows = await asyncio.wrap_future(batcher.submit(kind, images))
         return rows, tuple(images[0].shape[-2:])
 
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            try:
-                n = int(declared)
-            except ValueError:
-                raise _Reject(400, f"invalid Content-Length header {declared!r}") from None
-            if n > max_upload_bytes:
-                raise _Reject(413, f"upload of {n} bytes is over this server's limit of {max_upload_bytes} bytes; "
-                                   "send smaller images or fewer per request")
-        buf = bytearray()
-        async for chunk in request.stream():
-            buf += chunk
-            if len(buf) > max_upload_bytes:  # the header may be missing (chunked) or lie
-                raise _Reject(413, f"upload is over this server's limit of {max_upload_bytes} bytes; "
-                                   "send smaller images or fewer per request")
-        return bytes(buf)
+    too_large = (f"upload is over this server's limit of {max_upload_bytes} bytes; "
+                 "send smaller images or fewer per request")
 
-    async def parse_files(request: Request, body: bytes) -> list[tuple[str, bytes]]:
-        sent = False
+    async def blobs_of(file: UploadFile | None, files: list[UploadFile] | None) -> list[tuple[str, bytes]]:
+        parts = ([("file", file)] if file is not None else []) + [("files", f) for f in files or []]
+        if not parts:
+            raise _Reject(422, "no image uploaded: send multipart/form-data with field 'file' (one image) or "
+                               "'files' (a batch)")
+        if len(parts) > max_batch:
+            raise _Reject(413, f"batch of {len(parts)} images is over this server's limit of {max_batch} images; "
+                               "split it into several requests")
+        blobs = []
+        for i, (field, up) in enumerate(parts):
+            name = up.filename or f"{field}[{i}]"
+            label = f"image {i} ({name})" if len(parts) > 1 else f"image {name!r}"
+            blobs.append((label, await up.read()))
+        return blobs
 
-        async def replay():
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        ctype = request.headers.get("content-type", "")
-        if not ctype.lower().startswith("multipart/form-data"):
-            raise _Reject(422, "no image uploaded: send multipart/form-data with field 'file' (one image) "
-                               "or 'files' (a batch)")
-        form_request = Request(request.scope, receive=replay)
+    async def answer(kind: str, file: UploadFile | None, files: list[UploadFile] | None) -> JSONResponse:
         try:
-            form = await form_request.form(max_files=max_batch + 1, max_fields=100)
-        except (StarletteHTTPException, MultiPartException) as e:
-            why = str(getattr(e, "detail", None) or getattr(e, "message", e))
-            if why.startswith("Too many files"):
-                raise _Reject(413, f"batch is over this server's limit of {max_batch} images; "
-                                   "split it into several requests") from None
-            raise _Reject(400, f"malformed multipart body: {why}") from None
-        try:
-            parts = []
-            for field in _IMAGE_FIELDS:
-                for value in form.getlist(field):
-                    if not isinstance(value, UploadFile):
-                        raise _Reject(422, f"field {field!r} must be a file upload, not a text value")
-                    parts.append((field, value))
-            if not parts:
-                present = sorted(set(form.keys()))
-                raise _Reject(422, "no image uploaded: send multipart/form-data with field 'file' (one image) or "
-                                   "'files' (a batch)" + (f"; got fields {present}" if present else ""))
-            if len(parts) > max_batch:
-                raise _Reject(413, f"batch of {len(parts)} images is over this server's limit of {max_batch} images; "
-                                   "split it into several requests")
-            blobs = []
-            for i, (field, up) in enumerate(parts):
-                name = up.filename or f"{field}[{i}]"
-                label = f"image {i} ({name})" if len(parts) > 1 else f"image {name!r}"
-                blobs.append((label, await up.read()))
-            return blobs
-        finally:
-            await form.close()
-
-    upload_schema = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object",
-        "properties": {
-            "file": {"type": "string", "format": "binary", "description": "one PNG/JPEG image"},
-            "files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                      "description": "a batch of same-size PNG/JPEG images"},
-        },
-    }}}}}
-
-    async def answer(request: Request, kind: str) -> JSONResponse:
-        try:
-            body = await read_body(request)
-            blobs = await parse_files(request, body)
-            del body
+            blobs = await blobs_of(file, files)
             rows, (h, w) = await run(kind, blobs)
         except _Reject as r:
             return _error(r.status, r.detail)
@@ -385,17 +367,20 @@ def create_app(
             result["logits"] = [r["logits"].tolist() for r in rows]
         return JSONResponse(result)
 
-    @app.post("/embed", openapi_extra=upload_schema)
-    async def embed(request: Request):
+    one = File(None, description="one PNG/JPEG image")
+    many = File(None, description="a batch of same-size PNG/JPEG images")
+
+    @app.post("/embed")
+    async def embed(file: UploadFile | None = one, files: list[UploadFile] | None = many):
         if scores_only:
             return _error(403, "this server is a hosted classifier: it answers class scores only (POST /classify)")
-        return await answer(request, "embed")
+        return await answer("embed", file, files)
 
-    @app.post("/classify", openapi_extra=upload_schema)
-    async def classify(request: Request):
+    @app.post("/classify")
+    async def classify(file: UploadFile | None = one, files: list[UploadFile] | None = many):
         if model.classes is None:
             return _error(403, f"{model.name} has no classifier head; this server answers embeddings only (POST /embed)")
-        return await answer(request, "scores")
+        return await answer("scores", file, files)
 
     return app
 
