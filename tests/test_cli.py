@@ -150,3 +150,51 @@ def test_embedded_backbone_end_to_end_on_real_images(tmp_path):
     want = lib.load(run).predict([img])[0][0]
     got = json.loads(r.stdout.strip().splitlines()[-1])["top"][0]
     assert got["label"] == want[0] and got["score"] == pytest.approx(want[1])
+
+
+class _Reached(Exception):
+    """Raised by the recording forward below: the devices are known, nothing more needs to run."""
+
+
+def test_device_flag_moves_model_and_inputs(digits_run, tiny_weights, tmp_path, monkeypatch):
+    """--device meta on eval, predict and serve: the model's weights and its inputs both land there."""
+    import torch
+
+    from pgn.cli.main import main
+    from pgn.model import PromptedClassifier
+    from pgn.serving import models
+
+    seen = []
+
+    def recording_forward(self, images):
+        seen.append((next(self.parameters()).device.type, images.device.type))
+        raise _Reached
+
+    monkeypatch.setattr(PromptedClassifier, "forward", recording_forward)
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(img)
+    for argv in (["eval", str(digits_run), "--test-limit", "8", "--device", "meta"],
+                 ["predict", "--adapter", str(digits_run), str(img), "--device", "meta"]):
+        with pytest.raises(_Reached):
+            main(argv)
+    assert seen == [("meta", "meta"), ("meta", "meta")]
+
+    served = {}
+
+    def recording_embed(self, x):
+        served["devices"] = (next(self.backbone.parameters()).device.type, x.device.type)
+        raise _Reached
+
+    monkeypatch.setattr(models.TimmServed, "embed", recording_embed)
+    import uvicorn
+
+    def run_once(self, sockets=None):  # instead of serving forever: one forward through the app's batcher
+        app = self.config.app
+        with pytest.raises(_Reached):
+            app.state.batcher.forward("embed", torch.zeros(1, 3, 32, 32))
+        app.state.batcher.close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run_once)
+    assert main(["serve", "--backbone", "timm:test_vit", "--weights", str(tiny_weights), "--port", "0",
+                 "--device", "meta"]) == 0
+    assert served["devices"] == ("meta", "meta")

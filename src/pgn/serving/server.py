@@ -222,14 +222,14 @@ def create_app(
         max_request_pixels = max(16 * input_pixels, max_side * max_side)
     max_request_pixels = int(max_request_pixels)
     device = model.device
-    from ..training.evaluate import native_bf16
+    from ..training.evaluate import bf16_autocast, native_bf16
 
     bf16 = precision == "bf16" or (precision == "auto" and native_bf16(str(device)))
 
     def forward(kind: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, 3, H, W) normalised -> rows to answer with; runs on the batcher's thread."""
         x = x.to(device)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.inference_mode(), bf16_autocast(device, bf16):
             if kind == "scores":
                 out = {"scores": model.scores(x)}
             else:

@@ -1,6 +1,8 @@
 """Evaluation: top-1 / top-5 accuracy and loss under ``torch.inference_mode``."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,6 +16,13 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
 
 
 @torch.inference_mode()
+def bf16_autocast(device: str | torch.device, enabled: bool):
+    """bfloat16 autocast on ``device`` when ``enabled``; otherwise nothing (so any device type works, meta too)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=str(device).split(":")[0], dtype=torch.bfloat16)
+
+
 def evaluate(model: nn.Module, loader, device: str = "cpu", bf16: bool = False,
              progress: bool = True, desc: str = "eval") -> dict:
     """Mean loss, top-1 and top-5 accuracy of ``model`` over ``loader``."""
@@ -23,7 +32,7 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", bf16: bool = False,
     loss_sum = 0.0
     for images, labels in tqdm(loader, desc=desc, leave=False, disable=None if progress else True, dynamic_ncols=True):
         images, labels = images.to(device), labels.to(device)
-        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+        with bf16_autocast(device, bf16):
             logits = model(images)
         logits = logits.float()
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))

@@ -38,7 +38,7 @@ from .distributed import (
     gather_objects,
     init_distributed,
 )
-from .evaluate import evaluate, topk_correct
+from .evaluate import bf16_autocast, evaluate, topk_correct
 from .monitor import OptimizerMonitor
 from .schedule import warmup_cosine
 
@@ -149,7 +149,7 @@ def _extract_features(model: PromptedClassifier, loader, device: str, bf16: bool
                       desc: str) -> TensorDataset:
     feats, labels = [], []
     for images, y in tqdm(loader, desc=desc, leave=False, disable=None if progress else True, dynamic_ncols=True):
-        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+        with bf16_autocast(device, bf16):
             feats.append(model.backbone(images.to(device)).float())
         labels.append(y.to(device))
     return TensorDataset(torch.cat(feats), torch.cat(labels))
@@ -349,7 +349,7 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
                 forward = model.head if use_cache else model  # the DDP-wrapped parts, when distributed
                 for step, (x, y) in enumerate(bar):
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                    with bf16_autocast(device_type, cfg.bf16):
                         logits = forward(x)
                     loss = loss_fn(logits.float(), y)
                     _check_finite(loss, ctx, epoch, step, run_dir)
