@@ -212,16 +212,69 @@ def train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec,
 
 def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec, cfg: TrainConfig, run_dir: Path,
            resume: bool, log, ctx: DistContext) -> dict:
+    """The loop: prepare, then per epoch train, evaluate, log, checkpoint (helpers below, in that order)."""
     main, world = ctx.is_main, ctx.world_size
-    if not main:
-        log = _quiet
+    log = log if main else _quiet
     progress = cfg.progress and main
-    device = ctx.device
-    start_epoch = 0
-    rows: list[dict] = []
-    # Rank 0 alone looks at the run directory (the others may not even share its disk) and tells everyone.
-    problem = None
+    _check_run_dir(run_dir, resume, ctx)
+    seed_everything(cfg.seed)  # the same on every rank
+    model.to(ctx.device)
+    batches = _prepare_data(model, data, cfg, ctx, progress)
+    cfg = batches.cfg
+    scale = cfg.lr_scale(world)
+    optimizer = _optimizer(model, cfg, scale)
+    steps_per_epoch = len(batches.train)  # per process
+    scheduler = warmup_cosine(optimizer, cfg.epochs * steps_per_epoch,
+                              round(cfg.warmup * steps_per_epoch), cfg.final_lr_ratio)
+    if ctx.distributed:
+        log(_lr_rule(cfg, world, optimizer))
+    start_epoch, rows = _restore(model, optimizer, scheduler, run_dir, cfg, ctx, log) if resume else (0, [])
     if main:
+        _write_run_config(run_dir, model, adapter_cfg, data, cfg, ctx, batches.augment, scale)
+    barrier()
+
+    if not resume and cfg.head_init == "zero" and hasattr(model.head, "fc"):
+        nn.init.zeros_(model.head.fc.weight)  # an ablation: no gradient reaches the features at step 0
+        nn.init.zeros_(model.head.fc.bias)
+    monitor = OptimizerMonitor(optimizer, model.prompts)
+    parts = DataParallelParts(model, ctx)  # SyncBatchNorm + DDP; nothing with one process
+    if ctx.distributed and not resume:
+        seed_everything(cfg.seed + ctx.rank)  # weights are identical by now; augmentation differs per rank
+    row: dict = {}
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            seen, loss_sum, correct = _train_epoch(model, batches, parts, optimizer, scheduler, monitor, cfg, ctx,
+                                                   epoch, run_dir, progress)
+            train_time = time.perf_counter() - t0
+            test = _evaluate(batches.net, batches.test, batches.n_test, cfg, ctx, progress)
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
+                   "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
+                   "lr": optimizer.param_groups[-1]["lr"], "train_seconds": round(train_time, 2),
+                   "train_images_per_s": round(seen / train_time, 2), **_monitor_stats(monitor, ctx)}
+            if batches.use_cache:
+                row["features_cached"] = True  # images/s counts the head alone
+            top5 = f" top5 {row['test_top5']:.4f}" if len(data.class_names) > 5 else ""
+            log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_top1']:.4f}  "
+                f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:.4f}{top5}  ({train_time:.0f}s)")
+            rows.append(row)
+            state = _trainer_state(optimizer, scheduler, epoch, ctx)
+            if main:
+                # Weights, trainer state and every metrics row so far, as one directory renamed into place.
+                save_checkpoint(run_dir, epoch + 1, lambda d: save_adapter(model, adapter_cfg, d), state, rows)
+            barrier()  # the files of this epoch are complete before any rank goes on
+    finally:
+        parts.close()  # plain modules (no DDP, BatchNorm again) in the model that is returned
+    if not row:  # resumed a finished run
+        rows = read_metrics(run_dir) if main else []
+        row = broadcast_object(rows[-1] if rows else {})
+    return row
+
+
+def _check_run_dir(run_dir: Path, resume: bool, ctx: DistContext) -> None:
+    """Refuse to start over a run, or to resume nothing; rank 0 looks and tells every rank."""
+    problem = None
+    if ctx.is_main:  # the others may not even share its disk
         # Under the lock: clear what a killed writer left and re-derive metrics.jsonl from the last checkpoint.
         checkpoint = repair(run_dir)
         if resume:
@@ -233,17 +286,34 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
     problem = broadcast_object(problem)
     if problem:
         raise PGNError(problem)
-    if main:
+    if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)  # the same on every rank
-    model.to(device)
 
+
+@dataclass
+class _Batches:
+    """What the loop iterates: the trained network's input, loaders, and how the data was prepared."""
+
+    net: nn.Module        # the model, or its head alone when the frozen features are cached
+    train: DataLoader
+    test: DataLoader
+    sampler: DistributedSampler | None
+    n_test: int           # test samples of this rank
+    use_cache: bool
+    augment: bool
+    cfg: TrainConfig      # num_workers is 0 when features are cached
+
+
+def _prepare_data(model: PromptedClassifier, data: DataSpec, cfg: TrainConfig, ctx: DistContext,
+                  progress: bool) -> _Batches:
+    device, world = ctx.device, ctx.world_size
     frozen_features = model.prompts is None and model.input_prompt is None and not model.finetune
     augment = getattr(data, "augmented", False)  # the dataset decides (DataSpec.augmented)
     use_cache = frozen_features and not augment and cfg.cache_features
     # Evaluation is sharded without padding (rank r takes test samples r, r + W, ...), so every
     # test sample is counted exactly once; the sums are added up over the ranks.
     test_set = Subset(data.test, range(ctx.rank, len(data.test), world)) if ctx.distributed else data.test
+    n_test = len(test_set)
     if use_cache:
         # Linear probe: the frozen features never change, so compute them once.
         if ctx.distributed:
@@ -254,11 +324,10 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
         if len(test_set) or not ctx.distributed:  # a rank may hold no test sample
             test_set = _extract_features(model, _loader(test_set, cfg, False), device, cfg.bf16, progress,
                                          "features test")
+        # Features already sit on the device: worker processes could neither use nor speed them.
+        cfg = dataclasses.replace(cfg, num_workers=0)
     else:
         train_set = data.train
-    net = model.head if use_cache else model
-    if use_cache:  # features already sit on the device: worker processes could neither use nor speed them
-        cfg = dataclasses.replace(cfg, num_workers=0)
     sampler = None
     if ctx.distributed:
         # Rank r trains on samples perm[r], perm[r + W], ... of one seeded permutation per epoch (set_epoch),
@@ -269,141 +338,125 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
                                   num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
     else:
         train_loader = _loader(train_set, cfg, shuffle=True)
-    test_loader = _loader(test_set, cfg, shuffle=False)
+    return _Batches(net=model.head if use_cache else model, train=train_loader,
+                    test=_loader(test_set, cfg, shuffle=False), sampler=sampler, n_test=n_test,
+                    use_cache=use_cache, augment=augment, cfg=cfg)
 
-    scale = cfg.lr_scale(world)
-    optimizer = _optimizer(model, cfg, scale)
-    steps_per_epoch = len(train_loader)  # per process
-    scheduler = warmup_cosine(optimizer, cfg.epochs * steps_per_epoch,
-                              round(cfg.warmup * steps_per_epoch), cfg.final_lr_ratio)
+
+def _restore(model: PromptedClassifier, optimizer, scheduler, run_dir: Path, cfg: TrainConfig, ctx: DistContext,
+             log) -> tuple[int, list[dict]]:
+    """Load the last checkpoint's weights, optimizer, scheduler and RNG states; (first epoch to run, rows so far)."""
+    device, world = ctx.device, ctx.world_size
     if ctx.distributed:
-        log(_lr_rule(cfg, world, optimizer))
-    if resume:
-        if ctx.distributed:
-            weights, state, rows = _load_resume_shared(model, run_dir, ctx)
-        else:
-            checkpoint = latest_checkpoint(run_dir)
-            state = load_state(checkpoint, device)
-            loaded, _ = load_adapter(checkpoint, backbone=model.backbone, map_location=device)
-            weights = loaded.trainable_modules().state_dict()
-            rows = checkpoint_rows(checkpoint)
-        model.trainable_modules().load_state_dict(weights)
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except ValueError as e:
-            raise PGNError(f"cannot resume {run_dir}: its optimizer state does not fit this version's parameter "
-                           f"groups ({e}); start a new run") from e
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"]) + 1
-        if ctx.distributed:
-            trained_on = int(state.get("world_size", 1))
-            per_rank = state.get("rng_per_rank")
-            if per_rank is not None and len(per_rank) == world:
-                torch.set_rng_state(per_rank[ctx.rank])
-            else:
-                seed_everything(cfg.seed + ctx.rank + 1_000 * start_epoch)
-            if trained_on != world:
-                log(f"note: this run was trained on {trained_on} process(es) and resumes on {world}: the data order "
-                    f"and steps per epoch change, the learning rates stay those of the checkpoint")
-        else:
-            _set_rng(state)
-        log(f"resuming {run_dir} at epoch {start_epoch + 1}/{cfg.epochs}")
-    if main:
-        config = {
-            "adapter": asdict(adapter_cfg), "train": asdict(cfg), "augment": augment,
-            "dataset": {"name": data.name, "train_size": len(data.train), "test_size": len(data.test),
-                        "num_classes": len(data.class_names)},
-            "trainable_parameters": model.num_trainable(),
-        }
-        if ctx.distributed:
-            config["distributed"] = {"world_size": world, "global_batch_size": world * cfg.batch_size,
-                                     "lr_scale": scale}
-        write_json(run_dir / "config.json", config)
-    barrier()
-
-    if not resume and cfg.head_init == "zero" and hasattr(model.head, "fc"):
-        nn.init.zeros_(model.head.fc.weight)  # an ablation: no gradient reaches the features at step 0
-        nn.init.zeros_(model.head.fc.bias)
-    monitor = OptimizerMonitor(optimizer, model.prompts)
-    parts = DataParallelParts(model, ctx)  # SyncBatchNorm + DDP; nothing with one process
-    if ctx.distributed and not resume:
-        seed_everything(cfg.seed + ctx.rank)  # weights are identical by now; augmentation differs per rank
-    row: dict = {}
-    device_type = device.split(":")[0]
+        weights, state, rows = _load_resume_shared(model, run_dir, ctx)
+    else:
+        checkpoint = latest_checkpoint(run_dir)
+        state = load_state(checkpoint, device)
+        loaded, _ = load_adapter(checkpoint, backbone=model.backbone, map_location=device)
+        weights = loaded.trainable_modules().state_dict()
+        rows = checkpoint_rows(checkpoint)
+    model.trainable_modules().load_state_dict(weights)
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            net.train()
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            else:
-                train_loader.generator.manual_seed(cfg.seed + epoch)
-            t0 = time.perf_counter()
-            seen = correct = 0
-            loss_sum = 0.0
-            # disable=None: tqdm draws bars on a terminal and stays quiet in a redirected log.
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if progress else True,
-                       leave=False, dynamic_ncols=True)
-            # A head may define its own loss (pgn.multi: each sample sees only its dataset's classes).
-            loss_fn = getattr(model.head, "loss", None) or F.cross_entropy
-            with parts.active():
-                forward = model.head if use_cache else model  # the DDP-wrapped parts, when distributed
-                for step, (x, y) in enumerate(bar):
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    with bf16_autocast(device_type, cfg.bf16):
-                        logits = forward(x)
-                    loss = loss_fn(logits.float(), y)
-                    _check_finite(loss, ctx, epoch, step, run_dir)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    monitor.before_step()  # gradient norms as computed, before any clipping
-                    if cfg.grad_clip:
-                        total = torch.nn.utils.clip_grad_norm_(
-                            [p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
-                        monitor.clipped(total, cfg.grad_clip)
-                    optimizer.step()
-                    monitor.after_step()
-                    scheduler.step()
-                    seen += y.numel()
-                    loss_sum += loss.item() * y.numel()
-                    correct += topk_correct(logits.detach().float(), y, 1)
-                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                                    lr=f"{optimizer.param_groups[-1]['lr']:.3g}")
-            if ctx.distributed:
-                totals = all_reduce_sum(torch.tensor([seen, loss_sum, correct], dtype=torch.float64, device=device))
-                seen, loss_sum, correct = int(totals[0]), float(totals[1]), int(totals[2])
-            train_time = time.perf_counter() - t0
-            test = _evaluate(net, test_loader, len(test_set), cfg, ctx, progress)
-            row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
-                   "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
-                   "lr": optimizer.param_groups[-1]["lr"], "train_seconds": round(train_time, 2),
-                   "train_images_per_s": round(seen / train_time, 2)}
-            stats = monitor.epoch_summary()
-            if ctx.distributed and stats:  # mixture statistics are per rank: average them (gradients already agree)
-                keys = sorted(stats)
-                total = all_reduce_sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device))
-                stats = dict(zip(keys, (total / world).tolist()))
-            row.update({k: float(f"{v:.5g}") for k, v in stats.items()})  # 5 significant digits
-            if use_cache:
-                row["features_cached"] = True  # images/s counts the head alone
-            top5 = f" top5 {row['test_top5']:.4f}" if len(data.class_names) > 5 else ""
-            log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_top1']:.4f}  "
-                f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:.4f}{top5}  ({train_time:.0f}s)")
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                     **_rng_states()}
-            if ctx.distributed:
-                state["rng_per_rank"] = gather_objects(torch.get_rng_state())
-                state["world_size"] = world
-            rows.append(row)
-            if main:
-                # Weights, trainer state and every metrics row so far, as one directory renamed into place.
-                save_checkpoint(run_dir, epoch + 1, lambda d: save_adapter(model, adapter_cfg, d), state, rows)
-            barrier()  # the files of this epoch are complete before any rank goes on
-    finally:
-        parts.close()  # plain modules (no DDP, BatchNorm again) in the model that is returned
-    if not row:  # resumed a finished run
-        rows = read_metrics(run_dir) if main else []
-        row = broadcast_object(rows[-1] if rows else {})
-    return row
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as e:
+        raise PGNError(f"cannot resume {run_dir}: its optimizer state does not fit this version's parameter "
+                       f"groups ({e}); start a new run") from e
+    scheduler.load_state_dict(state["scheduler"])
+    start_epoch = int(state["epoch"]) + 1
+    if ctx.distributed:
+        trained_on = int(state.get("world_size", 1))
+        per_rank = state.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == world:
+            torch.set_rng_state(per_rank[ctx.rank])
+        else:
+            seed_everything(cfg.seed + ctx.rank + 1_000 * start_epoch)
+        if trained_on != world:
+            log(f"note: this run was trained on {trained_on} process(es) and resumes on {world}: the data order "
+                f"and steps per epoch change, the learning rates stay those of the checkpoint")
+    else:
+        _set_rng(state)
+    log(f"resuming {run_dir} at epoch {start_epoch + 1}/{cfg.epochs}")
+    return start_epoch, rows
+
+
+def _write_run_config(run_dir: Path, model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec,
+                      cfg: TrainConfig, ctx: DistContext, augment: bool, scale: int) -> None:
+    config = {
+        "adapter": asdict(adapter_cfg), "train": asdict(cfg), "augment": augment,
+        "dataset": {"name": data.name, "train_size": len(data.train), "test_size": len(data.test),
+                    "num_classes": len(data.class_names)},
+        "trainable_parameters": model.num_trainable(),
+    }
+    if ctx.distributed:
+        config["distributed"] = {"world_size": ctx.world_size, "global_batch_size": ctx.world_size * cfg.batch_size,
+                                 "lr_scale": scale}
+    write_json(run_dir / "config.json", config)
+
+
+def _train_epoch(model: PromptedClassifier, batches: _Batches, parts: DataParallelParts, optimizer, scheduler,
+                 monitor: OptimizerMonitor, cfg: TrainConfig, ctx: DistContext, epoch: int, run_dir: Path,
+                 progress: bool) -> tuple[int, float, int]:
+    """One pass over the training data; (images seen, summed loss, correct top-1), summed over ranks."""
+    device = ctx.device
+    batches.net.train()
+    if batches.sampler is not None:
+        batches.sampler.set_epoch(epoch)
+    else:
+        batches.train.generator.manual_seed(cfg.seed + epoch)
+    seen = correct = 0
+    loss_sum = 0.0
+    # disable=None: tqdm draws bars on a terminal and stays quiet in a redirected log.
+    bar = tqdm(batches.train, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if progress else True,
+               leave=False, dynamic_ncols=True)
+    # A head may define its own loss (pgn.multi: each sample sees only its dataset's classes).
+    loss_fn = getattr(model.head, "loss", None) or F.cross_entropy
+    with parts.active():
+        forward = model.head if batches.use_cache else model  # the DDP-wrapped parts, when distributed
+        for step, (x, y) in enumerate(bar):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with bf16_autocast(device, cfg.bf16):
+                logits = forward(x)
+            loss = loss_fn(logits.float(), y)
+            _check_finite(loss, ctx, epoch, step, run_dir)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            monitor.before_step()  # gradient norms as computed, before any clipping
+            if cfg.grad_clip:
+                total = torch.nn.utils.clip_grad_norm_(
+                    [p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+                monitor.clipped(total, cfg.grad_clip)
+            optimizer.step()
+            monitor.after_step()
+            scheduler.step()
+            seen += y.numel()
+            loss_sum += loss.item() * y.numel()
+            correct += topk_correct(logits.detach().float(), y, 1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                            lr=f"{optimizer.param_groups[-1]['lr']:.3g}")
+    if ctx.distributed:
+        totals = all_reduce_sum(torch.tensor([seen, loss_sum, correct], dtype=torch.float64, device=device))
+        seen, loss_sum, correct = int(totals[0]), float(totals[1]), int(totals[2])
+    return seen, loss_sum, correct
+
+
+def _monitor_stats(monitor: OptimizerMonitor, ctx: DistContext) -> dict:
+    """The epoch's optimiser statistics, to 5 significant digits; mixture statistics averaged over ranks."""
+    stats = monitor.epoch_summary()
+    if ctx.distributed and stats:  # gradients already agree across ranks; mixtures are per rank
+        keys = sorted(stats)
+        total = all_reduce_sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=ctx.device))
+        stats = dict(zip(keys, (total / ctx.world_size).tolist()))
+    return {k: float(f"{v:.5g}") for k, v in stats.items()}
+
+
+def _trainer_state(optimizer, scheduler, epoch: int, ctx: DistContext) -> dict:
+    """Optimizer, scheduler and RNG states after ``epoch`` (every rank's torch RNG when distributed)."""
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+             **_rng_states()}
+    if ctx.distributed:
+        state["rng_per_rank"] = gather_objects(torch.get_rng_state())
+        state["world_size"] = ctx.world_size
+    return state
 
 
 def _lr_rule(cfg: TrainConfig, world: int, optimizer: torch.optim.Optimizer) -> str:
