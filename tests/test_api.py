@@ -55,8 +55,10 @@ def test_create_model_refuses_unknown_options():
         pgn.create_model(bb, "pgn", classes=["a", "b"], img_size=64, libary_size=8)
     with pytest.raises(PGNError, match="classes is empty"):
         pgn.create_model(bb, "linear", img_size=64)
-    with pytest.raises(PGNError, match="apply to method 'pgn', not 'linear'"):
+    with pytest.raises(PGNError, match="unknown option.*library_size for method 'linear'"):
         pgn.create_model(bb, "linear", classes=["a", "b"], img_size=64, library_size=8)
+    with pytest.raises(PGNError, match="go into the method config"):
+        pgn.create_model(bb, pgn.PGNConfig(), classes=["a", "b"], img_size=64, library_size=8)
     model = pgn.create_model(bb, "linear", classes=["a", "b", "c"], img_size=64)
     with pytest.raises(PGNError, match="unknown training option"):
         pgn.train(model, spec(), epochs=1, learning_rate=0.1)
@@ -86,3 +88,18 @@ def test_adapters_written_by_this_version_keep_loading():
     with torch.no_grad():
         torch.testing.assert_close(model.prompts(expected["x"]), expected["prompts"], rtol=0, atol=0)
         torch.testing.assert_close(model.head(expected["features"]), expected["head"], rtol=0, atol=0)
+
+
+def test_method_configs_are_the_typed_form_of_method_names():
+    bb = make_tiny_vit()
+    cases = [(pgn.PGNConfig(num_prompts=4, library_size=8, layout="frame", library_space="pixel"),
+              dict(num_prompts=4, library_size=8, layout="frame", library_space="pixel")),
+             (pgn.IIPConfig(num_prompts=3), dict(num_prompts=3)), (pgn.VPConfig(pad=6), dict(pad=6)),
+             (pgn.LinearConfig(head_norm="none"), dict(head_norm="none")), (pgn.FinetuneConfig(), {})]
+    for typed, options in cases:
+        a = pgn.create_model(bb, typed, classes=["a", "b"], img_size=64)
+        b = pgn.create_model(bb, typed.method, classes=["a", "b"], img_size=64, **options)
+        assert a.config == b.config and a.config.method == typed.method
+    assert pgn.create_model(bb, pgn.VPConfig(pad=6), classes=["a", "b"], img_size=64).config.vp_pad == 6
+    assert pgn.create_model(bb, "vp", classes=["a", "b"], img_size=224).config.vp_pad == 30  # the paper's frame
+    assert pgn.create_model(bb, pgn.PGNConfig(num_prompts=5), classes=["a", "b"], img_size=64).prompts.num_prompts == 5

@@ -11,6 +11,7 @@ Library layout (data flows one way)::
     adapter.py   save/load the trainable parts (safetensors + JSON, validated on load)
     pixels.py    8-bit RGB <-> normalised tensors, the one place (exact input-space deployment needs it)
     presets.py   budgets: the cpu default and the paper's recipe (sizes + TrainConfig)
+    methods.py   one small config per method (PGNConfig, IIPConfig, VPConfig, LinearConfig, ...)
     api.py       create_model / train / evaluate / load: the Python entry point
     training/    the training loop, atomic checkpoints, optimiser monitor, evaluation, schedule, DDP
     multi.py     one PGN over several datasets (a head per dataset)
@@ -23,7 +24,8 @@ The command line (``pgn.cli``) sits on top; the library never imports it.
 from .errors import PGNError
 
 __version__ = "0.1.0"
-__all__ = ["PGNError", "__version__", "create_model", "evaluate", "load", "train"]
+_METHOD_CONFIGS = ("PGNConfig", "IIPConfig", "VPConfig", "LinearConfig", "FinetuneConfig", "ZeroShotConfig")
+__all__ = ["PGNError", "__version__", "create_model", "evaluate", "load", "train", *_METHOD_CONFIGS]
 
 
 def __getattr__(name: str):
@@ -32,4 +34,8 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name in _METHOD_CONFIGS:
+        from . import methods
+
+        return getattr(methods, name)
     raise AttributeError(f"module 'pgn' has no attribute {name!r}")

@@ -23,38 +23,33 @@ from .adapter import adapter_config, build_classifier, load_adapter
 from .backbones import DEFAULT_BACKBONE, FrozenBackbone, create_backbone
 from .data import DataSpec, build_dataset
 from .errors import PGNError
+from .methods import MethodConfig, method_config_of
 from .model import PromptedClassifier
-from .prompts import GeneratorConfig
 from .training import TrainConfig
 from .training import train as _train_loop
 
-_GENERATOR_FIELDS = {f.name for f in fields(GeneratorConfig)} - {"num_prompts", "input_size"}
 _TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"epochs"}
 
 
-def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str = "pgn",
+def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str | MethodConfig = "pgn",
                  classes: Sequence[str] = (), *, img_size: int = 112, weights: str | None = None,
-                 num_prompts: int = 16, layout: str = "append", head: str = "linear", head_norm: str = "batchnorm",
-                 template: str | None = None, vp_pad: int | None = None, dataset: str | None = None,
-                 generator_size: int | None = None, **generator) -> PromptedClassifier:
+                 dataset: str | None = None, **options) -> PromptedClassifier:
     """A freshly initialised classifier of ``method`` on a frozen ``backbone`` (a name or a built backbone).
 
-    ``classes`` are the class names (for the zero-shot head, the text it reads). ``generator``
-    takes :class:`~pgn.prompts.GeneratorConfig` fields (``library_size``, ``library_space``,
-    ``arch``, ``mixing``, ...); ``generator_size`` is its input resolution (default ``img_size``).
+    ``method``: a method config of :mod:`pgn.methods` (``PGNConfig(library_size=256)``), or its name
+    with the config's fields as ``options`` (``"pgn", library_size=256``). ``classes`` are the class
+    names (for the zero-shot head, the text it reads). Preprocessing comes from the backbone.
     """
-    unknown = sorted(set(generator) - _GENERATOR_FIELDS)
-    if unknown:
-        raise PGNError(f"unknown option(s) {', '.join(unknown)}; generator options are {', '.join(sorted(_GENERATOR_FIELDS))}")
+    if isinstance(method, str):
+        method = method_config_of(method, **options)
+    elif options:
+        raise PGNError(f"options ({', '.join(sorted(options))}) go into the method config itself, e.g. "
+                       f"{type(method).__name__}({next(iter(options))}=...)")
     if not classes:
         raise PGNError("classes is empty; pass the class names, e.g. classes=['cat', 'dog']")
-    if generator and method != "pgn":
-        raise PGNError(f"generator options ({', '.join(sorted(generator))}) apply to method 'pgn', not {method!r}")
     bb = create_backbone(backbone, weights) if isinstance(backbone, str) else backbone
-    gen = {"input_size": generator_size or img_size, **generator} if method == "pgn" else None
-    cfg = adapter_config(bb, method, classes, img_size=img_size, num_prompts=num_prompts, generator=gen,
-                         layout=layout, head=head, head_norm=head_norm, template=template, vp_pad=vp_pad,
-                         dataset=dataset, backbone_weights=weights)
+    cfg = adapter_config(bb, method.method, classes, img_size=img_size, dataset=dataset, backbone_weights=weights,
+                         **method.adapter_kwargs(img_size))
     return build_classifier(cfg, bb)
 
 
