@@ -210,17 +210,18 @@ WORKER = textwrap.dedent("""
         report(method, train(model, acfg, T.data(), T.config(T.B, epochs=1, lr=T.OTHER_METHODS[method]),
                              run_dir(method), log=log))
 
-    from pgn.training.distributed import DataParallelParts, init_distributed
+    from pgn.training.distributed import DataParallelModel, init_distributed
     ctx = init_distributed("cpu")  # the group train() made
     for method in ("pgn", "linear", "finetune"):
         model, _ = T.fresh(method)
-        parts = DataParallelParts(model, ctx)
-        wrapped = sorted(parts.wrapped)
+        parts = DataParallelModel(model, model, ctx)
+        wrapper = type(parts.forward).__name__
+        synced = parts.synchronised
         norms = sorted({{type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__}} - {{"LayerNorm"}})
         parts.close()
         after = sorted({{type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__}} - {{"LayerNorm"}})
-        assert not parts.wrapped and type(model.head).__name__ != "DistributedDataParallel"
-        say(f"WRAPPED{{rank}} {{method}} " + json.dumps([wrapped, norms, after]))
+        assert parts.forward is model
+        say(f"WRAPPED{{rank}} {{method}} " + json.dumps([wrapper, synced, norms, after]))
     del parts
 
     from pgn import PGNError
@@ -345,13 +346,15 @@ def test_other_methods_match_too(two_process_runs, method):
     assert any(not torch.equal(got[k], start[k]) for k in got), "training did not move any weight"
 
 
-def test_only_the_trained_parts_are_wrapped(two_process_runs):
+def test_one_wrapper_synchronises_only_the_trained_parts(two_process_runs):
     wrapped = {m.group(1): json.loads(m.group(2))
                for m in re.finditer(r"^WRAPPED0 (\w+) (.*)$", two_process_runs["stdout"], re.MULTILINE)}
+    # One DDP around the model; it averages the gradients of what trains (the frozen backbone has none).
     # Every BatchNorm (the generator's, the head's input normalisation) is synced while training, restored after.
-    assert wrapped["pgn"] == [["head", "prompts"], ["_CPUSyncBatchNorm"], ["BatchNorm1d", "BatchNorm2d"]]
-    assert wrapped["linear"] == [["head"], ["_CPUSyncBatchNorm"], ["BatchNorm1d"]]  # the frozen backbone is never
-    assert wrapped["finetune"] == [["backbone", "head"], ["_CPUSyncBatchNorm"], ["BatchNorm1d"]]  # wrapped unless trained
+    ddp = "DistributedDataParallel"
+    assert wrapped["pgn"] == [ddp, ["head", "prompts"], ["_CPUSyncBatchNorm"], ["BatchNorm1d", "BatchNorm2d"]]
+    assert wrapped["linear"] == [ddp, ["head"], ["_CPUSyncBatchNorm"], ["BatchNorm1d"]]
+    assert wrapped["finetune"] == [ddp, ["backbone", "head"], ["_CPUSyncBatchNorm"], ["BatchNorm1d"]]
 
 
 def test_resume_under_torchrun_continues_exactly(two_process_runs):

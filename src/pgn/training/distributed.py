@@ -8,10 +8,10 @@ dead peer ends the job with an error instead of hanging it.
 
 With one process (no ``WORLD_SIZE``, or ``WORLD_SIZE=1``) everything here is a no-op.
 
-:class:`DataParallelParts` wraps the trainable parts of a
-:class:`~pgn.model.PromptedClassifier` (never the frozen backbone) in
-``DistributedDataParallel`` and converts the prompt generator's BatchNorm to
-``SyncBatchNorm``, so N processes with batch B train exactly like one with batch N*B.
+:class:`DataParallelModel` wraps the network a run trains in one ``DistributedDataParallel``
+(which synchronises only what requires grad, never the frozen backbone) and converts the prompt
+generator's BatchNorm to ``SyncBatchNorm``, so N processes with batch B train exactly like one with
+batch N*B.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import atexit
 import gc
 import importlib
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -277,53 +276,40 @@ def convert_sync_batchnorm(module: nn.Module, device: str = "cuda"):
 
 # --------------------------------------------------------------------------- DDP for the trainable parts
 
-class DataParallelParts:
-    """DDP wrappers for the trainable parts of a :class:`~pgn.model.PromptedClassifier`.
+class DataParallelModel:
+    """One ``DistributedDataParallel`` around the network a run trains; nothing with one process.
 
-    Each entry of ``model.trainable_modules()`` with parameters that require grad (head,
-    prompts, input_prompt, backbone when fine-tuning) gets its own
-    ``DistributedDataParallel``; the frozen backbone is never wrapped. The prompt
-    generator's and the head's BatchNorm become ``SyncBatchNorm``. ``active()`` swaps the wrappers in as
-    the model's attributes (``model.prompts(images)`` then runs through DDP) and puts the
-    plain modules back on exit; ``close()`` undoes the SyncBatchNorm conversion, so what is
-    saved and returned is free of DDP. With one process it does nothing.
+    ``net`` is the classifier itself, or its head alone when the frozen features are cached.
+    DDP synchronises only parameters that require grad, so the frozen backbone inside the
+    wrapper costs no communication. While training, the prompt generator's and the head's
+    BatchNorm become ``SyncBatchNorm`` (they see the global batch); :meth:`close` restores them
+    and drops the wrapper, so what is saved and returned is free of DDP.
     """
 
-    def __init__(self, model: nn.Module, ctx: DistContext):
+    def __init__(self, net: nn.Module, model: nn.Module, ctx: DistContext):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        self.model = model
-        self.plain: dict[str, nn.Module] = {}
-        self.wrapped: dict[str, nn.Module] = {}
+        self.net = net
+        self.forward: nn.Module = net  # what the training step calls
         self._restore_bn = lambda: None
         if not ctx.distributed:
             return
-        # The generator's BatchNorm and the head's input BatchNorm see the global batch.
         restores = [convert_sync_batchnorm(part, ctx.device) for part in (getattr(model, "prompts", None), model.head)
                     if part is not None]
         self._restore_bn = lambda: [restore() for restore in restores]
-        device_ids = [ctx.local_rank] if ctx.device.startswith("cuda") else None
-        for name, module in model.trainable_modules().items():
-            if any(p.requires_grad for p in module.parameters()):
-                self.plain[name] = module
-                # DDP broadcasts rank 0's parameters and buffers here, so all ranks start identical.
-                self.wrapped[name] = DDP(module, device_ids=device_ids)
+        if any(p.requires_grad for p in net.parameters()):
+            # DDP broadcasts rank 0's parameters and buffers here, so all ranks start identical.
+            self.forward = DDP(net, device_ids=[ctx.local_rank] if ctx.device.startswith("cuda") else None)
 
-    @contextmanager
-    def active(self):
-        for name, wrapper in self.wrapped.items():
-            setattr(self.model, name, wrapper)
-        try:
-            yield self.model
-        finally:
-            for name, module in self.plain.items():
-                setattr(self.model, name, module)
+    @property
+    def synchronised(self) -> list[str]:
+        """The top-level parts whose gradients DDP averages (for tests and logs)."""
+        return sorted({name.split(".")[0] for name, p in self.net.named_parameters() if p.requires_grad}
+                      if self.forward is not self.net else set())
 
     def close(self) -> None:
-        for name, module in self.plain.items():
-            setattr(self.model, name, module)
-        # Drop the DDP wrappers now: they hold the process group, which must not outlive
+        # Drop the DDP wrapper now: it holds the process group, which must not outlive
         # destroy_process_group (a gloo group freed at interpreter exit can abort the process).
-        self.wrapped.clear()
+        self.forward = self.net
         self._restore_bn()
         self._restore_bn = lambda: None

@@ -29,7 +29,7 @@ from ..files import run_lock, write_json
 from ..model import PromptedClassifier
 from .checkpoint import METRICS_FILE, checkpoint_rows, latest_checkpoint, load_state, read_metrics, repair, save_checkpoint
 from .distributed import (
-    DataParallelParts,
+    DataParallelModel,
     DistContext,
     all_gather,
     all_reduce_sum,
@@ -237,7 +237,7 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
         nn.init.zeros_(model.head.fc.weight)  # an ablation: no gradient reaches the features at step 0
         nn.init.zeros_(model.head.fc.bias)
     monitor = OptimizerMonitor(optimizer, model.prompts)
-    parts = DataParallelParts(model, ctx)  # SyncBatchNorm + DDP; nothing with one process
+    parts = DataParallelModel(batches.net, model, ctx)  # one DDP wrapper + SyncBatchNorm; nothing with one process
     if ctx.distributed and not resume:
         seed_everything(cfg.seed + ctx.rank)  # weights are identical by now; augmentation differs per rank
     row: dict = {}
@@ -264,7 +264,7 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
                 save_checkpoint(run_dir, epoch + 1, lambda d: save_adapter(model, adapter_cfg, d), state, rows)
             barrier()  # the files of this epoch are complete before any rank goes on
     finally:
-        parts.close()  # plain modules (no DDP, BatchNorm again) in the model that is returned
+        parts.close()  # no DDP, BatchNorm again: the model that is returned is plain
     if not row:  # resumed a finished run
         rows = read_metrics(run_dir) if main else []
         row = broadcast_object(rows[-1] if rows else {})
@@ -393,7 +393,7 @@ def _write_run_config(run_dir: Path, model: PromptedClassifier, adapter_cfg: Ada
     write_json(run_dir / "config.json", config)
 
 
-def _train_epoch(model: PromptedClassifier, batches: _Batches, parts: DataParallelParts, optimizer, scheduler,
+def _train_epoch(model: PromptedClassifier, batches: _Batches, parts: DataParallelModel, optimizer, scheduler,
                  monitor: OptimizerMonitor, cfg: TrainConfig, ctx: DistContext, epoch: int, run_dir: Path,
                  progress: bool) -> tuple[int, float, int]:
     """One pass over the training data; (images seen, summed loss, correct top-1), summed over ranks."""
@@ -410,29 +410,28 @@ def _train_epoch(model: PromptedClassifier, batches: _Batches, parts: DataParall
                leave=False, dynamic_ncols=True)
     # A head may define its own loss (pgn.multi: each sample sees only its dataset's classes).
     loss_fn = getattr(model.head, "loss", None) or F.cross_entropy
-    with parts.active():
-        forward = model.head if batches.use_cache else model  # the DDP-wrapped parts, when distributed
-        for step, (x, y) in enumerate(bar):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with bf16_autocast(device, cfg.bf16):
-                logits = forward(x)
-            loss = loss_fn(logits.float(), y)
-            _check_finite(loss, ctx, epoch, step, run_dir)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            monitor.before_step()  # gradient norms as computed, before any clipping
-            if cfg.grad_clip:
-                total = torch.nn.utils.clip_grad_norm_(
-                    [p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
-                monitor.clipped(total, cfg.grad_clip)
-            optimizer.step()
-            monitor.after_step()
-            scheduler.step()
-            seen += y.numel()
-            loss_sum += loss.item() * y.numel()
-            correct += topk_correct(logits.detach().float(), y, 1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                            lr=f"{optimizer.param_groups[-1]['lr']:.3g}")
+    forward = parts.forward  # the DDP wrapper, when distributed
+    for step, (x, y) in enumerate(bar):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with bf16_autocast(device, cfg.bf16):
+            logits = forward(x)
+        loss = loss_fn(logits.float(), y)
+        _check_finite(loss, ctx, epoch, step, run_dir)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        monitor.before_step()  # gradient norms as computed, before any clipping
+        if cfg.grad_clip:
+            total = torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                                   cfg.grad_clip)
+            monitor.clipped(total, cfg.grad_clip)
+        optimizer.step()
+        monitor.after_step()
+        scheduler.step()
+        seen += y.numel()
+        loss_sum += loss.item() * y.numel()
+        correct += topk_correct(logits.detach().float(), y, 1)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                        lr=f"{optimizer.param_groups[-1]['lr']:.3g}")
     if ctx.distributed:
         totals = all_reduce_sum(torch.tensor([seen, loss_sum, correct], dtype=torch.float64, device=device))
         seen, loss_sum, correct = int(totals[0]), float(totals[1]), int(totals[2])
