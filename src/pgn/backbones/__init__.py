@@ -41,13 +41,7 @@ def _hub_cached_file(pretrained_cfg) -> str | None:
     hub_id = getattr(pretrained_cfg, "hf_hub_id", None)
     if not hub_id:
         return None
-    from huggingface_hub import try_to_load_from_cache
-
-    for fname in ("model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin"):
-        hit = try_to_load_from_cache(hub_id, fname)
-        if isinstance(hit, str):
-            return hit
-    return None
+    return hub.hf_cached_file(hub_id, ("model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin"))
 
 
 def _create_timm(model_name: str, weights: str | None):
