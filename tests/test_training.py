@@ -268,3 +268,22 @@ def test_the_dataset_decides_augmentation_and_augmented_features_are_never_cache
         cached[augment] = row.get("features_cached", False)
         assert json.loads((tmp_path / f"aug{augment}" / "config.json").read_text())["augment"] is augment
     assert cached == {False: True, True: False}  # the probe runs the frozen ViT on every augmented draw
+
+
+def test_evaluation_runs_in_inference_mode():
+    from pgn.training import evaluate
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+            self.modes = []
+
+        def forward(self, x):
+            self.modes.append(torch.is_inference_mode_enabled())
+            return self.fc(x)
+
+    probe = Probe()
+    loader = [(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))]
+    out = evaluate(probe, loader, progress=False)
+    assert probe.modes == [True] and out["n"] == 5  # no autograd graph is built while scoring

@@ -15,7 +15,6 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
     return int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
 
 
-@torch.inference_mode()
 def bf16_autocast(device: str | torch.device, enabled: bool):
     """bfloat16 autocast on ``device`` when ``enabled``; otherwise nothing (so any device type works, meta too)."""
     if not enabled:
@@ -23,6 +22,7 @@ def bf16_autocast(device: str | torch.device, enabled: bool):
     return torch.autocast(device_type=str(device).split(":")[0], dtype=torch.bfloat16)
 
 
+@torch.inference_mode()
 def evaluate(model: nn.Module, loader, device: str = "cpu", bf16: bool = False,
              progress: bool = True, desc: str = "eval") -> dict:
     """Mean loss, top-1 and top-5 accuracy of ``model`` over ``loader``."""
