@@ -90,8 +90,12 @@ def _valid_sizes_hint(side: int, patch: int, max_side: int) -> str:
     return str(down) if down == up else f"{down} or {up}"
 
 
-def _decode(data: bytes, label: str, patch: int, max_side: int, native: tuple[int, int] | None = None) -> np.ndarray:
-    """PNG/JPEG bytes -> (H, W, 3) uint8 RGB, refusing wrong sizes before decoding any pixels."""
+def _decode(data: bytes, label: str, patch: int, max_side: int, native: tuple[int, int] | None = None,
+            pixels: bool = True) -> np.ndarray | tuple[int, int]:
+    """PNG/JPEG bytes -> (H, W, 3) uint8 RGB, refusing wrong sizes before decoding any pixels.
+
+    ``pixels=False``: every check on the header only, and (H, W) back; nothing is decoded.
+    """
     if not data:
         raise _Reject(415, f"{label} is empty; send a PNG or JPEG image")
     try:
@@ -118,6 +122,8 @@ def _decode(data: bytes, label: str, patch: int, max_side: int, native: tuple[in
                     f"{label} is {w}x{h} pixels (width x height) but both sides must be positive multiples of the "
                     f"patch size {patch} (at most {max_side}); nearest valid width {_valid_sizes_hint(w, patch, max_side)}, "
                     f"height {_valid_sizes_hint(h, patch, max_side)}; the server does not resize")
+            if not pixels:
+                return h, w
             img.load()
             rgb = img if img.mode == "RGB" else img.convert("RGB")
             arr = np.array(rgb, dtype=np.uint8)
@@ -307,17 +313,8 @@ def create_app(
 
     def decode_all(blobs: list[tuple[str, bytes]]) -> list[torch.Tensor]:
         """Check every header first (sizes, the request's pixel budget), then decode and normalise."""
-        sizes = []
-        for label, data in blobs:
-            try:
-                with Image.open(io.BytesIO(data), formats=_FORMATS) as img:
-                    sizes.append(img.size)
-            except Exception:  # _decode below gives the precise answer
-                sizes.append((0, 0))
-        for (label, data), (w, h) in zip(blobs, sizes):
-            if w > max_side or h > max_side:
-                _decode(data, label, patch, max_side, native)  # one image too large: its own 422 answer
-        total = sum(w * h for w, h in sizes)
+        sizes = [_decode(data, label, patch, max_side, native, pixels=False) for label, data in blobs]
+        total = sum(h * w for h, w in sizes)
         if total > max_request_pixels:
             raise _Reject(413, f"this request asks for {total:,} pixels of work but this server takes at most "
                                f"{max_request_pixels:,} per request (about {max_request_pixels // max(input_pixels, 1)}"
