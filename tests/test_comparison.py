@@ -140,3 +140,23 @@ def test_rate_and_batch_flags_fail_clearly(tmp_path, capsys):
     assert "METHOD=LR" in capsys.readouterr().err
     with pytest.raises(PGNError, match="batch size"):
         comparison.ComparisonConfig(batch_size=0)
+
+
+def test_validation_at_a_shorter_budget_is_cached_with_that_budget(tmp_path, digits):
+    vit = make_tiny_vit()
+    cfg = comparison.ComparisonConfig(methods=("linear",), epochs=2, val_epochs=1, seeds=1, img_size=32, runs=tmp_path,
+                                      candidates={"linear": [0.01, 0.1]})
+    logged = []
+    res = comparison.compare(vit, {"digits": digits}, cfg, log=logged.append)["results"]["digits"]["linear"]
+    # the two validation runs trained one epoch, in the 1-epoch folder; the test run two, in the 2-epoch folder
+    val_runs = sorted((tmp_path / "digits-60x30-32px-e1" / "linear").glob("val-lr*/metrics.jsonl"))
+    assert len(val_runs) == 2 and all(len(p.read_text().splitlines()) == 1 for p in val_runs)
+    test_run = tmp_path / "digits-60x30-32px-e2" / "linear" / f"test-lr{res['lr']}-seed0" / "metrics.jsonl"
+    assert len(test_run.read_text().splitlines()) == 2
+    assert not list((tmp_path / "digits-60x30-32px-e2").rglob("val-*"))
+    # a comparison at the 1-epoch budget finds those validation runs and trains only its test run
+    one = comparison.ComparisonConfig(methods=("linear",), epochs=1, seeds=1, img_size=32, runs=tmp_path,
+                                      candidates={"linear": [0.01, 0.1]})
+    again = comparison.compare(vit, {"digits": digits}, one, log=lambda *_: None)
+    assert again["runs_trained"] == 1
+    assert again["results"]["digits"]["linear"]["val_top1_by_lr"] == res["val_top1_by_lr"]

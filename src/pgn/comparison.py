@@ -75,6 +75,7 @@ class ComparisonConfig:
     methods: Sequence[str] = METHODS
     epochs: int = 10
     seeds: int = 3
+    val_epochs: int | None = None  # budget of the validation runs that choose the rates (None: ``epochs``)
     img_size: int = 112
     bf16: bool = False
     runs: Path = Path("runs/bench-compare")
@@ -88,8 +89,9 @@ class ComparisonConfig:
         unknown = [m for m in self.methods if m not in CANDIDATES]
         if unknown:
             raise PGNError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-        if self.epochs < 1 or self.seeds < 1:
-            raise PGNError(f"epochs and seeds must be at least 1, got {self.epochs} and {self.seeds}")
+        if self.epochs < 1 or self.seeds < 1 or (self.val_epochs is not None and self.val_epochs < 1):
+            raise PGNError(f"epochs, validation epochs and seeds must be at least 1, got {self.epochs}, "
+                           f"{self.val_epochs} and {self.seeds}")
         if self.batch_size < 1 or self.num_workers < 0:
             raise PGNError(f"batch size must be >= 1 and workers >= 0, got {self.batch_size} and {self.num_workers}")
         empty = [m for m in self.methods if not self.candidates.get(m)]
@@ -234,6 +236,9 @@ def compare(backbone: FrozenBackbone, datasets: dict[str, DataSpec], cfg: Compar
     results: dict = {}
     for name, data in datasets.items():
         root = run_root(cfg, name, data)
+        # Validation runs at a shorter budget are cached with the runs of that budget (where a study of
+        # that budget finds them too).
+        val_at = dict(val_root=run_root(cfg, name, data, cfg.val_epochs), val_epochs=cfg.val_epochs)
         lr_from = LR_FROM.get(name) if LR_FROM.get(name) in results else None
         val = validation_split(data) if not lr_from else None
         # VP and fine-tuning train the linear probe's head at the rate the probe chose: run the probe first.
@@ -243,7 +248,7 @@ def compare(backbone: FrozenBackbone, datasets: dict[str, DataSpec], cfg: Compar
                 head_lr = None
                 if method in OWN_HEAD_RATE:
                     probe = results.get(name, {}).get("linear") or select_and_test(
-                        runner, root, "linear", data, val, cfg.candidates["linear"], seeds=0)
+                        runner, root, "linear", data, val, cfg.candidates["linear"], seeds=0, **val_at)
                     head_lr = probe["lr"]
                 if lr_from and method in results[lr_from]:
                     chosen = results[lr_from][method]["lr"]
@@ -251,7 +256,7 @@ def compare(backbone: FrozenBackbone, datasets: dict[str, DataSpec], cfg: Compar
                     summary["lr_chosen_on"] = f"{lr_from} validation split"
                 else:
                     summary = select_and_test(runner, root, method, data, val, cfg.candidates[method], cfg.seeds,
-                                              head_lr)
+                                              head_lr, **val_at)
             except NotCached as missing:
                 log(f"{name} {method}: not in the cache ({missing}); left out of the report")
                 continue
@@ -270,15 +275,19 @@ def run_root(cfg: ComparisonConfig, name: str, data: DataSpec, epochs: int | Non
 
 def select_and_test(runner: "Runner", root: Path, method: str, data: DataSpec, val: DataSpec | None,
                     candidates: Sequence[float], seeds: int, head_lr: float | None = None,
-                    variant: Variant = RECIPE, epochs: int | None = None) -> dict:
+                    variant: Variant = RECIPE, epochs: int | None = None, val_root: Path | None = None,
+                    val_epochs: int | None = None) -> dict:
     """Choose ``method``'s rate on ``val`` (skipped with one candidate), then train ``seeds`` seeds and test.
 
-    Returns the validation top-1 per rate, the chosen rate, the test top-1 per seed with mean and std.
+    The validation runs train ``val_epochs`` (default: ``epochs``) and are cached under ``val_root``
+    (default: ``root``). Returns the validation top-1 per rate, the chosen rate, the test top-1 per seed
+    with mean and std.
     """
     kw = dict(head_lr=head_lr, variant=variant, epochs=epochs)
     if len(candidates) > 1:
-        scores = {lr: runner(run_key(root, method, "val", lr, None, head_lr, variant), method, val, lr, 0, **kw)["top1"]
-                  for lr in candidates}
+        val_kw = dict(kw, epochs=val_epochs or epochs)
+        scores = {lr: runner(run_key(val_root or root, method, "val", lr, None, head_lr, variant), method, val, lr, 0,
+                             **val_kw)["top1"] for lr in candidates}
         # highest validation top-1 (a diverged rate counts as -1); ties go to the smaller rate
         best = max(scores, key=lambda lr: (-1 if scores[lr] is None else scores[lr], -lr))
     else:
@@ -363,7 +372,8 @@ def write_report(path: Path, comparison: dict, meta: dict, throughput: dict | No
              f"({meta['seconds']:,} s wall), the rest came from its cache. Each method: " +
              ("learning rate given on the command line (one candidate: no validation runs), then " if
               meta.get("rates_given") else "learning rate chosen on a validation split carved from train "
-              f"({int(100 * VAL_FRACTION)} %, stratified, seed 0), then ") +
+              f"({int(100 * VAL_FRACTION)} %, stratified, seed 0" + (f", validation runs of {meta['val_epochs']} epochs"
+              if meta.get("val_epochs") not in (None, meta["epochs"]) else "") + "), then ") +
              f"{meta['epochs']} epochs on the full train split with {meta['seeds']} seed(s), SGD momentum 0.9, "
              f"batch {meta.get('batch_size', 32)}, the paper's recipe: one rate for everything a method trains "
              "(VP's pixels and fine-tuning's backbone excepted: their head takes the linear probe's chosen rate), "
@@ -415,6 +425,7 @@ def benchmark(datasets: Sequence[str], cfg: ComparisonConfig, out: Path, *, comm
         raise PGNError(f"nothing to report: no run of {', '.join(cfg.methods)} is in {cfg.runs}")
     out = Path(out)
     meta = {"command": command, "backbone": model.name, "img_size": cfg.img_size, "epochs": cfg.epochs,
+            "val_epochs": cfg.val_epochs or cfg.epochs,
             "seeds": cfg.seeds, "precision": "bf16 autocast" if cfg.bf16 else "fp32", "batch_size": cfg.batch_size,
             "rates_given": all(len(cfg.candidates[m]) == 1 for m in cfg.methods),
             "machine": _machines(comparison["results"]) or
@@ -439,7 +450,7 @@ def _validation_seconds(cfg: ComparisonConfig, specs: dict[str, DataSpec]) -> fl
     """Seconds the cached validation runs took (for the report's total)."""
     total = 0.0
     for name, data in specs.items():
-        root = run_root(cfg, name, data)
+        root = run_root(cfg, name, data, cfg.val_epochs)
         for method in cfg.methods:
             for cached in (root / method).glob("val-*.json"):
                 total += json.loads(cached.read_text())["seconds"]

@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--val-epochs", type=int, default=None,
+                   help="epochs of the validation runs that choose each rate (default: --epochs)")
     p.add_argument("--img-size", type=int, default=112)
     p.add_argument("--subset", action="append", default=None, metavar="NAME=TRAINxTEST",
                    help="stratified seed-0 subset of a dataset (default: fashion-mnist=1000x1000); repeatable")
@@ -539,6 +541,7 @@ def cmd_bench(args) -> int:
         subsets = {"elpv": (400, 200)}
     rates = {**comparison.CANDIDATES, **dict(_parse_rate(r) for r in args.rate or [])}
     cfg = comparison.ComparisonConfig(methods=args.methods or comparison.METHODS, epochs=epochs, seeds=seeds,
+                                      val_epochs=None if args.quick else args.val_epochs,
                                       img_size=args.img_size, bf16=not args.fp32 and native_bf16(args.device),
                                       runs=Path(runs), candidates=rates, batch_size=args.batch_size,
                                       device=args.device, num_workers=args.workers, render_only=args.render_only)
