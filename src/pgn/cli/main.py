@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help=DEMO_NOTE)
     p.add_argument("--out", default=None, help="output directory (default: runs/demo-<time>)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=None, help="default: 7 (under 10 minutes on 2 cores)")
     p.add_argument("--img-size", type=int, default=112)
     p.add_argument("--fp32", action="store_true", help="float32 even where bfloat16 is native")
     p.add_argument("--lr", type=float, default=0.01, help="rate of everything trained (default: chosen on validation)")
@@ -559,7 +559,7 @@ def cmd_demo(args) -> int:
     from ..demo import run_demo
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    return run_demo(out=out, epochs=args.epochs, img_size=args.img_size, lr=args.lr,
+    return run_demo(out=out, **({"epochs": args.epochs} if args.epochs else {}), img_size=args.img_size, lr=args.lr,
                     progress=not args.no_progress, bf16=False if args.fp32 else None,
                     train_images=args.train_images or None)
 
