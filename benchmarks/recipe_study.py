@@ -33,7 +33,7 @@ from pgn.comparison import (
     ComparisonConfig,
     Runner,
     Variant,
-    cached_result,
+    finished_result,
     method_config,
     run_key,
     run_root,
@@ -68,7 +68,8 @@ def _setup(args):
     backbone = create_backbone(DEFAULT_BACKBONE)
     pre = backbone.preprocessing
     cfg = ComparisonConfig(methods=("linear", "pgn"), epochs=args.epochs, seeds=args.seeds, img_size=IMG,
-                           bf16=not args.fp32 and native_bf16(), runs=Path(args.runs))
+                           bf16=not args.fp32 and native_bf16(), runs=Path(args.runs),
+                           record=Path(args.record) if args.record else None)
     return backbone, pre, cfg
 
 
@@ -245,7 +246,7 @@ def convergence(args) -> None:
                 seeds = cfg.seeds
                 if args.render_only:  # the seeds measured so far (0, 1, ...); a budget with none is left out
                     seeds = next((s for s in range(cfg.seeds)
-                                  if not cached_result(run_key(root, method, "test", lr, s)).is_file()), cfg.seeds)
+                                  if finished_result(cfg, run_key(root, method, "test", lr, s)) is None), cfg.seeds)
                     if seeds == 0:
                         continue
                 s = select_and_test(runner, root, method, data, None, [lr], seeds, epochs=epochs)
@@ -307,6 +308,9 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["linear", "pgn"])
     p.add_argument("--budgets", type=int, nargs="+", default=[1, 3, 10])
     p.add_argument("--runs", default="runs/recipe-study")
+    p.add_argument("--record", default="docs/records/recipe-study",
+                   help="committed copy of every finished run's result, so the study resumes from a fresh clone "
+                        "('' for none)")
     p.add_argument("--fp32", action="store_true")
     p.add_argument("--render-only", action="store_true", help="convergence: only what is cached, train nothing")
     args = p.parse_args()

@@ -160,3 +160,20 @@ def test_validation_at_a_shorter_budget_is_cached_with_that_budget(tmp_path, dig
     again = comparison.compare(vit, {"digits": digits}, one, log=lambda *_: None)
     assert again["runs_trained"] == 1
     assert again["results"]["digits"]["linear"]["val_top1_by_lr"] == res["val_top1_by_lr"]
+
+
+def test_the_record_alone_resumes_a_comparison(tmp_path, digits):
+    vit = make_tiny_vit()
+    cfg = comparison.ComparisonConfig(methods=("linear",), epochs=1, seeds=2, img_size=32, runs=tmp_path / "runs",
+                                      record=tmp_path / "record", candidates={"linear": [0.01, 0.1]})
+    first = comparison.compare(vit, {"digits": digits}, cfg, log=lambda *_: None)
+    # the record holds one small JSON per run (2 validation rates + 2 seeds) and no weights
+    recorded = sorted(p.relative_to(cfg.record) for p in cfg.record.rglob("*") if p.is_file())
+    assert len(recorded) == 4 and all(p.suffix == ".json" for p in recorded)
+    assert all((cfg.runs / p).is_file() for p in recorded)  # laid out like the cache
+    # a fresh clone: no run cache at all; the record answers and nothing is trained
+    import shutil
+
+    shutil.rmtree(cfg.runs)
+    again = comparison.compare(vit, {"digits": digits}, cfg, log=lambda *_: None)
+    assert again["runs_trained"] == 0 and again["results"] == first["results"]

@@ -84,6 +84,9 @@ class ComparisonConfig:
     device: str = "cpu"
     num_workers: int = 0     # data-loading processes (a GPU needs several to be fed)
     render_only: bool = False  # report what the cache holds; train nothing
+    # A second home for every finished run's result (the small JSON only, no weights), laid out like
+    # ``runs``: meant to be committed, so a comparison longer than one session resumes from a fresh clone.
+    record: Path | None = None
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in CANDIDATES]
@@ -98,6 +101,7 @@ class ComparisonConfig:
         if empty:
             raise PGNError(f"no learning-rate candidates for {', '.join(empty)}")
         self.runs = Path(self.runs)
+        self.record = None if self.record is None else Path(self.record)
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,19 @@ def cached_result(key: Path) -> Path:
     return key.parent / f"{key.name}.json"  # not with_suffix: "lr0.003" has a dot of its own
 
 
+def recorded_result(cfg: ComparisonConfig, key: Path) -> Path | None:
+    """Where ``cfg.record`` keeps the result of run ``key`` (None without a record)."""
+    return None if cfg.record is None else cfg.record / cached_result(key).relative_to(cfg.runs)
+
+
+def finished_result(cfg: ComparisonConfig, key: Path) -> dict | None:
+    """The result of run ``key`` from the cache or the record, or None if it was never finished."""
+    for path in (cached_result(key), recorded_result(cfg, key)):
+        if path is not None and path.is_file():
+            return json.loads(path.read_text())
+    return None
+
+
 class NotCached(Exception):
     """A run that a render-only comparison would have had to train."""
 
@@ -189,9 +206,9 @@ class Runner:
 
     def __call__(self, key: Path, method: str, data: DataSpec, lr: float, seed: int, head_lr: float | None = None,
                  variant: Variant = RECIPE, epochs: int | None = None) -> dict:
-        cached = cached_result(key)
-        if cached.is_file():
-            return json.loads(cached.read_text())
+        done = finished_result(self.cfg, key)
+        if done is not None:
+            return done
         if self.cfg.render_only:
             raise NotCached(key)
         if key.exists():  # an interrupted attempt: start it again cleanly
@@ -217,7 +234,9 @@ class Runner:
         result = {"top1": row["test_top1"], "trainable_parameters": trainable, "head_lr": tcfg.head_lr or tcfg.lr,
                   "seconds": round(time.perf_counter() - t0, 1), "device": device_name(tcfg.device),
                   "batch_size": tcfg.batch_size, **({"diverged": diverged} if diverged else {})}
-        write_json(cached, result)
+        write_json(cached_result(key), result)
+        if self.cfg.record is not None:
+            write_json(recorded_result(self.cfg, key), result)
         self.trained += 1
         self.log(f"{key.relative_to(self.cfg.runs)}: " + (f"diverged ({diverged})" if diverged else
                  f"top-1 {result['top1']:.4f}") + f" ({result['seconds']} s)")
@@ -452,6 +471,7 @@ def _validation_seconds(cfg: ComparisonConfig, specs: dict[str, DataSpec]) -> fl
     for name, data in specs.items():
         root = run_root(cfg, name, data, cfg.val_epochs)
         for method in cfg.methods:
-            for cached in (root / method).glob("val-*.json"):
-                total += json.loads(cached.read_text())["seconds"]
+            names = {p.name: p for base in (cfg.record, cfg.runs) if base is not None
+                     for p in (base / root.relative_to(cfg.runs) / method).glob("val-*.json")}
+            total += sum(json.loads(p.read_text())["seconds"] for p in names.values())
     return total

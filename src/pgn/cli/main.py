@@ -199,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="minutes: elpv only, 400/200 images, 1 epoch, 1 seed")
     p.add_argument("--fp32", action="store_true", help="float32 even where bfloat16 is native")
     p.add_argument("--runs", default="runs/bench-compare", help="cache of finished runs (resumes from it)")
+    p.add_argument("--record", default=None, help="also keep each finished run's result JSON here, laid out like "
+                                                   "--runs (small; commit it to resume from a fresh clone)")
     p.add_argument("--out", default=None, help="report path without suffix: writes .md and .json "
                                                 "(default: <runs>/results)")
     p.add_argument("--throughput", default=None, help="JSON of benchmarks/throughput.py to summarise in the report")
@@ -544,7 +546,8 @@ def cmd_bench(args) -> int:
                                       val_epochs=None if args.quick else args.val_epochs,
                                       img_size=args.img_size, bf16=not args.fp32 and native_bf16(args.device),
                                       runs=Path(runs), candidates=rates, batch_size=args.batch_size,
-                                      device=args.device, num_workers=args.workers, render_only=args.render_only)
+                                      device=args.device, num_workers=args.workers, render_only=args.render_only,
+                                      record=args.record)
     out = Path(args.out) if args.out else Path(runs) / "results"
     command = args.report_command or "pgn " + " ".join(args.argv)
     res = comparison.benchmark(datasets, cfg, out, command=command, backbone=args.backbone, weights=args.weights,
