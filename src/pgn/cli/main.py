@@ -559,10 +559,10 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ..demo import run_demo
+    from ..demo import EPOCHS, run_demo
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    return run_demo(out=out, **({"epochs": args.epochs} if args.epochs else {}), img_size=args.img_size, lr=args.lr,
+    return run_demo(out=out, epochs=args.epochs or EPOCHS, img_size=args.img_size, lr=args.lr,
                     progress=not args.no_progress, bf16=False if args.fp32 else None,
                     train_images=args.train_images or None)
 
