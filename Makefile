@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.pgn-installed
 # torch/torchvision matching each other; these two come from local disk on our machines.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-other-bf16 lint clean
 
 install: $(STAMP)
 
@@ -34,7 +34,14 @@ demo: install
 	$(VENV)/bin/pgn demo
 
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The suite again with the CPU's native-bfloat16 detection answered the other way (CI runs both):
+# nothing may depend on which kind of CPU runs it.
+test-other-bf16: install
+	@other=$$($(PY) -c "from pgn.precision import native_bf16; print('no' if native_bf16('cpu') else 'yes')"); \
+	  echo "the suite with native bf16 assumed: $$other"; \
+	  HF_HUB_OFFLINE=1 $(PY) -m pytest -q --assume-native-bf16=$$other $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

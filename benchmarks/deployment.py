@@ -25,9 +25,10 @@ from pgn.backbones import create_backbone
 from pgn.data import build_dataset
 from pgn.deployment import Composer, export_adapter
 from pgn.files import write_json
+from pgn.precision import resolve
 from pgn.serving import EmbeddingClient, create_app
 from pgn.serving.background import BackgroundServer
-from pgn.training import TrainConfig, native_bf16, read_metrics, train
+from pgn.training import TrainConfig, read_metrics, train
 from pgn.training.checkpoint import latest_checkpoint
 
 CONFIGS = [  # (layout, library space)
@@ -118,7 +119,7 @@ def main() -> None:
     pre = backbone.preprocessing
     data = build_dataset("elpv", img_size=112, mean=pre.mean, std=pre.std,
                          test_limit=160 if args.quick else None)
-    bf16 = native_bf16()
+    precision = resolve("auto", "cpu")  # training only; evaluation is fp32
     rows = []
     t_all = time.perf_counter()
     for layout, space in CONFIGS:
@@ -129,7 +130,8 @@ def main() -> None:
                                   generator={"library_size": 128, "library_space": space}, layout=layout,
                                   dataset="elpv")
             model = build_classifier(acfg, backbone)
-            cfg = TrainConfig(epochs=args.epochs, lr=0.1, head_lr=0.01, warmup_epochs=1.0, bf16=bf16, progress=False)
+            cfg = TrainConfig(epochs=args.epochs, lr=0.1, head_lr=0.01, warmup_epochs=1.0, precision=precision,
+                              progress=False)
             train(model, acfg, data, cfg, run, resume=latest_checkpoint(run) is not None)
         row = measure(run, data, backbone)
         row["epochs"] = args.epochs
@@ -138,7 +140,7 @@ def main() -> None:
     total = time.perf_counter() - t_all
     meta = {"command": "python benchmarks/deployment.py" + (" --quick" if args.quick else ""),
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                       f"torch {torch.__version__}", "train_precision": "bf16 autocast" if bf16 else "fp32",
+                       f"torch {torch.__version__}", "train_precision": precision,
             "eval_precision": "fp32", "seconds": round(total)}
     out = Path(args.out)
     write_json(out / f"deployment{'-quick' if args.quick else ''}.json", {"meta": meta, "rows": rows})

@@ -22,7 +22,8 @@ from pgn.backbones import create_backbone
 from pgn.data import build_dataset
 from pgn.files import write_json
 from pgn.multi import combine
-from pgn.training import TrainConfig, native_bf16, train
+from pgn.precision import resolve
+from pgn.training import TrainConfig, train
 from pgn.training.evaluate import topk_correct
 
 DATASETS = ["elpv", "fashion-mnist", "digits"]
@@ -57,8 +58,8 @@ def main() -> None:
     pre = backbone.preprocessing
     specs = [build_dataset(n, img_size=112, mean=pre.mean, std=pre.std, train_limit=args.train_limit,
                            test_limit=args.test_limit) for n in DATASETS]
-    bf16 = native_bf16()
-    cfg = TrainConfig(epochs=args.epochs, lr=0.1, head_lr=0.01, bf16=bf16, progress=False)
+    precision = resolve("auto", "cpu")
+    cfg = TrainConfig(epochs=args.epochs, lr=0.1, head_lr=0.01, precision=precision, progress=False)
 
     def adapter(spec, extra=None):
         return adapter_config(backbone, "pgn", spec.class_names, img_size=112, num_prompts=16,
@@ -87,7 +88,7 @@ def main() -> None:
     sharing = dataset_token_sharing(torch.cat(coeffs), torch.cat(labels), parts, Path("docs/dataset_tokens.png"))
     meta = {"command": "python benchmarks/multi_dataset.py", "seconds": round(time.perf_counter() - t0),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-            "precision": "bf16 autocast" if bf16 else "fp32", **vars(args)}
+            "precision": precision, **vars(args)}
     write_json(Path("docs/multi_dataset.json"), {"meta": meta, "results": results, "sharing": sharing})
     lines = ["# One PGN for three datasets vs a PGN per dataset", "",
              f"Command: `{meta['command']}` ({meta['seconds']} s on {meta['machine']}, {meta['precision']}). "

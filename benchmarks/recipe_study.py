@@ -42,7 +42,8 @@ from pgn.comparison import (
 )
 from pgn.data import build_dataset
 from pgn.files import atomic_path, write_json
-from pgn.training import native_bf16, read_metrics
+from pgn.precision import resolve
+from pgn.training import read_metrics
 
 DOCS = Path("docs")
 IMG = 112
@@ -68,7 +69,7 @@ def _setup(args):
     backbone = create_backbone(DEFAULT_BACKBONE)
     pre = backbone.preprocessing
     cfg = ComparisonConfig(methods=("linear", "pgn"), epochs=args.epochs, seeds=args.seeds, img_size=IMG,
-                           bf16=not args.fp32 and native_bf16(), runs=Path(args.runs),
+                           precision=resolve(args.precision, "cpu"), runs=Path(args.runs),
                            record=Path(args.record) if args.record else None)
     return backbone, pre, cfg
 
@@ -86,7 +87,7 @@ def _data(name: str, pre):
 def _meta(args, cfg, t0) -> dict:
     return {"command": "python benchmarks/recipe_study.py " + " ".join(sys.argv[1:]),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-            "precision": "bf16 autocast" if cfg.bf16 else "fp32", "img_size": IMG, "seconds": round(time.time() - t0)}
+            "precision": cfg.precision, "img_size": IMG, "seconds": round(time.time() - t0)}
 
 
 def perturbation(args) -> None:
@@ -311,7 +312,8 @@ def main() -> None:
     p.add_argument("--record", default="docs/records/recipe-study",
                    help="committed copy of every finished run's result, so the study resumes from a fresh clone "
                         "('' for none)")
-    p.add_argument("--fp32", action="store_true")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 where the CPU runs it natively (part of every run's cache key)")
     p.add_argument("--render-only", action="store_true", help="convergence: only what is cached, train nothing")
     args = p.parse_args()
     {"perturbation": perturbation, "ablations": ablations, "convergence": convergence}[args.phase](args)

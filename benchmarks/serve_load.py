@@ -117,17 +117,17 @@ def main() -> None:
     ap.add_argument("--forward-batch", type=int, default=16)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--offline-batch", type=int, default=16)
-    ap.add_argument("--fp32", action="store_true")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     ap.add_argument("--out", default="docs/serving")
     args = ap.parse_args()
-    from pgn.training.evaluate import native_bf16
+    from pgn.precision import resolve
 
-    bf16 = not args.fp32 and native_bf16("cpu")
+    bf16 = resolve(args.precision, "cpu") == "bf16"
     port = free_port()
     cmd = [sys.executable, "-m", "pgn", "serve", "--backbone", args.backbone, "--port", str(port), "--device", "cpu",
            "--forward-batch", str(args.forward_batch), "--max-wait-ms", str(args.max_wait_ms)]
     cmd += ["--weights", args.weights] if args.weights else []
-    cmd += ["--fp32"] if args.fp32 else []
+    cmd += ["--precision", "bf16" if bf16 else "fp32"]  # the server runs what the offline forward runs
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
     url = f"http://127.0.0.1:{port}"
     try:

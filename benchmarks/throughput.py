@@ -25,8 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from pgn.adapter import adapter_config, build_classifier
 from pgn.backbones import create_backbone
 from pgn.files import write_json
+from pgn.precision import resolve
 from pgn.prompts import GeneratorConfig, PromptGenerator
-from pgn.training import native_bf16
 
 K, N = 16, 128
 
@@ -144,7 +144,7 @@ def main() -> None:
     ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
     ap.add_argument("--out", default="docs/throughput.json")
     args = ap.parse_args()
-    bf16 = native_bf16() if args.precision == "auto" else args.precision == "bf16"
+    bf16 = resolve(args.precision, "cpu") == "bf16"
     backbone = create_backbone()
     t0 = time.perf_counter()
     results = [bench_size(backbone, s, args.batch, args.rounds, bf16) for s in args.sizes]

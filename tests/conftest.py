@@ -17,6 +17,25 @@ needs_official = pytest.mark.skipif(not OFFICIAL.is_dir(), reason=f"released che
                                     "(set PGN_OFFICIAL_DIR)")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--assume-native-bf16", choices=("yes", "no"), default=None,
+                     help="answer pgn's native-bfloat16 detection with this, whatever the CPU (PGN_NATIVE_BF16, so "
+                          "the CLI's subprocesses see it too): the suite must pass with both answers")
+
+
+def pytest_configure(config):
+    answer = config.getoption("--assume-native-bf16")
+    if answer is not None:
+        os.environ["PGN_NATIVE_BF16"] = "1" if answer == "yes" else "0"
+
+
+def pytest_report_header(config):
+    from pgn.precision import native_bf16
+
+    forced = config.getoption("--assume-native-bf16")
+    return f"pgn: native bf16 on this CPU: {native_bf16('cpu')}" + (f" (forced: {forced})" if forced else " (detected)")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _pgn_home(tmp_path_factory):
     # Converted weights are cached per test session, never in the user's home.

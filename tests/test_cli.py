@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import OFFICIAL, needs_official
 from PIL import Image
 
@@ -198,3 +199,28 @@ def test_device_flag_moves_model_and_inputs(digits_run, tiny_weights, tmp_path, 
     assert main(["serve", "--backbone", "timm:test_vit", "--weights", str(tiny_weights), "--port", "0",
                  "--device", "meta"]) == 0
     assert served["devices"] == ("meta", "meta")
+
+
+def test_resume_takes_the_runs_own_settings_and_refuses_others(tmp_path, tiny_weights):
+    """The README's form, `pgn train --out RUN --resume --epochs N`, continues that run exactly."""
+    common = ["--backbone", "timm:test_vit", "--weights", tiny_weights, "--dataset", "digits", "--img-size", 32,
+              "-K", 2, "-N", 8, "--generator-size", 32, "--no-progress", "--precision", "fp32"]
+    data = ["--train-limit", 64, "--test-limit", 32, "--batch-size", 16, "--lr", 0.05, "--seed", 3]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert pgn("train", *common, *data, "--epochs", 2, "--out", whole).returncode == 0
+    assert pgn("train", *common, *data, "--epochs", 1, "--out", part).returncode == 0
+    r = pgn("train", "--out", part, "--resume", "--epochs", 2, "--no-progress")  # nothing else given
+    assert r.returncode == 0, r.stderr
+    config = json.loads((part / "config.json").read_text())
+    assert (config["dataset"]["train_size"], config["dataset"]["test_size"]) == (64, 32)
+    assert (config["train"]["batch_size"], config["train"]["lr"], config["train"]["seed"]) == (16, 0.05, 3)
+    # Extended to 2 epochs, it is configured as the run that asked for 2 from the start (the data it draws,
+    # the batch, the rates, the seed); that a resume then continues bit for bit is tests/test_faults.py's.
+    reference = json.loads((whole / "config.json").read_text())
+    for section in ("train", "data", "dataset", "adapter"):
+        assert config[section] == reference[section], section
+    for flag, value in (("--lr", 0.5), ("--train-limit", 100), ("--batch-size", 32), ("-K", 4)):
+        r = pgn("train", "--out", part, "--resume", "--epochs", 3, flag, value, "--no-progress")
+        line = one_line_error(r)
+        assert r.returncode == 2 and "keeps its own settings" in line, line
+    assert json.loads((part / "config.json").read_text())["train"]["epochs"] == 2  # nothing was rewritten

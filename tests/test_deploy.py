@@ -36,7 +36,7 @@ def deployed(tmp_path_factory):
     assert r.returncode == 0, r.stderr
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "pgn", "serve", "--backbone", "timm:test_vit", "--weights",
-                               str(weights), "--port", str(port), "--max-upload-mb", "1"],
+                               str(weights), "--port", str(port), "--max-upload-mb", "1", "--precision", "fp32"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):

@@ -400,3 +400,35 @@ def test_class_without_training_images_is_named(tmp_path):
     with pytest.raises(PGNError, match="class 'c' has no training images"):
         train(build_classifier(acfg, backbone), acfg, data, quiet(), tmp_path / "r", log=lambda *_: None)
     assert not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------------------------------------------- quiet wrong runs
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--grad-clip", "-1", "grad_clip must be a positive number"),
+    ("--weight-decay", "-1", "weight decay must be >= 0"),
+    ("--workers", "-1", "workers must be >= 0"),
+    ("--lr", "inf", "lr must be a positive finite number"),
+])
+def test_numbers_that_would_wreck_a_run_are_refused_before_any_file(tmp_path, tiny_weights, flag, value, message):
+    run = tmp_path / "run"
+    r = pgn("train", "--backbone", "timm:test_vit", "--weights", tiny_weights, "--dataset", "digits", "--img-size", 32,
+            "--epochs", 1, "--train-limit", 64, "--test-limit", 32, "-K", 2, "-N", 8, "--generator-size", 32,
+            "--out", run, "--no-progress", "--precision", "fp32", flag, value)
+    assert r.returncode == 2 and message in one_line_error(r)
+    assert not run.exists()
+
+
+def test_a_diverging_run_stops_and_leaves_no_non_finite_adapter(tmp_path, tiny_weights):
+    """--lr 1e6: the loss may stay finite while BatchNorm's running variance overflows; the run must stop."""
+    run = tmp_path / "run"
+    r = pgn("train", "--backbone", "timm:test_vit", "--weights", tiny_weights, "--dataset", "digits", "--img-size", 32,
+            "--epochs", 6, "--train-limit", 64, "--test-limit", 32, "-K", 2, "-N", 8, "--generator-size", 32,
+            "--batch-size", 16, "--lr", "1e6", "--out", run, "--no-progress", "--precision", "fp32")
+    line = one_line_error(r)
+    assert r.returncode == 2 and ("diverged" in line or "loss became" in line), line
+    from safetensors.torch import load_file
+
+    for adapter in [run / "adapter.safetensors", *run.glob("checkpoints/*/adapter.safetensors")]:
+        if adapter.exists():
+            assert all(torch.isfinite(t).all() for t in load_file(str(adapter)).values() if t.is_floating_point())

@@ -34,7 +34,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def server(tiny):
-    with RunningServer(create_app(tiny, max_upload_bytes=MAX_UPLOAD, max_side=MAX_SIDE)) as s:
+    with RunningServer(create_app(tiny, max_upload_bytes=MAX_UPLOAD, max_side=MAX_SIDE, precision="fp32")) as s:
         yield s
 
 
@@ -123,7 +123,7 @@ def test_classifier_head_returns_logits():
     vit = timm.create_model("test_vit", pretrained=False, num_classes=5, dynamic_img_size=True)
     backbone = TimmViT(vit, name="timm:test_vit")
     px = rand_pixels(32, 64, seed=6)
-    with RunningServer(create_app(backbone, max_side=MAX_SIDE)) as s:
+    with RunningServer(create_app(backbone, max_side=MAX_SIDE, precision="fp32")) as s:
         assert httpx.get(s.url + "/info").json()["num_classes"] == 5
         emb, logits = EmbeddingClient(s.url).embed_png([encode(px)])
     ref_emb, ref_logits = reference(backbone, px[None], head=True)
@@ -240,7 +240,7 @@ def test_serve_helpers():
 
 def test_batch_limit_and_client_splitting(tiny):
     pngs = [encode(rand_pixels(16, 32, seed=30 + i)) for i in range(5)]
-    with RunningServer(create_app(tiny, max_side=MAX_SIDE, max_batch=2)) as s:
+    with RunningServer(create_app(tiny, max_side=MAX_SIDE, max_batch=2, precision="fp32")) as s:
         for n in (3, 5):
             files = [("files", (f"{i}.png", pngs[i], "image/png")) for i in range(n)]
             r = post(s.url, files=files)

@@ -74,8 +74,20 @@ class AdapterConfig:
             self.generator = json.loads(json.dumps(self.generator))
 
 
-def build_classifier(cfg: AdapterConfig, backbone: FrozenBackbone) -> PromptedClassifier:
-    """A freshly initialised classifier for ``cfg`` on ``backbone``."""
+def build_classifier(cfg: AdapterConfig, backbone: FrozenBackbone, seed: int | None = None) -> PromptedClassifier:
+    """A freshly initialised classifier for ``cfg`` on ``backbone``.
+
+    ``seed``: the trainable parts are drawn from a generator seeded with it (the global RNG is left as
+    it was), so the same seed builds the same model whatever ran before; None draws from the global RNG.
+    """
+    if seed is None:
+        return _build_classifier(cfg, backbone)
+    with torch.random.fork_rng(devices=[]):  # CPU RNG only: the parts are built on the CPU
+        torch.manual_seed(seed)
+        return _build_classifier(cfg, backbone)
+
+
+def _build_classifier(cfg: AdapterConfig, backbone: FrozenBackbone) -> PromptedClassifier:
     if backbone.width != cfg.backbone_width:
         raise PGNError(f"this adapter was made for a backbone of width {cfg.backbone_width}, but {backbone.name} "
                        f"has width {backbone.width}; use --backbone {cfg.backbone}")

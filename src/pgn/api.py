@@ -33,12 +33,14 @@ _TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"epochs"}
 
 def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str | MethodConfig = "pgn",
                  classes: Sequence[str] = (), *, img_size: int = 112, weights: str | None = None,
-                 dataset: str | None = None, **options) -> PromptedClassifier:
+                 dataset: str | None = None, seed: int = 0, **options) -> PromptedClassifier:
     """A freshly initialised classifier of ``method`` on a frozen ``backbone`` (a name or a built backbone).
 
     ``method``: a method config of :mod:`pgn.methods` (``PGNConfig(library_size=256)``), or its name
     with the config's fields as ``options`` (``"pgn", library_size=256``). ``classes`` are the class
     names (for the zero-shot head, the text it reads). Preprocessing comes from the backbone.
+    ``seed``: the trainable parts' initialisation (the same seed builds the same model, whatever
+    ran before); ``pgn.train``'s ``seed`` then sets the data order.
     """
     if isinstance(method, str):
         method = method_config_of(method, **options)
@@ -50,7 +52,7 @@ def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str 
     bb = create_backbone(backbone, weights) if isinstance(backbone, str) else backbone
     cfg = adapter_config(bb, method.method, classes, img_size=img_size, dataset=dataset, backbone_weights=weights,
                          **method.adapter_kwargs(img_size))
-    return build_classifier(cfg, bb)
+    return build_classifier(cfg, bb, seed=seed)
 
 
 def load(directory: str | Path, backbone: str | FrozenBackbone | None = None, weights: str | None = None,
@@ -69,10 +71,12 @@ def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out
           resume: bool = False, **options) -> dict:
     """Train ``model`` on ``data`` (a dataset name, see ``pgn.data.DATASETS``, or a DataSpec).
 
-    ``options`` are :class:`~pgn.training.TrainConfig` fields (``lr``, ``bf16``, ``seed``, ``device``...);
+    ``options`` are :class:`~pgn.training.TrainConfig` fields (``lr``, ``precision``, ``seed``, ``device``...);
     the rest is the ``cpu`` preset of :mod:`pgn.presets` (the paper's recipe at lr 0.01), as on the command
-    line. Writes the run into ``out`` (default ``runs/<dataset>-<method>-<time>``) and returns the last
-    epoch's metrics.
+    line. ``seed`` (default 0) sets the data order and draws the ``train_limit``/``test_limit`` subsets,
+    as ``pgn train --seed`` does. ``precision`` is ``"fp32"`` unless given (``"auto"``: bf16 where native).
+    Writes the run into ``out`` (default ``runs/<dataset>-<method>-<time>``) and returns the last epoch's
+    metrics.
     """
     cfg = model._require_config()
     unknown = sorted(set(options) - _TRAIN_FIELDS)
@@ -80,7 +84,7 @@ def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out
         raise PGNError(f"unknown training option(s) {', '.join(unknown)}; choose from {', '.join(sorted(_TRAIN_FIELDS))}")
     if isinstance(data, str):
         data = build_dataset(data, img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, augment=augment,
-                             train_limit=train_limit, test_limit=test_limit)
+                             train_limit=train_limit, test_limit=test_limit, seed=options.get("seed", 0))
     if list(data.class_names) != list(cfg.class_names):
         raise PGNError(f"the model was created for classes {cfg.class_names[:5]}..., the dataset {data.name} has "
                        f"{list(data.class_names)[:5]}...; create the model with classes=data.class_names")
@@ -94,21 +98,154 @@ def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out
     return _train_loop(model, cfg, data, recipe, out, resume=resume)
 
 
+def build_data(names: str | Sequence[str], *, img_size: int, mean: Sequence[float], std: Sequence[float],
+               augment: bool = False, train_limit: int | None = None, test_limit: int | None = None, seed: int = 0,
+               root: str | None = None, download: bool = False) -> tuple[DataSpec, list[dict] | None]:
+    """The data of a run: one dataset, or several combined (``"elpv,digits"``: one PGN, a head each).
+
+    ``train_limit``/``test_limit`` draw stratified subsets with ``seed``. Returns the spec and, for several
+    datasets, their parts (``[{name, classes, offset}]``, what the multi-dataset head is built from).
+    """
+    names = names.split(",") if isinstance(names, str) else list(names)
+    kw = dict(img_size=img_size, mean=mean, std=std, augment=bool(augment), root=root,
+              train_limit=train_limit, test_limit=test_limit, seed=seed, download=download)
+    if len(names) == 1:
+        return build_dataset(names[0], **kw), None
+    from .multi import combine
+
+    return combine([build_dataset(n, **kw) for n in names])
+
+
+# What a resumed run may change: everything else is the run's own (config.json).
+RESUMABLE = ("epochs", "device", "num_workers", "progress")
+
+
+def resume(run: str | Path, epochs: int | None = None, *, changes: dict | None = None,
+           backbone: str | FrozenBackbone | None = None, log=None, **options) -> dict:
+    """Continue the run in ``run`` from its last finished epoch, exactly as it was configured.
+
+    Its data (names, limits, subset seed, augmentation), batch, rates, seed and precision come from its
+    config.json; ``epochs`` may extend it, ``options`` may set ``device``, ``num_workers`` and ``progress``.
+    ``changes``: settings a caller asks for again (``{"lr": 0.1}``); one that differs from the run's is a
+    PGNError naming it, so a resume never silently trains another run. Returns the last epoch's metrics.
+    """
+    import json
+
+    from .adapter import read_adapter_config
+    from .devices import check_device, default_device
+    from .validation import validated
+
+    run = Path(run)
+    unknown = sorted(set(options) - set(RESUMABLE))
+    if unknown:
+        raise PGNError(f"a resumed run keeps its own {', '.join(unknown)}; it may change only "
+                       f"{', '.join(RESUMABLE)}")
+    path = run / "config.json"
+    if not path.is_file():
+        raise PGNError(f"cannot resume {run}: it holds no config.json (not a pgn run, or never started)")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PGNError(f"cannot resume {run}: {path} is not valid JSON ({e})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("train"), dict):
+        raise PGNError(f"cannot resume {run}: {path} has no 'train' settings; it was not written by pgn train")
+    acfg = read_adapter_config(run)
+    recorded = dict(config["train"])
+    if "bf16" in recorded:  # runs written before precision was a named choice
+        recorded.setdefault("precision", "bf16" if recorded.pop("bf16") else "fp32")
+    recorded = {k: v for k, v in recorded.items() if k in {f.name for f in fields(TrainConfig)}}
+    data_recipe = config.get("data") or {}
+    gen = acfg.generator or {}
+    settings = {**recorded, **_flat_data(data_recipe), "dataset": acfg.dataset, "method": acfg.method,
+                "backbone": acfg.backbone, "weights": acfg.backbone_weights, "img_size": acfg.img_size,
+                "num_prompts": acfg.num_prompts, "layout": acfg.layout, "head": acfg.head,
+                "head_norm": acfg.head_norm, "vp_pad": acfg.vp_pad,
+                **{key: gen[field] for key, field in (("library_size", "library_size"), ("generator", "arch"),
+                   ("generator_size", "input_size"), ("mixing", "mixing"), ("library_space", "library_space"))
+                   if field in gen}}
+    for key, value in (changes or {}).items():
+        if key in RESUMABLE or value is None:
+            continue
+        if key not in settings:
+            raise PGNError(f"cannot resume {run} with {key}={value!r}: a resumed run keeps its own settings")
+        if _differs(value, settings[key]):
+            raise PGNError(f"cannot resume {run} with {key} {value!r}: the run was trained with {settings[key]!r} "
+                           f"(a resumed run keeps its own settings; only {', '.join(RESUMABLE)} may change)")
+    device = check_device(options.get("device") or default_device())
+    recorded.update(epochs=epochs or recorded.get("epochs", 1), device=device,
+                    progress=options.get("progress", recorded.get("progress", True)))
+    if options.get("num_workers") is not None:
+        recorded["num_workers"] = options["num_workers"]
+    cfg = validated(TrainConfig, recorded, f"{path} (train)")
+    bb = (create_backbone(backbone or acfg.backbone, acfg.backbone_weights if backbone is None else None)
+          if not isinstance(backbone, FrozenBackbone) else backbone)
+    data = _data_of_run(acfg, config, data_recipe)
+    model = build_classifier(acfg, bb)  # its weights come from the checkpoint
+    return _train_loop(model, acfg, data, cfg, run, resume=True, log=log)
+
+
+def _flat_data(recipe: dict) -> dict:
+    """The comparable data settings of a recorded recipe (one dataset, or the first of several)."""
+    first = recipe.get("datasets", [recipe])[0] if recipe else {}
+    return {k: first.get(k) for k in ("train_limit", "test_limit", "augment") if k in first} | (
+        {"data_root": first.get("root")} if "root" in first else {})
+
+
+def _differs(asked, recorded) -> bool:
+    if isinstance(asked, (str, Path)) and isinstance(recorded, str) and Path(asked).exists():
+        return Path(asked).resolve() != Path(recorded).resolve()  # one file, named two ways
+    if isinstance(asked, float) or isinstance(recorded, float):
+        try:
+            return float(asked) != float(recorded)
+        except (TypeError, ValueError):
+            return True
+    return asked != recorded
+
+
+def _data_of_run(acfg, config: dict, recipe: dict) -> DataSpec:
+    """The run's data rebuilt from its recipe; runs from before recipes were recorded, from their sizes."""
+    sizes = dict(img_size=acfg.img_size, mean=acfg.mean, std=acfg.std)
+    if recipe:
+        parts = recipe.get("datasets", [recipe])
+        first = parts[0]
+        data, _ = build_data([p["name"] for p in parts], **sizes, augment=first.get("augment", False),
+                             train_limit=first.get("train_limit"), test_limit=first.get("test_limit"),
+                             seed=first.get("seed", 0), root=first.get("root"))
+    else:
+        sizes = config.get("dataset", {})
+        data, _ = build_data(acfg.dataset, **sizes, augment=config.get("augment", False),
+                             seed=config["train"].get("seed", 0))
+        limits = {}
+        if sizes.get("train_size") not in (None, len(data.train)):
+            limits["train_limit"] = sizes["train_size"]
+        if sizes.get("test_size") not in (None, len(data.test)):
+            limits["test_limit"] = sizes["test_size"]
+        if limits:
+            data, _ = build_data(acfg.dataset, **sizes, augment=config.get("augment", False),
+                                 seed=config["train"].get("seed", 0), **limits)
+    if list(data.class_names) != list(acfg.class_names):
+        raise PGNError(f"cannot resume: the rebuilt data {data.name} no longer has the run's classes")
+    return data
+
+
 def evaluate(model: PromptedClassifier, data: str | DataSpec | None = None, *, test_limit: int | None = None,
-             batch_size: int = 32, device: str | None = None, bf16: bool = False, data_root: str | None = None,
+             batch_size: int = 32, device: str | None = None, precision: str = "fp32", data_root: str | None = None,
              progress: bool = True) -> dict:
     """Test metrics of ``model`` (loss, top-1, top-5, n) on ``data`` (default: the dataset it records).
 
     A model trained on several datasets at once (``pgn.multi``) is scored per dataset:
     ``{"datasets": {name: metrics}}``. ``device``: where to run (default: where the model is).
+    ``precision``: ``fp32`` (default), ``bf16`` or ``auto``; the metrics name the one that ran.
     """
     from torch.utils.data import DataLoader
 
     from .multi import DatasetView
+    from .precision import resolve
     from .training import evaluate as evaluate_loop
 
     cfg = model._require_config()
     device = device or str(next(model.parameters()).device)
+    precision = resolve(precision, device)
     model.to(device)
 
     def split(name):
@@ -120,7 +257,7 @@ def evaluate(model: PromptedClassifier, data: str | DataSpec | None = None, *, t
         out = {}
         for i, part in enumerate(cfg.extra["datasets"]):
             loader, _ = split(part["name"])
-            out[part["name"]] = evaluate_loop(DatasetView(model, i), loader, device, bf16, progress)
+            out[part["name"]] = dict(evaluate_loop(DatasetView(model, i), loader, device, precision, progress), precision=precision)
         return {"datasets": out}
     name = data if data is not None else cfg.dataset
     if name is None:
@@ -129,4 +266,4 @@ def evaluate(model: PromptedClassifier, data: str | DataSpec | None = None, *, t
     if list(spec.class_names) != list(cfg.class_names):
         raise PGNError(f"{spec.name} has classes {list(spec.class_names)[:5]}..., but the model was trained on "
                        f"{cfg.dataset} with {len(cfg.class_names)} classes")
-    return evaluate_loop(model, loader, device, bf16, progress)
+    return dict(evaluate_loop(model, loader, device, precision, progress), precision=precision)

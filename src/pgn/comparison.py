@@ -3,13 +3,14 @@
 Protocol (the same for every method):
 
 * every method gets the same epochs and schedule (SGD momentum 0.9, warm-up then cosine,
-  batch 32, bf16 autocast where the CPU/GPU has it natively);
+  batch 32, one precision for every run (``fp32``, or ``bf16`` autocast when asked for; it is part of
+  every run's cache key and recorded in its result);
 * each method's learning rate is chosen from :data:`CANDIDATES` on a validation split carved
   from train (20 %, stratified, seed 0), never on test; ties go to the smaller rate;
 * the chosen rate is then trained on the full train split with ``seeds`` seeds and tested.
 
-Every run is cached as ``<runs>/<dataset>-<ntrain>x<ntest>-<px>px-e<epochs>/<method>/<split>-lr<lr>
-[-seed<s>].json``, so an interrupted comparison resumes where it stopped and a finished one
+Every run is cached as ``<runs>/<dataset>-<ntrain>x<ntest>-<px>px-e<epochs>[-b<batch>][-bf16]/<method>/
+<split>-lr<lr>[-seed<s>].json`` (no precision suffix: fp32), so an interrupted comparison resumes where it stopped and a finished one
 re-renders its report without training anything.
 
 Used by ``pgn bench`` and ``benchmarks/compare_methods.py``.
@@ -31,7 +32,7 @@ from torch.utils.data import Subset
 from .adapter import AdapterConfig, adapter_config, build_classifier
 from .backbones.base import FrozenBackbone
 from .data import DataSpec
-from .errors import PGNError
+from .errors import DivergedError, PGNError
 from .files import write_json
 from .training import TrainConfig, train
 
@@ -77,7 +78,7 @@ class ComparisonConfig:
     seeds: int = 3
     val_epochs: int | None = None  # budget of the validation runs that choose the rates (None: ``epochs``)
     img_size: int = 112
-    bf16: bool = False
+    precision: str = "fp32"  # resolved: "fp32" or "bf16" (autocast); part of every run's cache key
     runs: Path = Path("runs/bench-compare")
     candidates: dict[str, list[float]] = field(default_factory=lambda: dict(CANDIDATES))
     batch_size: int = 32     # the CPU protocol's; a GPU run may take more (part of the cache key when not 32)
@@ -100,6 +101,9 @@ class ComparisonConfig:
         empty = [m for m in self.methods if not self.candidates.get(m)]
         if empty:
             raise PGNError(f"no learning-rate candidates for {', '.join(empty)}")
+        if self.precision not in ("fp32", "bf16"):
+            raise PGNError(f"the comparison runs in one resolved precision, fp32 or bf16 (got {self.precision!r}; "
+                           "resolve 'auto' with pgn.precision.resolve first)")
         self.runs = Path(self.runs)
         self.record = None if self.record is None else Path(self.record)
 
@@ -127,12 +131,12 @@ def method_config(method: str, backbone: FrozenBackbone, data: DataSpec, img_siz
                           layout=layout, dataset=data.name, **variant.adapter)
 
 
-def train_config(method: str, lr: float, epochs: int, seed: int, bf16: bool, head_lr: float | None = None,
+def train_config(method: str, lr: float, epochs: int, seed: int, precision: str, head_lr: float | None = None,
                  variant: Variant = RECIPE, **loader) -> TrainConfig:
     """One schedule for all methods (warm-up over half the run, cosine, no clipping); ``lr`` is the rate of
     everything the method trains (the head's too), except VP's pixels and fine-tuning's backbone, whose
     head gets ``head_lr``. ``loader``: batch_size, device, num_workers (the same for every method)."""
-    common = dict(epochs=epochs, lr=lr, seed=seed, bf16=bf16, progress=False, **loader)
+    common = dict(epochs=epochs, lr=lr, seed=seed, precision=precision, progress=False, **loader)
     if method == "finetune":
         cfg = dict(common, backbone_lr=lr, head_lr=head_lr)
     elif method == "vp":
@@ -214,16 +218,15 @@ class Runner:
         if key.exists():  # an interrupted attempt: start it again cleanly
             shutil.rmtree(key)
         acfg = method_config(method, self.backbone, data, self.cfg.img_size, variant)
-        model = build_classifier(acfg, self.backbone)
-        tcfg = train_config(method, lr, epochs or self.cfg.epochs, seed, self.cfg.bf16, head_lr, variant,
+        # Built from the run's seed: a method's init never depends on which runs came before it.
+        model = build_classifier(acfg, self.backbone, seed=seed)
+        tcfg = train_config(method, lr, epochs or self.cfg.epochs, seed, self.cfg.precision, head_lr, variant,
                             batch_size=self.cfg.batch_size, device=self.cfg.device, num_workers=self.cfg.num_workers)
         t0 = time.perf_counter()
         diverged = None
         try:
             row = train(model, acfg, data, tcfg, key, log=lambda *_: None)
-        except PGNError as e:
-            if not str(e).startswith("loss became"):
-                raise
+        except DivergedError as e:
             row, diverged = {"test_top1": None}, str(e)  # a diverging rate is a result, not a crash
         finally:
             trainable = model.num_trainable()  # counted before fine-tuning's unfreeze is undone
@@ -231,9 +234,15 @@ class Runner:
                 p.requires_grad_(False)
             if method == "finetune":
                 self.backbone.load_state_dict(self.original)
+        from .training import read_metrics
+
         result = {"top1": row["test_top1"], "trainable_parameters": trainable, "head_lr": tcfg.head_lr or tcfg.lr,
                   "seconds": round(time.perf_counter() - t0, 1), "device": device_name(tcfg.device),
-                  "batch_size": tcfg.batch_size, **({"diverged": diverged} if diverged else {})}
+                  "batch_size": tcfg.batch_size, "precision": tcfg.precision,
+                  # every epoch's row (losses, accuracy, per-part gradient norms, update sizes, mixture entropy):
+                  # small, and what explains a run that went wrong once its weights are gone
+                  "epochs": read_metrics(key),
+                  **({"diverged": diverged} if diverged else {})}
         write_json(cached_result(key), result)
         if self.cfg.record is not None:
             write_json(recorded_result(self.cfg, key), result)
@@ -289,7 +298,9 @@ def compare(backbone: FrozenBackbone, datasets: dict[str, DataSpec], cfg: Compar
 def run_root(cfg: ComparisonConfig, name: str, data: DataSpec, epochs: int | None = None) -> Path:
     """The cache folder of one dataset at one budget."""
     batch = "" if cfg.batch_size == 32 else f"-b{cfg.batch_size}"
-    return cfg.runs / f"{name}-{len(data.train)}x{len(data.test)}-{cfg.img_size}px-e{epochs or cfg.epochs}{batch}"
+    precision = "" if cfg.precision == "fp32" else f"-{cfg.precision}"  # runs recorded before the suffix were fp32
+    return cfg.runs / (f"{name}-{len(data.train)}x{len(data.test)}-{cfg.img_size}px-e{epochs or cfg.epochs}{batch}"
+                       f"{precision}")
 
 
 def select_and_test(runner: "Runner", root: Path, method: str, data: DataSpec, val: DataSpec | None,
@@ -322,6 +333,8 @@ def select_and_test(runner: "Runner", root: Path, method: str, data: DataSpec, v
             "std": statistics.stdev(done) if len(done) > 1 else 0.0,
             "trainable_parameters": tests[0]["trainable_parameters"] if tests else None,
             "device": tests[0].get("device") if tests else None, "batch_size": tests[0].get("batch_size") if tests else None,
+            # Results recorded before precision was stored come from fp32 runs (their cache key has no suffix).
+            "precision": ", ".join(sorted({t.get("precision", "fp32") for t in tests})) if tests else None,
             "seconds": round(sum(t["seconds"] for t in tests), 1),
             "train_sizes": [len(data.train), len(data.test)]}
 
@@ -346,6 +359,9 @@ def accuracy_table(results: dict, methods: Sequence[str] = METHODS) -> list[str]
     for name, res in results.items():
         lines.append(f"| chosen lr, {name} | " + " | ".join(
             f"{res[m]['lr']:g}" if m in res else "n/a" for m in methods) + " |")
+    for name, res in results.items():  # what each cell ran in, read from its own records
+        lines.append(f"| precision, {name} | " + " | ".join(
+            (res[m].get("precision") or "fp32") if m in res else "n/a" for m in methods) + " |")
     first_name, first = next(iter(results.items()))
     lines.append(f"| trainable parameters ({first_name}) | " + " | ".join(
         f"{first[m]['trainable_parameters']:,}" if m in first else "n/a" for m in methods) + " |")
@@ -445,7 +461,8 @@ def benchmark(datasets: Sequence[str], cfg: ComparisonConfig, out: Path, *, comm
     out = Path(out)
     meta = {"command": command, "backbone": model.name, "img_size": cfg.img_size, "epochs": cfg.epochs,
             "val_epochs": cfg.val_epochs or cfg.epochs,
-            "seeds": cfg.seeds, "precision": "bf16 autocast" if cfg.bf16 else "fp32", "batch_size": cfg.batch_size,
+            "seeds": cfg.seeds, "precision": _precisions(comparison["results"]) or cfg.precision,
+            "batch_size": cfg.batch_size,
             "rates_given": all(len(cfg.candidates[m]) == 1 for m in cfg.methods),
             "machine": _machines(comparison["results"]) or
             f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
@@ -457,6 +474,12 @@ def benchmark(datasets: Sequence[str], cfg: ComparisonConfig, out: Path, *, comm
     speed = json.loads(Path(throughput).read_text()) if throughput and Path(throughput).is_file() else None
     write_report(out.with_suffix(".md"), comparison, meta, speed)
     return {"meta": meta, **comparison}
+
+
+def _precisions(results: dict) -> str:
+    """The precision(s) the reported runs ran in, from their results (never the rendering call's)."""
+    seen = sorted({r["precision"] for res in results.values() for r in res.values() if r.get("precision")})
+    return " and ".join(seen)
 
 
 def _machines(results: dict) -> str:

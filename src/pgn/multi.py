@@ -45,7 +45,8 @@ def combine(specs: list[DataSpec]) -> tuple[DataSpec, list[dict]]:
 
     names = [f"{p['name']}/{c}" for p in parts for c in p["classes"]]
     spec = DataSpec(name=",".join(s.name for s in specs), class_names=names, train=cat("train"), test=cat("test"),
-                    augmented=any(s.augmented for s in specs))
+                    augmented=any(s.augmented for s in specs),
+                    recipe={"datasets": [s.recipe for s in specs]} if all(s.recipe for s in specs) else {})
     return spec, parts
 
 

@@ -28,7 +28,7 @@ TORCHVISION_MODELS = {"vit-b32": ("vit_b_32", "ViT_B_32_Weights")}  # pgn name -
 
 
 class TorchvisionViT(FrozenBackbone):
-    """Wraps a ``torchvision.models.VisionTransformer`` (its classification ``heads`` are never used)."""
+    """Wraps a ``torchvision.models.VisionTransformer``; its classifier ``heads`` is kept for serving, never trained."""
 
     def __init__(self, model: nn.Module, name: str, description: str = ""):
         super().__init__()
@@ -46,6 +46,11 @@ class TorchvisionViT(FrozenBackbone):
         self.native_grid = (g, g)
         self.preprocessing = Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=int(model.image_size))
         self.freeze()
+
+    def finetune_parameters(self):
+        """The encoder: the model's own classifier (``heads``, kept for serving) is never trained."""
+        head = {id(p) for p in self.vit.heads.parameters()}
+        return (p for p in self.parameters() if id(p) not in head)
 
     def patch_conv(self) -> nn.Module:
         return self.vit.conv_proj
@@ -87,6 +92,14 @@ def _read_state_dict(path: Path) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def _classes(heads: dict) -> int:
+    """Outputs of the classifier in a state dict's ``heads.*`` entries (its last linear layer's bias)."""
+    biases = [v for k, v in sorted(heads.items()) if k.endswith(".bias")]
+    if not biases:
+        raise PGNError("the weights file's heads hold no linear classifier (no heads.*.bias)")
+    return int(biases[-1].shape[0])
+
+
 def create_torchvision(name: str, weights: str | None = None) -> TorchvisionViT:
     """``vit-b32``: torchvision ``vit_b_32``, ImageNet-1k weights (``IMAGENET1K_V1``) or a local state dict."""
     if name not in TORCHVISION_MODELS:
@@ -103,9 +116,12 @@ def create_torchvision(name: str, weights: str | None = None) -> TorchvisionViT:
                            "(.pth or .safetensors) to --weights")
         try:
             state = _read_state_dict(path)
-            model = fn(weights=None)
-            model.heads = nn.Identity()  # the backbone ends at the CLS feature; any classifier in the file is ignored
-            model.load_state_dict({k: v for k, v in state.items() if not k.startswith("heads.")}, strict=True)
+            heads = {k: v for k, v in state.items() if k.startswith("heads.")}
+            # The file's own classifier is kept (a server answers with it); the split forward never uses it.
+            model = fn(weights=None, **({"num_classes": _classes(heads)} if heads else {}))
+            if not heads:
+                model.heads = nn.Identity()  # a file without a classifier: embeddings only
+            model.load_state_dict(state, strict=True)
         except PGNError:
             raise
         except (RuntimeError, ValueError, OSError, KeyError, TypeError) as e:
@@ -123,6 +139,5 @@ def create_torchvision(name: str, weights: str | None = None) -> TorchvisionViT:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise PGNError(f"could not download {enum.url} for {name}: {first[:300]}; "
                            "download it elsewhere and pass --weights PATH") from e
-        model.heads = nn.Identity()
-        source = f"{fn.__name__} {enum}"
+        source = f"{fn.__name__} {enum}"  # with its ImageNet-1k classifier, for serving; training never uses it
     return TorchvisionViT(model, name=name, description=f"torchvision {fn.__name__} (supervised ImageNet), weights {source}")

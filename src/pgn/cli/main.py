@@ -79,7 +79,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-clip", type=float, default=None, help="max gradient norm; 0 disables (default and paper: off)")
     g.add_argument("--head-init", default="default", choices=("default", "zero"),
                    help="linear head init: PyTorch's default, or zero (an ablation: no signal to the prompts at first)")
-    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    _add_precision_arg(g)
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK when available, else cpu)")
     g.add_argument("--lr-scaling", default="none", choices=("none", "linear"),
                    help="with torchrun: none = --lr is for the global batch; linear = --lr x processes")
@@ -87,6 +87,35 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_precision_arg(p) -> None:
+    """``--precision {auto,fp32,bf16}`` (default auto), with ``--bf16`` / ``--fp32`` as its aliases."""
+    from ..precision import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto (default: bf16 autocast where the device runs it natively, else fp32), fp32 or bf16; "
+                        "the choice is printed and recorded")
+    p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="alias of --precision bf16")
+    p.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="alias of --precision fp32")
+
+
+def _precision(args, device: str, say: bool = True) -> str:
+    """``--precision`` resolved for ``device`` once, and said (on the main process) unless ``say`` is False."""
+    from ..precision import describe, resolve
+
+    chosen = resolve(args.precision, device)
+    if say and _is_main():
+        why = " (auto)" if args.precision == "auto" else ""
+        print(f"precision {describe(chosen)}{why} on {device}")
+    return chosen
+
+
+def _device(args) -> str:
+    """``--device``, checked against this machine, or the default (CUDA when there is one)."""
+    from ..devices import check_device, default_device
+
+    return check_device(args.device) if args.device else default_device()
 
 
 def _add_backbone_override(p: argparse.ArgumentParser) -> None:
@@ -120,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zeroshot: evaluate CLIP's zero-shot head on --backbone without any run")
     _add_data_args(p, default=None)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--bf16", action="store_true")
+    _add_precision_arg(p)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
     _add_backbone_override(p)
 
@@ -153,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default=None, metavar="FILE",
                    help="hosted classifier: class names, one per line (optional first line 'template: a photo of a {}.'); "
                         "answers class scores (CLIP: zero-shot head) and no embeddings")
-    p.add_argument("--fp32", action="store_true", help="float32 even where bfloat16 is native")
+    _add_precision_arg(p)
     p.add_argument("--forward-batch", type=int, default=32, help="images per forward, gathered from concurrent requests")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a forward waits to gather more images")
     p.add_argument("--max-request-pixels", type=int, default=None,
@@ -197,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", action="append", default=None, metavar="NAME=TRAINxTEST",
                    help="stratified seed-0 subset of a dataset (default: fashion-mnist=1000x1000); repeatable")
     p.add_argument("--quick", action="store_true", help="minutes: elpv only, 400/200 images, 1 epoch, 1 seed")
-    p.add_argument("--fp32", action="store_true", help="float32 even where bfloat16 is native")
+    _add_precision_arg(p)
     p.add_argument("--runs", default="runs/bench-compare", help="cache of finished runs (resumes from it)")
     p.add_argument("--record", default=None, help="also keep each finished run's result JSON here, laid out like "
                                                    "--runs (small; commit it to resume from a fresh clone)")
@@ -222,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default: runs/demo-<time>)")
     p.add_argument("--epochs", type=int, default=None, help="default: 7 (under 10 minutes on 2 cores)")
     p.add_argument("--img-size", type=int, default=112)
-    p.add_argument("--fp32", action="store_true", help="float32 even where bfloat16 is native")
+    _add_precision_arg(p)
+    p.add_argument("--seed", type=int, default=None, help="model initialisation and data order (default 0)")
     p.add_argument("--lr", type=float, default=0.01, help="rate of everything trained (default: chosen on validation)")
     p.add_argument("--train-images", type=int, default=1000, help="stratified ELPV training subset (0: all 1,968)")
     p.add_argument("--no-progress", action="store_true")
@@ -244,28 +274,21 @@ def _check_size(img_size: int, patch: int) -> None:
         raise PGNError(f"--img-size {img_size} must be a positive multiple of the backbone's patch size {patch}")
 
 
-def _train_config(args):
+def _train_config(args, device: str, precision: str):
     from ..training import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
                        backbone_lr=args.backbone_lr,
                        optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                       grad_clip=args.grad_clip or None, head_init=args.head_init, bf16=args.bf16, seed=args.seed, num_workers=args.workers,
+                       grad_clip=args.grad_clip or None, head_init=args.head_init, precision=precision, seed=args.seed,
+                       num_workers=args.workers,
                        progress=not args.no_progress and _is_main(), lr_scaling=args.lr_scaling,
-                       device=args.device or _default_device())
+                       device=device)
 
 
 def _is_main() -> bool:
     """Rank 0 of a torchrun job (or a plain single process): the one that prints."""
     return os.environ.get("RANK", "0") == "0"
-
-
-def _default_device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    return "cpu"
 
 
 def _print_params(model) -> None:
@@ -289,45 +312,67 @@ def _new_adapter_config(args, backbone, data, img_size: int):
                           vp_pad=args.vp_pad, dataset=data.name, backbone_weights=args.weights)
 
 
+# Options a resumed run may be given again with another value; every other one must match the run's.
+_RESUME_FREE = {"epochs", "device", "workers", "no_progress", "out", "resume"}
+_RESUME_NAMES = {"workers": "num_workers"}  # CLI dest -> the library's name, where they differ
+
+
 def cmd_train(args) -> int:
-    from ..adapter import build_classifier, read_adapter_config
+    from ..adapter import build_classifier
+    from ..api import build_data
     from ..backbones import create_backbone
     from ..training import train
 
     if args.method == "zeroshot":
         raise PGNError("zero-shot CLIP needs no training: run `pgn eval --method zeroshot --backbone clip-vit-b32 --dataset NAME`")
-    acfg = read_adapter_config(args.out) if args.resume and args.out else None
-    if args.resume and not args.out:
-        raise PGNError("--resume needs --out RUN_DIR naming the run to continue")
-    img_size = acfg.img_size if acfg else args.img_size
-    backbone = create_backbone(acfg.backbone if acfg else args.backbone, acfg.backbone_weights if acfg else args.weights)
+    if args.resume:
+        return _resume(args)
+    img_size = args.img_size
+    backbone = create_backbone(args.backbone, args.weights)
     _check_size(img_size, backbone.patch_size)
     pre = backbone.preprocessing
-    names = acfg.dataset.split(",") if acfg else args.dataset.split(",")
-    parts = None
-    if len(names) > 1:  # one PGN over several datasets, a head per dataset
-        from ..multi import combine
-
-        data, parts = combine([_dataset(args, n, img_size, pre.mean, pre.std, args.augment, args.train_limit,
-                                        args.test_limit) for n in names])
-    else:
-        data = _dataset(args, names[0], img_size, pre.mean, pre.std, args.augment, args.train_limit, args.test_limit)
-    if acfg is None:
-        acfg = _new_adapter_config(args, backbone, data, img_size)
-        if parts:
-            acfg.extra["datasets"] = parts
-    elif acfg.class_names != list(data.class_names):
-        raise PGNError(f"{args.out} was trained on {acfg.dataset}; resume it with --dataset {acfg.dataset}")
-    model = build_classifier(acfg, backbone)
+    data, parts = build_data(args.dataset, img_size=img_size, mean=pre.mean, std=pre.std, augment=bool(args.augment),
+                             train_limit=args.train_limit, test_limit=args.test_limit, seed=args.seed, root=args.data_root,
+                             download=args.download)
+    acfg = _new_adapter_config(args, backbone, data, img_size)
+    if parts:  # one PGN over several datasets, a head per dataset
+        acfg.extra["datasets"] = parts
+    model = build_classifier(acfg, backbone, seed=args.seed)  # the run's seed draws the init too
     out = Path(args.out or f"runs/{args.method}-{data.name.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
     if _is_main():
         print(f"backbone {backbone.name}: {backbone.description}")
         print(f"dataset {data.name}: {len(data.train)} train / {len(data.test)} test, {len(data.class_names)} classes, {img_size}px")
         _print_params(model)
-    row = train(model, acfg, data, _train_config(args), out, resume=args.resume,
-                log=print if _is_main() else (lambda *_: None))
+    device = _device(args)
+    tcfg = _train_config(args, device, _precision(args, device))
+    row = train(model, acfg, data, tcfg, out, resume=False, log=print if _is_main() else (lambda *_: None))
     if _is_main():
         print(json.dumps({"run": str(out), **row}))
+    return 0
+
+
+def _resume(args) -> int:
+    """``--resume``: the run continues with its own settings; options given again must agree with them."""
+    from ..api import resume
+
+    if not args.out:
+        raise PGNError("--resume needs --out RUN_DIR naming the run to continue")
+    device = _device(args)
+    changes = {}
+    for dest in sorted(args.given - _RESUME_FREE):
+        value = getattr(args, dest, None)
+        if dest == "precision":
+            value = _precision(args, device, say=False)
+        changes[_RESUME_NAMES.get(dest, dest)] = value
+    try:
+        row = resume(args.out, args.epochs if "epochs" in args.given else None, changes=changes, device=device,
+                     num_workers=args.workers if "workers" in args.given else None,
+                     progress=not args.no_progress and _is_main(), log=print if _is_main() else (lambda *_: None))
+    except PGNError as e:
+        # The library names its settings; say the flags too.
+        raise PGNError(str(e).replace(" with ", " with --", 1) if "keeps its own" in str(e) else str(e)) from None
+    if _is_main():
+        print(json.dumps({"run": str(args.out), **row}))
     return 0
 
 
@@ -336,23 +381,24 @@ def cmd_eval(args) -> int:
 
     if args.api:
         return _eval_api(args)
+    device = _device(args)
+    precision = _precision(args, device, say=False)  # the JSON it prints names it
     if args.method == "zeroshot":
         model, cfg = _zero_shot_model(args)
     elif not args.run:
         raise PGNError("pass a run directory to evaluate, or --method zeroshot with a clip-* --backbone")
     else:
         model, cfg = _load(args.run, args)
-    device = args.device or _default_device()
     if cfg.extra.get("datasets"):  # one PGN over several datasets: each scored
         metrics = evaluate(model, test_limit=args.test_limit, batch_size=args.batch_size, device=device,
-                           bf16=args.bf16, data_root=args.data_root)
+                           precision=precision, data_root=args.data_root)
         print(json.dumps({"run": args.run, "method": cfg.method, **metrics}))
         return 0
     name = args.dataset or cfg.dataset
     if not name:
         raise PGNError(f"{args.run} does not record its dataset; pass --dataset")
     data = _dataset(args, name, args.img_size or cfg.img_size, cfg.mean, cfg.std, test_limit=args.test_limit)
-    metrics = evaluate(model, data, batch_size=args.batch_size, device=device, bf16=args.bf16)
+    metrics = evaluate(model, data, batch_size=args.batch_size, device=device, precision=precision)
     print(json.dumps({"run": args.run, "dataset": name, "method": cfg.method, **metrics}))
     return 0
 
@@ -398,7 +444,7 @@ def cmd_predict(args) -> int:
             preds = remote.predict(args.images, top_k=args.top_k)
     else:
         model, _ = _load(args.adapter, args)
-        model.to(args.device or _default_device())
+        model.to(_device(args))
         preds = model.predict(args.images, top_k=args.top_k)
     for path, top in zip(args.images, preds):
         if args.json:
@@ -444,10 +490,11 @@ def cmd_compose(args) -> int:
 def cmd_serve(args) -> int:
     from ..serving import serve
 
+    device = _device(args)
     serve(args.backbone, args.weights, host=args.host, port=args.port,
           max_upload_bytes=int(args.max_upload_mb * 2**20), max_side=args.max_side,
-          device=args.device or _default_device(), classes_file=args.classes,
-          precision="fp32" if args.fp32 else "auto", forward_batch=args.forward_batch,
+          device=device, classes_file=args.classes, precision=_precision(args, device, say=False),  # logged by serve
+          forward_batch=args.forward_batch,
           max_wait_ms=args.max_wait_ms, max_request_pixels=args.max_request_pixels)
     return 0
 
@@ -533,7 +580,6 @@ def _parse_rate(text: str) -> tuple[str, list[float]]:
 
 def cmd_bench(args) -> int:
     from .. import comparison
-    from ..training import native_bf16
 
     subsets = dict(_parse_subset(s) for s in args.subset) if args.subset is not None else dict(comparison.SUBSETS)
     datasets = args.datasets or list(comparison.DATASETS)
@@ -544,7 +590,7 @@ def cmd_bench(args) -> int:
     rates = {**comparison.CANDIDATES, **dict(_parse_rate(r) for r in args.rate or [])}
     cfg = comparison.ComparisonConfig(methods=args.methods or comparison.METHODS, epochs=epochs, seeds=seeds,
                                       val_epochs=None if args.quick else args.val_epochs,
-                                      img_size=args.img_size, bf16=not args.fp32 and native_bf16(args.device),
+                                      img_size=args.img_size, precision=_precision(args, _device(args)),
                                       runs=Path(runs), candidates=rates, batch_size=args.batch_size,
                                       device=args.device, num_workers=args.workers, render_only=args.render_only,
                                       record=args.record)
@@ -559,12 +605,30 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ..demo import EPOCHS, run_demo
+    from ..demo import EPOCHS, SEED, run_demo
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    return run_demo(out=out, epochs=args.epochs or EPOCHS, img_size=args.img_size, lr=args.lr,
-                    progress=not args.no_progress, bf16=False if args.fp32 else None,
-                    train_images=args.train_images or None)
+    run_demo(out=out, epochs=args.epochs or EPOCHS, img_size=args.img_size, lr=args.lr,
+             progress=not args.no_progress, precision=args.precision, train_images=args.train_images or None,
+             seed=SEED if args.seed is None else args.seed)
+    return 0
+
+
+def _given_options(parser: argparse.ArgumentParser, command: str, argv: list[str]) -> set[str]:
+    """The ``dest`` of every option the user typed for ``command`` (argparse's unique prefixes included)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    options = {o: a.dest for a in sub._actions for o in a.option_strings}
+    given = set()
+    for token in argv:
+        if not token.startswith("-") or token == "-":
+            continue
+        key = token.split("=", 1)[0]
+        if key not in options:
+            matches = {o for o in options if o.startswith(key) and o.startswith("--")}
+            key = next(iter(matches)) if len(matches) == 1 else key
+        if key in options:
+            given.add(options[key])
+    return given
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
@@ -573,7 +637,8 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "expor
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for reports that quote their command
     # The library logs through ``logging`` (pgn.*); the command line shows its lines as they are, and
     # other libraries' (httpx logs every request at INFO) only from warnings up.
@@ -585,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         pgn_log.setLevel(logging.INFO)
         pgn_log.propagate = False
     if args.command == "train":
+        args.given = _given_options(parser, args.command, args.argv)  # before presets fill the rest
         resolve_defaults(args)
     try:
         return COMMANDS[args.command](args)

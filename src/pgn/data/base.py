@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ class DataSpec:
     # Whether ``train`` yields randomly augmented images: the dataset decides, and a run never caches
     # features of an augmented split (the linear probe would train on one frozen draw of the augmentation).
     augmented: bool = False
+    # How it was built (``build_dataset``'s arguments: name, limits, subset seed, augment, root), recorded
+    # in a run's config.json so that a resumed run rebuilds exactly these images; empty when built by hand.
+    recipe: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -101,6 +104,44 @@ def check_pixels(width: int, height: int, label: str) -> None:
                        f"downscale it, or raise {MAX_PIXELS_ENV} if you trust the file")
 
 
+def to_rgb(img: Image.Image, label: str = "image") -> Image.Image:
+    """A decoded image of any Pillow mode as 8-bit RGB, read as what it is (the one conversion pgn uses).
+
+    8-bit modes (L, P, RGBA, CMYK, ...) go through Pillow's own conversion. 16-bit integer images
+    (``I;16*``, and ``I`` whose values fit in 16 bits) keep their top 8 bits (``>> 8``); an ``I`` image
+    whose values all fit in 8 bits is taken as it is. Float images (``F``) are mapped by their range:
+    [0, 1] is scaled by 255, [0, 255] taken as it is; any other range is refused, since no reading of it
+    is the right one. Pillow's plain ``convert("RGB")`` clips 16-bit values at 255 and floats to black.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(img, dtype=np.float64 if mode == "F" else np.int64)
+        if values.size == 0:
+            return img.convert("RGB")
+        lo, hi = float(values.min()), float(values.max())
+        if mode == "F":
+            if not np.isfinite(values).all():
+                raise PGNError(f"{label} is a float image with NaN or infinite pixels; save it as 8-bit PNG")
+            if lo >= 0 and hi <= 1:
+                grey = np.rint(values * 255)
+            elif lo >= 0 and hi <= 255:
+                grey = np.rint(values)
+            else:
+                raise PGNError(f"{label} is a float image with values in [{lo:g}, {hi:g}], neither [0, 1] nor "
+                               "[0, 255]; rescale it and save it as 8-bit PNG")
+        elif lo < 0 or hi > 65535:
+            raise PGNError(f"{label} is a 32-bit integer image with values in [{lo:g}, {hi:g}]; rescale it to "
+                           "8 or 16 bits")
+        elif mode.startswith("I;16") or hi > 255:
+            grey = values >> 8  # 16 bits per pixel: the top 8
+        else:
+            grey = values
+        return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
+    return img.convert("RGB")
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Read an image file as RGB; a missing, corrupt, unsupported or oversized file raises PGNError."""
     try:
@@ -110,7 +151,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         with img:
             check_pixels(*img.size, f"image {path}")  # from the header, before decoding
             img.load()  # decode now, so a truncated file fails here and not later
-            return img.convert("RGB")
+            return to_rgb(img, f"image {path}")
     except FileNotFoundError:
         raise PGNError(f"image file {path} does not exist; check the path") from None
     except UnidentifiedImageError:

@@ -266,4 +266,6 @@ def build_dataset(
     if test_limit is not None:
         spec.test = spec.test.subset(test_limit, seed)
     spec.augmented = bool(augment)
+    spec.recipe = {"name": raw, "train_limit": train_limit, "test_limit": test_limit, "seed": seed,
+                   "augment": bool(augment), "root": None if root is None else str(root)}
     return spec

@@ -23,7 +23,9 @@ class ToRGB:
     """
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        return img if img.mode == "RGB" else img.convert("RGB")
+        from .base import to_rgb  # 16-bit and float images are read as what they are
+
+        return to_rgb(img)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

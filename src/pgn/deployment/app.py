@@ -61,13 +61,13 @@ def create_page_app(remote: RemoteClassifier, samples: list[tuple[str, bytes]] |
     def classify(data: bytes) -> dict:
         from PIL import Image
 
-        from ..data.base import check_pixels
+        from ..data.base import check_pixels, to_rgb
 
         try:
             with Image.open(io.BytesIO(data)) as img:
                 check_pixels(*img.size, "the upload")
                 img.load()
-                pil = img.convert("RGB")
+                pil = to_rgb(img, "the upload")
         except PGNError:
             raise
         except Exception as e:

@@ -112,10 +112,17 @@ class TorchvisionServed(ServedModel):
 
     def __init__(self, backbone, classes=None):
         self.vit = backbone.vit
-        outputs = _last_linear(self.vit.heads).out_features
-        if classes is None:
-            classes = [str(i) for i in range(outputs)]
-        if len(classes) != outputs:
+        linear = _last_linear(self.vit.heads)
+        if linear is None:  # a backbone built without its classifier: embeddings only
+            if classes is not None:
+                raise PGNError(f"{backbone.name} was built without a classifier head (its weights hold none), so it "
+                               "cannot answer class scores; serve it without --classes, or give weights with heads.*")
+            outputs = 0
+        else:
+            outputs = linear.out_features
+            if classes is None:
+                classes = [str(i) for i in range(outputs)]
+        if classes is not None and len(classes) != outputs:
             raise PGNError(f"{backbone.name} has {outputs} classifier outputs but {len(classes)} class names were "
                            "given; a torchvision model scores with its own head")
         super().__init__(backbone, classes)
@@ -126,18 +133,17 @@ class TorchvisionServed(ServedModel):
 
     def embed(self, x):
         self._seen.clear()
-        logits = self.vit(x)
-        return self._seen.pop(), logits
+        out = self.vit(x)  # torchvision's own forward; with an Identity head it ends at the CLS feature
+        return self._seen.pop(), (out if self.classes is not None else None)
 
     def scores(self, x):
         return self.vit(x)
 
 
-def _last_linear(module: torch.nn.Module) -> torch.nn.Linear:
+def _last_linear(module: torch.nn.Module) -> torch.nn.Linear | None:
+    """The classifier layer in torchvision's ``heads`` (None when ``heads`` is an Identity)."""
     layers = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
-    if not layers:
-        raise PGNError("this torchvision ViT has no linear classifier in its heads")
-    return layers[-1]
+    return layers[-1] if layers else None
 
 
 def served_model(backbone: FrozenBackbone, classes: Sequence[str] | None = None,

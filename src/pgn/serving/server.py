@@ -4,7 +4,7 @@ or class scores out.
 The server knows nothing about prompts. For input-space deployment a client composes the prompted
 canvas itself and sends it here; the server runs the model's own, unmodified forward
 (:mod:`pgn.serving.models` says which, per library). Concurrent requests are gathered into one
-forward (:mod:`pgn.serving.batching`), fairly, in bf16 autocast where the hardware runs it natively.
+forward (:mod:`pgn.serving.batching`), fairly, in the precision it is given (fp32 unless asked; ``/info`` names it).
 
 Endpoints (every error answers ``{"detail": "<one line>"}``):
 
@@ -45,9 +45,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..backbones.base import FrozenBackbone
-from ..data.base import check_pixels
+from ..data.base import check_pixels, to_rgb
 from ..errors import PGNError
 from ..pixels import from_uint8
+from ..precision import autocast
+from ..precision import check as check_precision
+from ..precision import resolve as resolve_precision
 from .batching import Batcher
 from .models import ServedModel, served_model
 
@@ -59,7 +62,6 @@ DEFAULT_MAX_SIDE = 1024
 DEFAULT_MAX_BATCH = 64      # images per request
 DEFAULT_FORWARD_BATCH = 32  # images per forward, gathered from concurrent requests
 DEFAULT_MAX_WAIT_MS = 5.0   # how long the first image of a forward waits for company
-PRECISIONS = ("auto", "bf16", "fp32")
 _IMAGE_FIELDS = ("file", "files")
 _FORMATS = ("PNG", "JPEG")
 
@@ -125,7 +127,10 @@ def _decode(data: bytes, label: str, patch: int, max_side: int, native: tuple[in
             if not pixels:
                 return h, w
             img.load()
-            rgb = img if img.mode == "RGB" else img.convert("RGB")
+            try:
+                rgb = to_rgb(img, label)  # the conversion the CLI and the datasets use: 16-bit and float too
+            except PGNError as e:
+                raise _Reject(415, str(e)) from None
             arr = np.array(rgb, dtype=np.uint8)
     except _Reject:
         raise
@@ -192,7 +197,7 @@ def create_app(
     forward_batch: int = DEFAULT_FORWARD_BATCH,
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
     max_request_pixels: int | None = None,
-    precision: str = "auto",
+    precision: str = "fp32",
 ) -> FastAPI:
     """The FastAPI app serving ``model``'s unmodified forward (see the module docstring).
 
@@ -201,7 +206,8 @@ def create_app(
     ``forward_batch`` / ``max_wait_ms``: dynamic batching across concurrent requests.
     ``max_request_pixels``: the work one request may ask for (default: 16 model inputs at the
     model's input size, and at least one ``max_side`` x ``max_side`` image). ``precision``:
-    ``auto`` is bf16 autocast where the device runs bfloat16 natively, else fp32.
+    ``fp32`` (default), ``bf16`` (autocast) or ``auto`` (bf16 where the device runs it natively,
+    :func:`pgn.precision.resolve`); ``/info`` reports the one that runs.
     """
     if not isinstance(model, ServedModel):
         model = served_model(model)
@@ -210,8 +216,7 @@ def create_app(
         raise PGNError(f"max_side {max_side} is smaller than the patch size {patch}; raise it")
     if max_upload_bytes <= 0 or max_batch <= 0 or forward_batch <= 0 or max_wait_ms < 0:
         raise PGNError("max_upload_bytes, max_batch and forward_batch must be positive, max_wait_ms >= 0")
-    if precision not in PRECISIONS:
-        raise PGNError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    check_precision(precision)
     if scores_only and model.classes is None:
         raise PGNError(f"{model.name} has no classifier head to answer scores with; for CLIP give the class names "
                        "(--classes FILE)")
@@ -228,14 +233,12 @@ def create_app(
         max_request_pixels = max(16 * input_pixels, max_side * max_side)
     max_request_pixels = int(max_request_pixels)
     device = model.device
-    from ..training.evaluate import bf16_autocast, native_bf16
-
-    bf16 = precision == "bf16" or (precision == "auto" and native_bf16(str(device)))
+    precision = resolve_precision(precision, device)
 
     def forward(kind: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, 3, H, W) normalised -> rows to answer with; runs on the batcher's thread."""
         x = x.to(device)
-        with torch.inference_mode(), bf16_autocast(device, bf16):
+        with torch.inference_mode(), autocast(device, precision):
             if kind == "scores":
                 out = {"scores": model.scores(x)}
             else:
@@ -264,7 +267,7 @@ def create_app(
         "num_classes": len(model.classes) if model.classes is not None else 0,
         "classes": model.classes,
         "endpoints": ["/classify"] if scores_only else (["/embed", "/classify"] if model.classes else ["/embed"]),
-        "precision": "bf16 autocast" if bf16 else "fp32",
+        "precision": precision,  # resolved: "fp32" or "bf16" (autocast)
         "max_upload_bytes": max_upload_bytes,
         "max_side": max_side,
         "max_batch": max_batch,
@@ -282,6 +285,7 @@ def create_app(
     # The one thing no library gives in the form we need: a cap on the whole body, answered as our JSON.
     app.add_middleware(BodySizeLimit, max_bytes=max_upload_bytes)
     app.state.batcher = batcher
+    app.state.precision = precision
     app.router.on_shutdown.append(batcher.close)
 
     @app.exception_handler(StarletteHTTPException)
@@ -420,7 +424,7 @@ def serve(
     device: str = "cpu",
     *,
     classes_file: str | None = None,
-    precision: str = "auto",
+    precision: str = "fp32",
     forward_batch: int = DEFAULT_FORWARD_BATCH,
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
     max_request_pixels: int | None = None,
@@ -450,7 +454,7 @@ def serve(
     what = f"class scores over {len(classes)} classes" if classes else "embeddings"
     log.info(f"serving {backbone.name} ({model.family}, {what}) on http://{shown}:{sock.getsockname()[1]} "
              f"(patch {model.patch_size}, sides up to {max_side}, uploads up to {max_upload_bytes} bytes, "
-             f"{app.state.batcher.max_batch} images per forward)")
+             f"{app.state.batcher.max_batch} images per forward, precision {app.state.precision})")
     config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("debug", "trace"))
     try:
         uvicorn.Server(config).run(sockets=[sock])

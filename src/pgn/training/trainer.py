@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import time
 from contextlib import ExitStack
@@ -24,9 +25,11 @@ from tqdm.auto import tqdm
 from ..adapter import AdapterConfig, load_adapter, save_adapter
 from ..data import DataSpec
 from ..data.base import check_classes
-from ..errors import PGNError
+from ..errors import DivergedError, PGNError
 from ..files import run_lock, write_json
 from ..model import PromptedClassifier
+from ..precision import autocast, resolve
+from ..precision import check as check_precision
 from .checkpoint import METRICS_FILE, checkpoint_rows, latest_checkpoint, load_state, read_metrics, repair, save_checkpoint
 from .distributed import (
     DataParallelModel,
@@ -38,7 +41,7 @@ from .distributed import (
     gather_objects,
     init_distributed,
 )
-from .evaluate import bf16_autocast, evaluate, topk_correct
+from .evaluate import evaluate, topk_correct
 from .monitor import OptimizerMonitor
 from .schedule import warmup_cosine
 
@@ -69,7 +72,7 @@ class TrainConfig:
     final_lr_ratio: float = 0.01      # cosine decays to lr * final_lr_ratio (paper: lr/100)
     grad_clip: float | None = None    # max global grad norm; None: no clipping (paper)
     head_init: str = "default"        # linear head: "default" (PyTorch's init) or "zero" (an ablation)
-    bf16: bool = False                # bfloat16 autocast for the forward pass
+    precision: str = "fp32"           # "fp32", "bf16" (autocast) or "auto" (bf16 where native), resolved at the start
     seed: int = 0
     num_workers: int = 0
     device: str = "cpu"
@@ -91,6 +94,22 @@ class TrainConfig:
             raise PGNError(f"unknown lr scaling {self.lr_scaling!r}; choose none or linear")
         if self.head_init not in ("default", "zero"):
             raise PGNError(f"unknown head init {self.head_init!r}; choose default or zero")
+        check_precision(self.precision)
+        # Numbers that would quietly wreck a run (a negative clip reverses every step) are refused here.
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise PGNError(f"grad_clip must be a positive number or None (no clipping), got {self.grad_clip}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise PGNError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise PGNError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.final_lr_ratio <= 1:
+            raise PGNError(f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
+        if self.num_workers < 0:
+            raise PGNError(f"data-loading workers must be >= 0, got {self.num_workers}")
+        for name in ("lr", "head_lr", "backbone_lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise PGNError(f"{name} must be a positive finite number, got {value}")
         if self.warmup_epochs is not None and not self.warmup_epochs >= 0:
             raise PGNError(f"warm-up epochs must be >= 0, got {self.warmup_epochs}")
 
@@ -145,11 +164,11 @@ def _optimizer(model: PromptedClassifier, cfg: TrainConfig, scale: int = 1) -> t
 
 
 @torch.inference_mode()
-def _extract_features(model: PromptedClassifier, loader, device: str, bf16: bool, progress: bool,
+def _extract_features(model: PromptedClassifier, loader, device: str, precision: str, progress: bool,
                       desc: str) -> TensorDataset:
     feats, labels = [], []
     for images, y in tqdm(loader, desc=desc, leave=False, disable=None if progress else True, dynamic_ncols=True):
-        with bf16_autocast(device, bf16):
+        with autocast(device, precision):
             feats.append(model.backbone(images.to(device)).float())
         labels.append(y.to(device))
     return TensorDataset(torch.cat(feats), torch.cat(labels))
@@ -161,7 +180,7 @@ def _gather_features(model: PromptedClassifier, ds, cfg: TrainConfig, ctx: DistC
     # its first samples) to a multiple of W, so stacking the shards rank-minor restores the order.
     sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False, drop_last=False)
     loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers)
-    feats, labels = _extract_features(model, loader, ctx.device, cfg.bf16, progress, "features train").tensors
+    feats, labels = _extract_features(model, loader, ctx.device, cfg.precision, progress, "features train").tensors
     feats = torch.stack(all_gather(feats), dim=1).flatten(0, 1)[:len(ds)]
     labels = torch.stack(all_gather(labels), dim=1).flatten(0, 1)[:len(ds)]
     return TensorDataset(feats, labels)
@@ -217,6 +236,8 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
     log = log if main else _quiet
     progress = cfg.progress and main
     _check_run_dir(run_dir, resume, ctx)
+    # "auto" becomes what runs on this device, once; config.json records the answer.
+    cfg = dataclasses.replace(cfg, precision=resolve(cfg.precision, ctx.device))
     seed_everything(cfg.seed)  # the same on every rank
     model.to(ctx.device)
     batches = _prepare_data(model, data, cfg, ctx, progress)
@@ -247,6 +268,7 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
             seen, loss_sum, correct = _train_epoch(model, batches, parts, optimizer, scheduler, monitor, cfg, ctx,
                                                    epoch, run_dir, progress)
             train_time = time.perf_counter() - t0
+            _check_weights_finite(model, epoch, run_dir)  # before anything of this epoch is evaluated or saved
             test = _evaluate(batches.net, batches.test, batches.n_test, cfg, ctx, progress)
             row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
                    "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
@@ -319,10 +341,10 @@ def _prepare_data(model: PromptedClassifier, data: DataSpec, cfg: TrainConfig, c
         if ctx.distributed:
             train_set = _gather_features(model, data.train, cfg, ctx, progress)
         else:
-            train_set = _extract_features(model, _loader(data.train, cfg, False), device, cfg.bf16, progress,
+            train_set = _extract_features(model, _loader(data.train, cfg, False), device, cfg.precision, progress,
                                           "features train")
         if len(test_set) or not ctx.distributed:  # a rank may hold no test sample
-            test_set = _extract_features(model, _loader(test_set, cfg, False), device, cfg.bf16, progress,
+            test_set = _extract_features(model, _loader(test_set, cfg, False), device, cfg.precision, progress,
                                          "features test")
         # Features already sit on the device: worker processes could neither use nor speed them.
         cfg = dataclasses.replace(cfg, num_workers=0)
@@ -385,6 +407,7 @@ def _write_run_config(run_dir: Path, model: PromptedClassifier, adapter_cfg: Ada
         "adapter": asdict(adapter_cfg), "train": asdict(cfg), "augment": augment,
         "dataset": {"name": data.name, "train_size": len(data.train), "test_size": len(data.test),
                     "num_classes": len(data.class_names)},
+        "data": data.recipe,  # how the data was built: a resumed run rebuilds the same images (pgn.api.resume)
         "trainable_parameters": model.num_trainable(),
     }
     if ctx.distributed:
@@ -413,7 +436,7 @@ def _train_epoch(model: PromptedClassifier, batches: _Batches, parts: DataParall
     forward = parts.forward  # the DDP wrapper, when distributed
     for step, (x, y) in enumerate(bar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with bf16_autocast(device, cfg.bf16):
+        with autocast(device, cfg.precision):
             logits = forward(x)
         loss = loss_fn(logits.float(), y)
         _check_finite(loss, ctx, epoch, step, run_dir)
@@ -514,22 +537,36 @@ def _check_finite(loss: torch.Tensor, ctx: DistContext, epoch: int, step: int, r
     hint = f"{kept}; lower --lr or set --grad-clip"
     if not ctx.distributed:
         if not torch.isfinite(loss):
-            raise PGNError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; {hint}")
+            raise DivergedError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; {hint}")
         return
     # The sum is non-finite as soon as one rank's loss is.
     total = all_reduce_sum(loss.detach().float().reshape(1).clone())
     if not torch.isfinite(total).all():
-        raise PGNError(f"loss became {total.item()} at epoch {epoch + 1} step {step + 1} (on at least one of "
+        raise DivergedError(f"loss became {total.item()} at epoch {epoch + 1} step {step + 1} (on at least one of "
                        f"{ctx.world_size} processes); {hint}")
+
+
+def _check_weights_finite(model: PromptedClassifier, epoch: int, run_dir: Path) -> None:
+    """Stop when a trained weight or buffer (BatchNorm's running statistics too) is no longer finite.
+
+    A loss can stay finite while a running variance overflows; an adapter holding ``inf`` then answers one
+    class for every image. Every rank holds the same weights, so each checks its own copy.
+    """
+    for name, tensor in model.trainable_modules().state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            kept = (f"the checkpoint of epoch {epoch} in {run_dir} is kept" if epoch > 0
+                    else "no epoch had finished, so no checkpoint was written")
+            raise DivergedError(f"training diverged in epoch {epoch + 1}: {name} holds non-finite values; {kept}; "
+                                "lower the learning rate or set a gradient clip")
 
 
 def _evaluate(net, loader, n_local: int, cfg: TrainConfig, ctx: DistContext, progress: bool) -> dict:
     """Test metrics; with several processes, the sums of every rank's shard divided by the total count."""
     if not ctx.distributed:
-        return evaluate(net, loader, ctx.device, cfg.bf16, progress, desc="test")
+        return evaluate(net, loader, ctx.device, cfg.precision, progress, desc="test")
     sums = [0.0, 0.0, 0.0, 0.0]
     if n_local:
-        r = evaluate(net, loader, ctx.device, cfg.bf16, progress, desc="test")
+        r = evaluate(net, loader, ctx.device, cfg.precision, progress, desc="test")
         n = r["n"]  # == n_local
         sums = [r["loss"] * n, round(r["top1"] * n), round(r["top5"] * n), n]
     totals = all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=ctx.device)).tolist()

@@ -1,0 +1,166 @@
+"""The demo's configuration over many seeds, in both precisions: how far a seed moves ``make demo``'s answer.
+
+    python benchmarks/demo_seeds.py                      # 10 seeds x {bf16, fp32}, resumes from its records
+    python benchmarks/demo_seeds.py --seeds 3 --precisions fp32
+    python benchmarks/demo_seeds.py --render-only        # docs/demo-seeds.md + .json + .png from the records
+
+Each run is exactly what ``pgn demo --seed S --precision P`` trains (ELPV, the stratified seed-0 subset of
+1,000 training images, all 656 test images, 112 px, 7 epochs, SGD lr 0.01 for everything, warm-up over half
+the run then cosine; PGN K=16, N=128): the seed draws the model's initialisation and the data order.
+Runs go through ``pgn.comparison`` (one rate given, so no validation runs), are cached under
+``runs/demo-seeds`` and recorded in ``docs/records/demo-seeds`` (the result and every epoch's metrics row),
+so the study resumes from a fresh clone. Seeds are interleaved across precisions, so a partial study
+is balanced. bf16 runs emulated where the CPU has no native bfloat16 (slow, but the same arithmetic).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pgn.backbones import DEFAULT_BACKBONE, create_backbone
+from pgn.comparison import ComparisonConfig, NotCached, Runner, finished_result, run_key, run_root
+from pgn.data import build_dataset
+from pgn.demo import DATASET, EPOCHS, LR, TRAIN_IMAGES
+from pgn.files import atomic_path, write_json
+from pgn.precision import native_bf16
+
+METHODS = ("pgn", "linear")
+IMG = 112
+DOCS = Path("docs")
+
+
+def configs(args) -> dict[str, ComparisonConfig]:
+    return {p: ComparisonConfig(methods=METHODS, epochs=EPOCHS, seeds=args.seeds, img_size=IMG, precision=p,
+                                runs=Path(args.runs), record=Path(args.record), render_only=args.render_only,
+                                candidates={m: [LR] for m in METHODS})
+            for p in args.precisions}
+
+
+def collect(args, backbone, data) -> dict:
+    """{precision: {method: [result or None per seed]}}, training what is missing unless render-only."""
+    cfgs = configs(args)
+    runners = {p: Runner(backbone, cfg, lambda line: print(line, flush=True)) for p, cfg in cfgs.items()}
+    out = {p: {m: [None] * args.seeds for m in METHODS} for p in cfgs}
+    for seed in range(args.seeds):
+        for p, cfg in cfgs.items():
+            root = run_root(cfg, DATASET, data)
+            for method in METHODS:
+                key = run_key(root, method, "test", LR, seed)
+                try:
+                    out[p][method][seed] = runners[p](key, method, data, LR, seed)
+                except NotCached:
+                    out[p][method][seed] = finished_result(cfg, key)
+    return out
+
+
+def summarise(results: dict) -> dict:
+    table = {}
+    for p, by_method in results.items():
+        for method, runs in by_method.items():
+            accs = [r["top1"] for r in runs if r is not None and r.get("top1") is not None]
+            if not accs:
+                continue
+            med = statistics.median(accs)
+            table.setdefault(p, {})[method] = {
+                "seeds": len(accs), "test_top1": accs, "median": med, "worst": min(accs), "best": max(accs),
+                "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "worst_below_median_points": round(100 * (med - min(accs)), 2),
+                "seconds": round(sum(r["seconds"] for r in runs if r is not None), 1),
+                "devices": sorted({r.get("device", "?") for r in runs if r is not None})}
+    return table
+
+
+def strip_plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    labels, x = [], 0
+    for p, by_method in results.items():
+        for method, runs in by_method.items():
+            accs = [100 * r["top1"] for r in runs if r is not None and r.get("top1") is not None]
+            if not accs:
+                continue
+            jitter = torch.linspace(-0.15, 0.15, len(accs)).tolist() if len(accs) > 1 else [0.0]
+            ax.scatter([x + j for j in jitter], accs, s=22, alpha=0.8, color="C0" if method == "pgn" else "C1")
+            ax.hlines(statistics.median(accs), x - 0.3, x + 0.3, color="k", lw=1)
+            labels.append(f"{method}\n{p}")
+            x += 1
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("ELPV test top-1 (%)")
+    ax.set_title(f"make demo's configuration, one dot per seed ({EPOCHS} epochs, lr {LR})", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def render(table: dict, meta: dict, out: Path) -> None:
+    lines = ["# `make demo` over seeds", "",
+             f"Command: `{meta['command']}` ({meta['machine']}; {meta['seconds_of_all_runs']:,} s of training and "
+             "testing in all). Each run is what `pgn demo --seed S --precision P` trains: ELPV, the stratified "
+             f"seed-0 subset of {TRAIN_IMAGES:,} training images, all 656 test images, {IMG} px, {EPOCHS} epochs, "
+             f"SGD lr {LR} for everything trained, warm-up over half the run then cosine to lr/100. The seed draws "
+             "the model's initialisation and the data order; the images are the same in every run. Raw numbers "
+             "and every epoch's metrics: [demo-seeds.json](demo-seeds.json) and docs/records/demo-seeds/.", "",
+             "| precision | method | seeds | median | worst | best | mean ± std | worst below median (points) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p, by_method in table.items():
+        for method, s in by_method.items():
+            lines.append(f"| {p} | {method} | {s['seeds']} | {100 * s['median']:.2f} | {100 * s['worst']:.2f} | "
+                         f"{100 * s['best']:.2f} | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} | "
+                         f"{s['worst_below_median_points']:.2f} |")
+    lines += ["", "Test top-1 (%) per seed:", ""]
+    for p, by_method in table.items():
+        for method, s in by_method.items():
+            lines.append(f"- {p} {method}: " + ", ".join(f"{100 * a:.2f}" for a in s["test_top1"]))
+    lines += ["", "![one dot per seed](demo-seeds.png)", ""]
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--precisions", nargs="+", choices=("bf16", "fp32"), default=["bf16", "fp32"])
+    ap.add_argument("--runs", default="runs/demo-seeds")
+    ap.add_argument("--record", default="docs/records/demo-seeds")
+    ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--out", default=str(DOCS / "demo-seeds"))
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    backbone = create_backbone(DEFAULT_BACKBONE)
+    pre = backbone.preprocessing
+    data = build_dataset(DATASET, img_size=IMG, mean=pre.mean, std=pre.std, train_limit=TRAIN_IMAGES)
+    results = collect(args, backbone, data)
+    table = summarise(results)
+    if not table:
+        print("no finished run yet", file=sys.stderr)
+        return 1
+    devices = sorted({d for by_m in table.values() for s in by_m.values() for d in s["devices"]})
+    meta = {"command": "python benchmarks/demo_seeds.py " + " ".join(sys.argv[1:]),
+            "machine": " and ".join(devices) + f", torch {torch.__version__}, this CPU native bf16: "
+                       f"{native_bf16('cpu')}",
+            "seconds_of_all_runs": round(sum(s["seconds"] for by_m in table.values() for s in by_m.values())),
+            "seconds_this_call": round(time.perf_counter() - t0)}
+    out = Path(args.out)
+    write_json(out.with_suffix(".json"), {"meta": meta, "summary": table})
+    strip_plot(results, out.with_suffix(".png"))
+    render(table, meta, out.with_suffix(".md"))
+    print(json.dumps({p: {m: {k: s[k] for k in ("seeds", "median", "worst", "best")} for m, s in by_m.items()}
+                      for p, by_m in table.items()}, indent=1))
+    print(f"report: {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
