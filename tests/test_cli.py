@@ -224,3 +224,84 @@ def test_resume_takes_the_runs_own_settings_and_refuses_others(tmp_path, tiny_we
         line = one_line_error(r)
         assert r.returncode == 2 and "keeps its own settings" in line, line
     assert json.loads((part / "config.json").read_text())["train"]["epochs"] == 2  # nothing was rewritten
+
+
+def _foreign_dir(tmp_path):
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "config.json").write_text('{"my": "settings"}')
+    (d / ".notes.tmp").write_text("keep me")
+    return d
+
+
+def _adapter_without(tmp_path, digits_run, key=None, change=None):
+    import shutil
+
+    d = tmp_path / "adapter"
+    shutil.copytree(digits_run, d, ignore=shutil.ignore_patterns("checkpoints", ".pgn.lock"))
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    if key:
+        cfg.pop(key)
+    cfg.update(change or {})
+    (d / "adapter_config.json").write_text(json.dumps(cfg))
+    return d
+
+
+# Each case: the arguments (built from tmp_path and the digits run), then what the one line must say.
+MISUSE = {
+    "out names a file": (lambda t, r, w: ["train", "--out", _file(t), *_tiny(w)], "is a file"),
+    "out holds foreign files": (lambda t, r, w: ["train", "--out", _foreign_dir(t), *_tiny(w)], "pgn did not write"),
+    "generator widths not numbers": (lambda t, r, w: ["train", "--generator-widths", "a,b", *_tiny(w)],
+                                     "comma-separated stage widths"),
+    "top-k negative": (lambda t, r, w: ["predict", "--adapter", r, _file(t), "--top-k", "-3"], "at least 1"),
+    "eval batch size 0": (lambda t, r, w: ["eval", r, "--batch-size", "0"], "at least 1"),
+    "port too large": (lambda t, r, w: ["serve", "--port", "70000"], "a port is 0 to 65535"),
+    "port negative": (lambda t, r, w: ["serve", "--port", "-1"], "a port is 0 to 65535"),
+    "adapter without img_size": (lambda t, r, w: ["eval", _adapter_without(t, r, "img_size"), "--test-limit", "8"],
+                                 "'img_size' is missing"),
+    "adapter without mean": (lambda t, r, w: ["eval", _adapter_without(t, r, "mean"), "--test-limit", "8"],
+                             "'mean' is missing"),
+    "adapter with std 0": (lambda t, r, w: ["eval", _adapter_without(t, r, change={"std": [0, 0, 0]}),
+                                            "--test-limit", "8"], "std finite and positive"),
+    "adapter img_size huge": (lambda t, r, w: ["eval", _adapter_without(t, r, change={"img_size": 16_000_000_000}),
+                                               "--test-limit", "8"], "bound of 4096"),
+}
+
+
+def _file(tmp_path):
+    f = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(f)
+    return f
+
+
+def _tiny(weights):
+    return ["--backbone", "timm:test_vit", "--weights", weights, "--dataset", "digits", "--img-size", 32, "--epochs", 1,
+            "--train-limit", 32, "--test-limit", 16, "-K", 2, "-N", 8, "--generator-size", 32, "--no-progress"]
+
+
+@pytest.mark.parametrize("case", sorted(MISUSE))
+def test_misuse_is_one_line_and_exit_2(case, digits_run, tiny_weights, tmp_path):
+    build, message = MISUSE[case]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    r = pgn(*build(tmp_path, digits_run, tiny_weights))
+    line = one_line_error(r)
+    assert r.returncode == 2 and message in line and "Traceback" not in r.stderr, line
+    for path, content in before.items():  # nothing of the user's was changed or removed
+        assert path.read_bytes() == content, path
+
+
+def test_a_state_dict_mismatch_names_the_key_and_both_shapes(digits_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    d = _adapter_without(tmp_path, digits_run)
+    state = load_file(str(d / "adapter.safetensors"))
+    key = next(k for k in state if state[k].ndim == 2)
+    state[key] = torch.zeros(state[key].shape[0] + 1, state[key].shape[1])
+    save_file(state, str(d / "adapter.safetensors"))
+    line = one_line_error(pgn("eval", d, "--test-limit", 8))
+    assert repr(key) in line and "has shape" in line and "this model's is" in line
+
+
+def test_a_finished_run_says_so_on_resume(digits_run):
+    r = pgn("train", "--out", digits_run, "--resume", "--no-progress")
+    assert r.returncode == 0 and "has finished all" in r.stdout and "/1" not in r.stdout.split("finished")[0]

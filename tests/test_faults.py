@@ -432,3 +432,37 @@ def test_a_diverging_run_stops_and_leaves_no_non_finite_adapter(tmp_path, tiny_w
     for adapter in [run / "adapter.safetensors", *run.glob("checkpoints/*/adapter.safetensors")]:
         if adapter.exists():
             assert all(torch.isfinite(t).all() for t in load_file(str(adapter)).values() if t.is_floating_point())
+
+
+def test_augmented_runs_with_workers_resume_bit_for_bit(tmp_path, monkeypatch):
+    """--augment --workers 2: the workers' augmentation RNGs are seeded per epoch from checkpointed state."""
+    from pgn.data import build_dataset
+    from pgn.training import checkpoint as ckpt
+
+    bb = make_tiny_vit()
+
+    def run(path, resume=False):
+        from pgn.adapter import adapter_config
+
+        data = build_dataset("digits", img_size=64, mean=bb.preprocessing.mean, std=bb.preprocessing.std,
+                             augment=True, train_limit=48, test_limit=16)
+        acfg = adapter_config(bb, "pgn", data.class_names, img_size=64, num_prompts=4,
+                              generator={"library_size": 8, "input_size": 32}, dataset="digits")
+        model = build_classifier(acfg, bb, seed=0)
+        train(model, acfg, data, quiet(epochs=2, lr=0.05, num_workers=2), path, resume=resume, log=lambda *_: None)
+        return _weights(model)
+
+    reference = run(tmp_path / "whole")
+    real = ckpt.save_checkpoint
+
+    def dying(run_dir, epoch, *args, **kw):
+        real(run_dir, epoch, *args, **kw)
+        if epoch == 1:
+            raise Killed("killed after epoch 1")
+
+    monkeypatch.setattr("pgn.training.trainer.save_checkpoint", dying)
+    with pytest.raises(Killed):
+        run(tmp_path / "part")
+    monkeypatch.setattr("pgn.training.trainer.save_checkpoint", real)
+    got = run(tmp_path / "part", resume=True)
+    assert all(torch.equal(got[k], reference[k]) for k in reference)

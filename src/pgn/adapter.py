@@ -7,6 +7,7 @@ half-written adapter.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +26,9 @@ from .prompts import GeneratorConfig, InputIndependentPrompts, PaddingPrompt, Pr
 from .validation import validated
 
 FORMAT_VERSION = 1
+MAX_IMG_SIZE = 4096  # a side; larger would run for minutes per image (and 16e9 overflows)
+# Fields an adapter file must state: a default would silently change what the model sees.
+REQUIRED_ON_LOAD = ("method", "backbone", "backbone_width", "class_names", "img_size", "mean", "std")
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
 METHODS = ("pgn", "iip", "vp", "linear", "finetune", "zeroshot")
@@ -69,6 +73,13 @@ class AdapterConfig:
         if self.method == "zeroshot" and self.head != "zeroshot":
             raise PGNError("method zeroshot needs the zero-shot head of a CLIP backbone")
         self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if self.img_size > MAX_IMG_SIZE:
+            raise PGNError(f"img_size {self.img_size} is larger than pgn's bound of {MAX_IMG_SIZE} pixels a side")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise PGNError(f"mean and std need 3 values each (R, G, B), got {len(self.mean)} and {len(self.std)}")
+        if not all(math.isfinite(v) for v in self.mean) or not all(math.isfinite(v) and v > 0 for v in self.std):
+            raise PGNError(f"mean must be finite and std finite and positive, got mean {list(self.mean)}, "
+                           f"std {list(self.std)}")
         self.class_names = list(self.class_names)
         if self.generator is not None:  # the JSON form (tuples become lists), so a config equals its reload
             self.generator = json.loads(json.dumps(self.generator))
@@ -173,6 +184,10 @@ def read_adapter_config(directory: str | Path) -> AdapterConfig:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PGNError(f"{path} is not valid JSON ({e}); retrain or restore the file") from None
     if isinstance(raw, dict):
+        missing = [k for k in REQUIRED_ON_LOAD if k not in raw]
+        if missing:
+            raise PGNError(f"{path}: field {missing[0]!r} is missing; an adapter states its preprocessing and "
+                           "shape (retrain, or restore the file)")
         # Adapters written before the normalised head existed have a linear layer on raw features.
         raw.setdefault("head_norm", "none")
     cfg = validated(AdapterConfig, raw, str(path))
@@ -197,11 +212,23 @@ def load_adapter(directory: str | Path, backbone: FrozenBackbone | None = None,
         state = load_file(str(path), device=map_location)
     except (SafetensorError, OSError) as e:
         raise PGNError(f"{path} is corrupt or not a safetensors file ({e}); retrain or restore it") from e
-    try:
-        model.trainable_modules().load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise PGNError(f"{path} does not match {CONFIG_FILE}: {str(e).splitlines()[0]}") from e
+    check_state(model.trainable_modules().state_dict(), state, f"{path} does not match {CONFIG_FILE}")
+    model.trainable_modules().load_state_dict(state, strict=True)
     return model.eval(), cfg  # inference mode for BatchNorm (the head's, the generator's); train() switches back
+
+
+def check_state(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], what: str) -> None:
+    """One line naming the first missing, unexpected or misshaped key of ``got`` against ``expected``."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    shapes = [k for k in expected if k in got and tuple(expected[k].shape) != tuple(got[k].shape)]
+    if missing:
+        raise PGNError(f"{what}: key {missing[0]!r} is missing ({len(missing)} missing in all)")
+    if unexpected:
+        raise PGNError(f"{what}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected in all)")
+    if shapes:
+        k = shapes[0]
+        raise PGNError(f"{what}: {k!r} has shape {tuple(got[k].shape)} but this model's is {tuple(expected[k].shape)}")
 
 
 def import_official(checkpoint: str | Path, backbone: FrozenBackbone, class_names: list[str], dataset: str | None = None,

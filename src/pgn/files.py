@@ -65,6 +65,47 @@ def run_lock(directory: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)  # releases the lock
 
 
+RUN_MARKER = ".pgn-run"  # written into every run directory pgn creates: pgn writes only into what it owns
+
+
+def check_owned(directory: str | os.PathLike) -> None:
+    """Refuse a run directory that pgn did not write: a file, or a folder holding someone else's files.
+
+    A new or empty directory is fine; so is one with pgn's marker, or a run written before the marker
+    existed (its config.json holds pgn's ``adapter`` and ``train`` sections). Nothing is touched here.
+    """
+    import json
+
+    from .errors import PGNError
+
+    directory = Path(directory)
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise PGNError(f"{directory} is a file, not a run directory; choose a directory for the run")
+    if (directory / RUN_MARKER).is_file():
+        return
+    entries = sorted(p.name for p in directory.iterdir() if p.name != LOCK_FILE)
+    if not entries:
+        return
+    try:
+        config = json.loads((directory / "config.json").read_text())
+        if isinstance(config, dict) and {"adapter", "train"} <= set(config):
+            return  # a run from before the marker
+    except (OSError, ValueError):
+        pass
+    shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    raise PGNError(f"{directory} already holds files pgn did not write ({shown}); choose a new or empty run "
+                   "directory (pgn never writes into, or cleans, a folder it does not own)")
+
+
+def mark_owned(directory: str | os.PathLike) -> None:
+    """Write the marker that makes ``directory`` a pgn run directory (idempotent)."""
+    path = Path(directory) / RUN_MARKER
+    if not path.is_file():
+        path.write_text("written by pgn: a run directory\n")
+
+
 def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
     """Delete ``.<name>.*.tmp`` files that :func:`atomic_path` left when a process was killed mid-write.
 

@@ -44,7 +44,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--library-size", "-N", type=int, default=None, help="token library size N (default 128; paper CLIP 256)")
     g.add_argument("--generator", default="resnet10", choices=("resnet10", "resnet18"))
     g.add_argument("--generator-size", type=int, default=None, help="generator input resolution (default 112; paper 224)")
-    g.add_argument("--generator-widths", default="16,32,64,128", help="resnet10 stage widths")
+    g.add_argument("--generator-widths", type=_widths, default=(16, 32, 64, 128), help="resnet10 stage widths")
     g.add_argument("--mixing", default="softmax", choices=("softmax", "sigmoid"))
     g.add_argument("--library-space", default="latent", choices=("latent", "pixel"),
                    help="latent: D-dim tokens (paper); pixel: RGB patches, exact input-space deployment")
@@ -67,8 +67,8 @@ def _add_data_args(p: argparse.ArgumentParser, default: str | None = "elpv") -> 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=None, help="default 10 (a CPU run); paper 100")
-    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--epochs", type=_positive_int, default=None, help="default 10 (a CPU run); paper 100")
+    g.add_argument("--batch-size", type=_positive_int, default=32)
     g.add_argument("--lr", type=float, default=None,
                    help="learning rate of everything trained (default 0.01 for the 10-epoch CPU run; paper 0.1, SGD)")
     g.add_argument("--head-lr", type=float, default=None, help="head learning rate (default: --lr, as in the paper)")
@@ -131,8 +131,46 @@ def _load(directory, args):
     return load_adapter(directory, backbone=backbone)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as pgn's: one line on stderr and exit status 2."""
+
+    def error(self, message: str):
+        print(f"pgn: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535 (0: any free port), got {value}")
+    return value
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated stage widths, e.g. 16,32,64,128") from None
+    if len(widths) != 4 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: resnet10 takes 4 positive stage widths, e.g. 16,32,64,128")
+    return widths
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pgn", description="Prompt Generation Networks for frozen Vision Transformers")
+    parser = _Parser(prog="pgn", description="Prompt Generation Networks for frozen Vision Transformers")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train an adapter (PGN, IIP or linear probe) on a frozen backbone")
@@ -148,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=None, choices=("zeroshot",),
                    help="zeroshot: evaluate CLIP's zero-shot head on --backbone without any run")
     _add_data_args(p, default=None)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
     _add_precision_arg(p)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
     _add_backbone_override(p)
@@ -157,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--adapter", required=True, help="run or adapter directory (with --api: an exported adapter)")
     p.add_argument("--api", default=None, help="send composed canvases to an inference API (pgn serve) at this URL")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=_positive_int, default=3)
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
     _add_backbone_override(p)
@@ -175,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="dinov2-s14-imgfocus")
     p.add_argument("--weights", default=None)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=10.0)
     p.add_argument("--max-side", type=int, default=1024, help="largest accepted image side in pixels")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
@@ -195,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", default=None,
                    help="a directory of example images to pick from (default: test images of the adapter's dataset)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=_port, default=7860)
 
     p = sub.add_parser("import-official", help="turn a checkpoint released with the paper into a pgn adapter")
     p.add_argument("checkpoint", help="official .pt file (e.g. pgn_clip_cifar10.pt)")
@@ -304,7 +342,7 @@ def _new_adapter_config(args, backbone, data, img_size: int):
     gen = None
     if args.method == "pgn":
         gen = dict(library_size=args.library_size, arch=args.generator, input_size=args.generator_size,
-                   widths=tuple(int(w) for w in args.generator_widths.split(",")), mixing=args.mixing,
+                   widths=tuple(args.generator_widths), mixing=args.mixing,
                    library_space=args.library_space)
     return adapter_config(backbone, args.method, data.class_names, img_size=img_size, num_prompts=args.num_prompts,
                           generator=gen, layout=args.layout, head=args.head or "linear",

@@ -26,7 +26,7 @@ from ..adapter import AdapterConfig, load_adapter, save_adapter
 from ..data import DataSpec
 from ..data.base import check_classes
 from ..errors import DivergedError, PGNError
-from ..files import run_lock, write_json
+from ..files import check_owned, mark_owned, run_lock, write_json
 from ..model import PromptedClassifier
 from ..precision import autocast, resolve
 from ..precision import check as check_precision
@@ -188,9 +188,13 @@ def _gather_features(model: PromptedClassifier, ds, cfg: TrainConfig, ctx: DistC
 
 def _loader(ds, cfg: TrainConfig, shuffle: bool) -> DataLoader:
     # The shuffle generator is re-seeded every epoch (seed + epoch) so a resumed run sees the same order.
+    # It also seeds the worker processes (their augmentation RNGs): each epoch's iterator draws the workers'
+    # base seed from it, so training workers must start afresh every epoch (not persistent). Persistent
+    # workers would carry RNG states from epoch to epoch that no checkpoint holds, and a resumed augmented
+    # run would draw other crops. Test loaders draw nothing random and may keep theirs.
     g = torch.Generator().manual_seed(cfg.seed) if shuffle else None
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, generator=g,
-                      num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+                      num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0 and not shuffle)
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -220,6 +224,7 @@ def train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec,
         problem = None
         if ctx.is_main:
             try:
+                check_owned(run_dir)  # before the lock creates anything in it
                 stack.enter_context(run_lock(run_dir))
             except PGNError as e:
                 problem = str(e)
@@ -310,6 +315,7 @@ def _check_run_dir(run_dir: Path, resume: bool, ctx: DistContext) -> None:
         raise PGNError(problem)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        mark_owned(run_dir)
 
 
 @dataclass
@@ -356,8 +362,9 @@ def _prepare_data(model: PromptedClassifier, data: DataSpec, cfg: TrainConfig, c
         # padded by repetition so that every rank takes the same number of steps.
         sampler = DistributedSampler(train_set, num_replicas=world, rank=ctx.rank, shuffle=True, seed=cfg.seed,
                                      drop_last=False)
+        # Workers restart every epoch, seeded from the (checkpointed, per-rank) torch RNG: see _loader.
         train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
-                                  num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+                                  num_workers=cfg.num_workers, persistent_workers=False)
     else:
         train_loader = _loader(train_set, cfg, shuffle=True)
     return _Batches(net=model.head if use_cache else model, train=train_loader,
@@ -397,7 +404,11 @@ def _restore(model: PromptedClassifier, optimizer, scheduler, run_dir: Path, cfg
                 f"and steps per epoch change, the learning rates stay those of the checkpoint")
     else:
         _set_rng(state)
-    log(f"resuming {run_dir} at epoch {start_epoch + 1}/{cfg.epochs}")
+    if start_epoch >= cfg.epochs:
+        log(f"{run_dir} has finished all {start_epoch} of its epochs; nothing to train (ask for more epochs to "
+            "extend it)")
+    else:
+        log(f"resuming {run_dir} at epoch {start_epoch + 1}/{cfg.epochs}")
     return start_epoch, rows
 
 
