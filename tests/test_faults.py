@@ -466,3 +466,29 @@ def test_augmented_runs_with_workers_resume_bit_for_bit(tmp_path, monkeypatch):
     monkeypatch.setattr("pgn.training.trainer.save_checkpoint", real)
     got = run(tmp_path / "part", resume=True)
     assert all(torch.equal(got[k], reference[k]) for k in reference)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MB file system (tmpfs), mounted for the test: where the machine lets us (root)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip()[:100]}); the disk-full case needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.parametrize("kind", ["full", "read-only"])
+def test_disk_full_and_read_only_run_directories_are_one_line(small_disk, tiny_weights, kind):
+    if kind == "read-only":
+        r = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot remount read-only here: {r.stderr.strip()[:100]}")
+    r = pgn("train", "--backbone", "timm:test_vit", "--weights", tiny_weights, "--dataset", "digits", "--img-size", 32,
+            "--epochs", 1, "--train-limit", 32, "--test-limit", 16, "-K", 2, "-N", 8, "--generator-size", 32,
+            "--out", small_disk / "run", "--no-progress", "--precision", "fp32")
+    line = one_line_error(r)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert ("no space left on the device" if kind == "full" else "read-only file system") in line, line

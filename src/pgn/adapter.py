@@ -14,11 +14,11 @@ from typing import Sequence
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .backbones import FrozenBackbone, create_backbone
 from .errors import PGNError
-from .files import atomic_path, write_json
+from .files import atomic_path, save_safetensors, write_json
 from .heads import HEAD_NORMS, LinearHead
 from .layouts import make_layout
 from .model import PromptedClassifier
@@ -170,7 +170,7 @@ def save_adapter(model: PromptedClassifier, cfg: AdapterConfig, directory: str |
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(adapter_state(model), str(tmp), metadata={"format": "pgn-adapter", "version": str(FORMAT_VERSION)})
+        save_safetensors(adapter_state(model), tmp, metadata={"format": "pgn-adapter", "version": str(FORMAT_VERSION)})
     write_json(directory / CONFIG_FILE, asdict(cfg))
     return directory
 

@@ -68,6 +68,59 @@ def run_lock(directory: str | os.PathLike) -> Iterator[Path]:
 RUN_MARKER = ".pgn-run"  # written into every run directory pgn creates: pgn writes only into what it owns
 
 
+def os_error_line(e: OSError) -> str:
+    """One line for an OS error, naming the file and what to do: the CLI's single place for them."""
+    import errno
+
+    where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
+    hints = {
+        errno.ENOSPC: f"no space left on the device{where}; free disk space or choose a directory on another disk",
+        errno.EDQUOT: f"disk quota exceeded{where}; free space or choose another directory",
+        errno.EROFS: f"read-only file system{where}; choose a writable directory",
+        errno.EACCES: f"permission denied{where}; choose a directory you may write to, or fix its permissions",
+        errno.EPERM: f"operation not permitted{where}; choose a directory you may write to",
+        errno.ENOENT: f"no such file or directory: {e.filename}; check the path",
+        errno.ENOTDIR: f"not a directory: {e.filename}; check the path",
+        errno.EISDIR: f"{e.filename} is a directory; name a file",
+    }
+    return hints.get(e.errno, f"{e.strerror or e}{where}")
+
+
+def save_tensors(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` whose failure to write says so (torch's C++ stream reports a full disk as
+    'basic_ios::clear: iostream error', naming neither the disk nor the file)."""
+    import errno
+    import shutil
+
+    import torch
+
+    try:
+        torch.save(obj, path)
+    except RuntimeError as e:
+        if "iostream" not in str(e) and "write" not in str(e).lower():
+            raise
+        free = shutil.disk_usage(Path(path).parent).free
+        code = errno.ENOSPC if free < 64 * 2**20 else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from e
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """``safetensors.torch.save_file`` whose I/O failures are OSErrors (it raises its own error type,
+    with the OS error number only in the message)."""
+    import re
+
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from e
+
+
 def check_owned(directory: str | os.PathLike) -> None:
     """Refuse a run directory that pgn did not write: a file, or a folder holding someone else's files.
 

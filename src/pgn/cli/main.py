@@ -695,6 +695,11 @@ def main(argv: list[str] | None = None) -> int:
     except PGNError as e:
         print(f"pgn: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, read-only, permission denied ...: one place says which, for every command
+        from ..files import os_error_line
+
+        print(f"pgn: error: {os_error_line(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("pgn: interrupted; checkpoints written so far are complete", file=sys.stderr)
         return 130

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import PGNError
-from ..files import atomic_path, remove_stale_temp_files
+from ..files import atomic_path, remove_stale_temp_files, save_tensors
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -88,7 +88,7 @@ def save_checkpoint(run_dir: Path, epoch: int, write_adapter, state: dict, rows:
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{_name(epoch)}.", suffix=".tmp"))
     try:
         write_adapter(tmp)
-        torch.save(state, tmp / STATE_FILE)
+        save_tensors(state, tmp / STATE_FILE)  # a full disk is named as such
         (tmp / ROWS_FILE).write_text(json.dumps(rows))
         if final.exists():  # left by an earlier attempt at this epoch that died after its rename
             shutil.rmtree(final)
