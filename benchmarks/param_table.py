@@ -39,10 +39,7 @@ def count(backbone, method, classes, head, n) -> int:
     cfg = adapter_config(backbone, method, [str(i) for i in range(classes)], img_size=224, num_prompts=16,
                          generator=gen, head=head if method != "linear" else "linear")
     model = build_classifier(cfg, backbone)
-    total = model.num_trainable()
-    for p in backbone.parameters():
-        p.requires_grad_(False)
-    return total
+    return model.num_trainable()  # fine-tuning trains its own copy: the shared backbone stays frozen
 
 
 def main() -> None:

@@ -287,3 +287,16 @@ def test_evaluation_runs_in_inference_mode():
     loader = [(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))]
     out = evaluate(probe, loader, progress=False)
     assert probe.modes == [True] and out["n"] == 5  # no autograd graph is built while scoring
+
+
+def test_fine_tuning_owns_its_backbone_so_the_shared_one_stays_frozen(tiny_vit, tmp_path):
+    before = {k: v.clone() for k, v in tiny_vit.state_dict().items()}
+    acfg = adapter_cfg("finetune", tiny_vit)
+    model = build_classifier(acfg, tiny_vit, seed=0)
+    assert model.backbone is not tiny_vit and all(p.requires_grad for p in model.backbone.finetune_parameters())
+    train(model, acfg, spec(), quiet(lr=0.05), tmp_path / "run", log=lambda *_: None)
+    assert not any(p.requires_grad for p in tiny_vit.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in tiny_vit.state_dict().items())
+    other = build_classifier(adapter_cfg("linear", tiny_vit), tiny_vit, seed=0)
+    assert other.num_trainable() == sum(p.numel() for p in other.head.parameters())
+    assert any(not torch.equal(v, before[k]) for k, v in model.backbone.state_dict().items())  # the copy trained

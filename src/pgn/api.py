@@ -56,11 +56,15 @@ def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str 
 
 
 def load(directory: str | Path, backbone: str | FrozenBackbone | None = None, weights: str | None = None,
-         device: str = "cpu") -> PromptedClassifier:
+         device: str | None = None) -> PromptedClassifier:
     """The classifier saved in ``directory`` (by ``save_pretrained`` or ``pgn train``), in eval mode.
 
     The backbone it names is built, unless ``backbone`` gives another (a name or a built one).
+    ``device``: where it runs (default: CUDA when there is a GPU, else the CPU; as on the command line).
     """
+    from .devices import check_device, default_device
+
+    device = check_device(device) if device else default_device()
     bb = create_backbone(backbone, weights) if isinstance(backbone, str) else backbone
     model, _ = load_adapter(directory, backbone=bb, map_location=device)
     return model.to(device)
@@ -91,9 +95,12 @@ def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out
     if cfg.dataset is None:
         cfg.dataset = data.name
     out = Path(out) if out is not None else Path("runs") / f"{data.name}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from .devices import check_device, default_device
     from .presets import PRESETS
 
-    # The command line's default budget (pgn.presets "cpu"), with the caller's epochs and options.
+    # The command line's default budget (pgn.presets "cpu"), with the caller's epochs and options; the
+    # device defaults as on the command line (CUDA when there is a GPU).
+    options["device"] = check_device(options["device"]) if options.get("device") else default_device()
     recipe = dataclasses.replace(PRESETS["cpu"].train, epochs=epochs, **options)
     return _train_loop(model, cfg, data, recipe, out, resume=resume)
 

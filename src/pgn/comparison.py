@@ -200,12 +200,10 @@ def device_name(device: str) -> str:
 
 
 class Runner:
-    """Trains one configuration at a time on a shared backbone, restoring it after fine-tuning."""
+    """Trains one configuration at a time on a shared frozen backbone (fine-tuning trains its own copy)."""
 
     def __init__(self, backbone: FrozenBackbone, cfg: ComparisonConfig, log: Callable[[str], None]):
         self.backbone, self.cfg, self.log = backbone, cfg, log
-        # Full fine-tuning changes the shared backbone's weights: keep the pretrained ones to restore.
-        self.original = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
         self.trained = 0
 
     def __call__(self, key: Path, method: str, data: DataSpec, lr: float, seed: int, head_lr: float | None = None,
@@ -228,12 +226,7 @@ class Runner:
             row = train(model, acfg, data, tcfg, key, log=lambda *_: None)
         except DivergedError as e:
             row, diverged = {"test_top1": None}, str(e)  # a diverging rate is a result, not a crash
-        finally:
-            trainable = model.num_trainable()  # counted before fine-tuning's unfreeze is undone
-            for p in self.backbone.parameters():
-                p.requires_grad_(False)
-            if method == "finetune":
-                self.backbone.load_state_dict(self.original)
+        trainable = model.num_trainable()
         from .training import read_metrics
 
         result = {"top1": row["test_top1"], "trainable_parameters": trainable, "head_lr": tcfg.head_lr or tcfg.lr,

@@ -1,6 +1,7 @@
 """The adapted classifier: prompt source + frozen backbone + head."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -31,6 +32,9 @@ class PromptedClassifier(nn.Module):
         self.layout = layout if layout is not None else AppendLayout()  # where prompts sit (pgn.layouts)
         self.finetune = finetune
         if finetune:
+            # Fine-tuning owns a copy: the backbone it was given, and every other classifier built on it,
+            # stays frozen and unchanged however this one trains.
+            self.backbone = backbone = copy.deepcopy(backbone)
             for p in backbone.finetune_parameters():
                 p.requires_grad_(True)
 

