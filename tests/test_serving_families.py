@@ -138,9 +138,38 @@ def test_remote_classifier_refuses_a_server_with_other_classes(tmp_path):
     with BackgroundServer(create_app(served_model(clip, ["cat", "dog"]), scores_only=True)) as s:
         with pytest.raises(PGNError, match="adapter's class names"):
             RemoteClassifier(export, s.url)
+    # The right classes with another prompt template are another classifier: refused before any request.
+    with BackgroundServer(create_app(served_model(clip, CLASSES, "a photo of a {}."), scores_only=True)) as s:
+        assert httpx.get(s.url + "/info").json()["template"] == "a photo of a {}."
+        with pytest.raises(PGNError, match="prompt template 'a photo of a {}.'.*trained with 'This is a photo"):
+            RemoteClassifier(export, s.url)
+    with BackgroundServer(create_app(served_model(clip, CLASSES), scores_only=True)) as s:
+        RemoteClassifier(export, s.url).close()  # the default template on both sides
     with BackgroundServer(create_app(clip)) as s:
         with pytest.raises(PGNError, match="answers embeddings only"):
             RemoteClassifier(export, s.url)
+
+
+def test_a_pixel_library_export_carries_nothing_of_the_hosted_model(tmp_path):
+    """Only the generator and its RGB library cross to the client: no patch embedding, no head."""
+    from safetensors.torch import load_file
+
+    import pgn
+    from pgn.deployment import Composer, export_adapter
+
+    clip = small_clip()
+    model = pgn.create_model(clip, "pgn", CLASSES, img_size=SIZE, head="zeroshot", layout="frame",
+                             library_space="pixel", library_size=16, seed=0).eval()
+    model.save_pretrained(tmp_path / "run")
+    export = export_adapter(tmp_path / "run", tmp_path / "export", backbone=clip)
+    keys = set(load_file(str(export / "deploy.safetensors")))
+    assert keys and all(k.startswith("generator.") for k in keys), sorted(keys)
+    assert not any(clip.patch_embed_weight().shape == t.shape
+                   for t in load_file(str(export / "deploy.safetensors")).values())
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.inference_mode():  # the canvas is still the one training saw
+        want = model.layout.compose(x, model.prompts.library.patches(model.prompts.coefficients(x)))
+    torch.testing.assert_close(Composer.load(export).canvas(x), want, rtol=0, atol=0)
 
 
 def test_concurrent_requests_share_forwards_and_get_the_answers_they_get_alone():

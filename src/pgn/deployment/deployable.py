@@ -111,8 +111,11 @@ def export_adapter(run_dir: str | Path, out_dir: str | Path, backbone=None) -> P
     remote = cfg.head == "zeroshot"  # the frozen head lives with the model: the server scores
     if not remote:
         state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
-    state["patch_embed.weight"] = bb.patch_embed_weight().detach()
-    state["patch_embed.bias"] = bb.patch_embed_bias().detach()
+    if cfg.generator.get("library_space") != "pixel":
+        # A latent library is inverted into pixels on the client, which needs the patch embedding. A pixel
+        # library's patches are pixels already: nothing of the model travels with the adapter.
+        state["patch_embed.weight"] = bb.patch_embed_weight().detach()
+        state["patch_embed.bias"] = bb.patch_embed_bias().detach()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / DEPLOY_WEIGHTS) as tmp:
@@ -141,7 +144,11 @@ class Composer:
         self.class_names = list(config["class_names"])
         self.img_size = int(config["img_size"])
         self.mean, self.std = tuple(config["mean"]), tuple(config["std"])
-        embed = PatchEmbedding(state["patch_embed.weight"], state["patch_embed.bias"], self.mean, self.std)
+        if "patch_embed.weight" in state:
+            embed = PatchEmbedding(state["patch_embed.weight"], state["patch_embed.bias"], self.mean, self.std)
+        else:  # a pixel library: its patches are sent as they are; the model's embedding is never needed here
+            p = int(config["patch_size"])
+            embed = PatchEmbedding(torch.zeros(1, 3, p, p), torch.zeros(1), self.mean, self.std)
         self.generator = PromptGenerator(GeneratorConfig(**config["generator"]), embed.weight.shape[0], backbone=embed)
         self.generator.load_state_dict({k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")})
         self.generator.eval()

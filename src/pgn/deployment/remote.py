@@ -41,6 +41,17 @@ class RemoteClassifier:
         if list(served) != list(self.class_names):
             raise PGNError(f"{self.client.base_url} scores the classes {served[:5]}..., not the adapter's "
                            f"{self.class_names[:5]}...; serve it with the adapter's class names, in its order")
+        # A zero-shot head's scores depend on its prompt template: one training never saw is another model.
+        from ..backbones.openclip import DEFAULT_TEMPLATE
+
+        served_template = self.client.info().get("template")
+        trained = self.composer.config.get("template")
+        if served_template is not None or trained is not None:
+            trained = trained or DEFAULT_TEMPLATE
+            if served_template != trained:
+                raise PGNError(f"{self.client.base_url} scores with the prompt template {served_template!r}, but the "
+                               f"adapter was trained with {trained!r}; serve it with 'template: {trained}' as the "
+                               "class file's first line")
 
     def close(self) -> None:
         self.client.close()

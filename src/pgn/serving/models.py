@@ -46,6 +46,7 @@ class ServedModel:
         self.preprocessing = backbone.preprocessing
         self.classes = list(classes) if classes is not None else None
         self.native_size: tuple[int, int] | None = None
+        self.template: str | None = None  # the zero-shot prompt its scores read (CLIP), reported by /info
 
     @property
     def device(self) -> torch.device:
@@ -98,7 +99,8 @@ class OpenCLIPServed(ServedModel):
             from ..backbones.openclip import DEFAULT_TEMPLATE
 
             # Text features are computed once, by CLIP's own text tower, and kept on the model's device.
-            self.head = backbone.zero_shot_head(list(classes), template or DEFAULT_TEMPLATE).to(self.device)
+            self.template = template or DEFAULT_TEMPLATE
+            self.head = backbone.zero_shot_head(list(classes), self.template).to(self.device)
 
     def embed(self, x):
         return self.clip.encode_image(x), None

@@ -266,6 +266,7 @@ def create_app(
         "sizes": ([list(native)] if native is not None else f"multiples of {patch} up to {max_side}"),
         "num_classes": len(model.classes) if model.classes is not None else 0,
         "classes": model.classes,
+        "template": model.template,  # what a zero-shot head's scores mean: a client checks it against its adapter
         "endpoints": ["/classify"] if scores_only else (["/embed", "/classify"] if model.classes else ["/embed"]),
         "precision": precision,  # resolved: "fp32" or "bf16" (autocast)
         "max_upload_bytes": max_upload_bytes,
