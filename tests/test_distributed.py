@@ -46,7 +46,7 @@ EPOCHS = 2
 OTHER_METHODS = {"iip": 0.1, "vp": 0.1, "finetune": 0.01}  # method: lr
 # The run's files: the last epoch's checkpoint directory, the adapter and metrics derived from it, the lock file.
 def run_files(epochs: int = EPOCHS) -> set[str]:
-    return {".pgn.lock", "adapter.safetensors", "adapter_config.json", "config.json", "metrics.jsonl",
+    return {".pgn.lock", ".pgn-run", "adapter.safetensors", "adapter_config.json", "config.json", "metrics.jsonl",
             *(f"checkpoints/epoch-{epochs:04d}/{f}" for f in ("adapter.safetensors", "adapter_config.json",
                                                              "trainer_state.pt", "metrics.json"))}
 
@@ -384,7 +384,7 @@ def test_nan_on_one_rank_stops_every_rank(two_process_runs):
 def test_only_rank_zero_logs_and_writes(two_process_runs):
     base, stdout = two_process_runs["base"], two_process_runs["stdout"]
     files = sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
-    want = sorted(["worker.py", "nan/config.json", "nan/.pgn.lock"] +
+    want = sorted(["worker.py", "nan/config.json", "nan/.pgn.lock", "nan/.pgn-run"] +
                   [f"{run}/{f}" for run in ("pgn", "const", "resume", "linear") for f in RUN_FILES] +
                   [f"{run}/{f}" for run in OTHER_METHODS for f in run_files(1)])
     assert files == want  # nothing from rank 1: no "-rank1" run dirs, nothing in its working directory

@@ -9,7 +9,7 @@ from pgn import PGNError
 from pgn.adapter import AdapterConfig, build_classifier, load_adapter, save_adapter
 from pgn.data import DataSpec
 from pgn.prompts import GeneratorConfig
-from pgn.training import TrainConfig, read_metrics, train, warmup_cosine
+from pgn.training import TrainConfig, evaluate, read_metrics, train, warmup_cosine
 
 
 class RandomImages(Dataset):
@@ -300,3 +300,29 @@ def test_fine_tuning_owns_its_backbone_so_the_shared_one_stays_frozen(tiny_vit, 
     other = build_classifier(adapter_cfg("linear", tiny_vit), tiny_vit, seed=0)
     assert other.num_trainable() == sum(p.numel() for p in other.head.parameters())
     assert any(not torch.equal(v, before[k]) for k, v in model.backbone.state_dict().items())  # the copy trained
+
+
+def test_mixture_ablation_measures_what_input_dependence_adds(tiny_vit, tmp_path):
+    """top1 with the mean or shuffled mixtures: equal to top1 when the generator ignores the image."""
+    from pgn.training.evaluate import mixture_ablation
+
+    loader = torch.utils.data.DataLoader(RandomImages(24, seed=5), batch_size=8)
+    for output_init, independent in (("zero", True), ("default", False)):
+        gen = vars(GeneratorConfig(num_prompts=4, library_size=8, input_size=64, output_init=output_init))
+        acfg = AdapterConfig(method="pgn", backbone=tiny_vit.name, backbone_width=tiny_vit.width,
+                             class_names=["a", "b", "c"], img_size=64, generator=gen, num_prompts=4)
+        model = build_classifier(acfg, tiny_vit, seed=1).eval()
+        with torch.no_grad():
+            model.prompts.library.tokens.mul_(200.0)  # prompts that move the answer
+            if not independent:
+                model.prompts.net.head[-1].weight.mul_(50.0)  # mixtures that differ from image to image
+        top1 = evaluate(model, loader, progress=False)["top1"]
+        ablation = mixture_ablation(model, loader)
+        if independent:  # the same mixture for every image: replacing it changes nothing
+            assert ablation == {"top1_mean_mixture": top1, "top1_shuffled": top1}
+        else:
+            assert ablation["top1_mean_mixture"] != top1 or ablation["top1_shuffled"] != top1
+    cfg = adapter_cfg("pgn", tiny_vit)
+    train(build_classifier(cfg, tiny_vit, seed=0), cfg, spec(), quiet(lr=0.05), tmp_path / "run", log=lambda *_: None)
+    row = read_metrics(tmp_path / "run")[-1]
+    assert {"test_top1_mean_mixture", "test_top1_shuffled"} <= set(row)  # every PGN run's last epoch

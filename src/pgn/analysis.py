@@ -85,6 +85,9 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, max_imag
         plot_training_curves(rows, out / "curves.png", title=f"{cfg.method} on {cfg.dataset}")
         result["curves"] = str(out / "curves.png")
         result["final"] = rows[-1]
+        for key in ("test_top1", "test_top1_mean_mixture", "test_top1_shuffled"):  # input dependence (PGN)
+            if key in rows[-1]:
+                result[key] = rows[-1][key]
     if cfg.method != "pgn":
         write_json(out / "analysis.json", result)
         return result

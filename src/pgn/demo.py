@@ -64,7 +64,8 @@ def run_demo(out: Path, epochs: int = EPOCHS, img_size: int = 112, lr: float = L
         t0 = time.perf_counter()
         row = train(model, acfg, data, cfg, out / method)
         results[method] = {"test_top1": row["test_top1"], "trainable_parameters": model.num_trainable(),
-                           "seconds": round(time.perf_counter() - t0, 1), "run": str(out / method)}
+                           "seconds": round(time.perf_counter() - t0, 1), "run": str(out / method),
+                           **{k: row[k] for k in ("test_top1_mean_mixture", "test_top1_shuffled") if k in row}}
         plot_training_curves(read_metrics(out / method), out / method / "curves.png", title=f"{method} on ELPV")
         if method == "pgn":
             _mixture_picture(model, data, out / "prompt_mixtures.png")
@@ -73,6 +74,10 @@ def run_demo(out: Path, epochs: int = EPOCHS, img_size: int = 112, lr: float = L
     for method, r in results.items():
         print(f"  {method:<7} top-1 {r['test_top1']:.4f}   trainable parameters {r['trainable_parameters']:>9,}   "
               f"({r['seconds']:.0f}s)")
+    if "test_top1_mean_mixture" in results.get("pgn", {}):
+        r = results["pgn"]
+        print(f"  pgn with every image given the mean mixture: top-1 {r['test_top1_mean_mixture']:.4f}; with "
+              f"mixtures shuffled across images: {r['test_top1_shuffled']:.4f} (what input dependence adds)")
     total = time.perf_counter() - t_start
     summary = {"dataset": DATASET, "backbone": backbone.name, "img_size": img_size, "train_images": len(data.train),
                "epochs": epochs, "lr": lr, "seed": seed, "precision": precision, "results": results,

@@ -35,3 +35,52 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", precision: str = "fp
     model.train(was_training)
     n = max(n, 1)
     return {"loss": loss_sum / n, "top1": correct1 / n, "top5": correct5 / n, "n": n}
+
+
+def has_mixtures(model: nn.Module) -> bool:
+    """Whether ``model``'s prompts are image-dependent mixtures over a library (a PGN)."""
+    prompts = getattr(model, "prompts", None)
+    return prompts is not None and hasattr(prompts, "coefficients") and hasattr(prompts, "library")
+
+
+@torch.inference_mode()
+def mixture_ablation(model: nn.Module, loader, device: str = "cpu", precision: str = "fp32", seed: int = 0,
+                     progress: bool = False) -> dict:
+    """How much a PGN's answers depend on *which image's* mixtures it uses: top-1 with each test image's
+    mixture coefficients replaced by the test split's mean mixture (the same prompts for every image: PGN
+    turned into its own input-independent version, same library and head), and with the coefficients
+    shuffled across images (a seeded permutation). The drop from ``top1`` is what input dependence adds.
+
+    Returns ``{"top1_mean_mixture", "top1_shuffled"}``. Costs two more passes of the frozen ViT (the
+    generator runs once, in the first pass).
+    """
+    was_training = model.training
+    model.eval()
+    coeffs = []
+    for images, _ in tqdm(loader, desc="mixtures", leave=False, disable=None if progress else True):
+        with autocast(device, precision):
+            coeffs.append(model.prompts.coefficients(images.to(device)).float())
+    if not coeffs:
+        model.train(was_training)
+        return {"top1_mean_mixture": 0.0, "top1_shuffled": 0.0}
+    all_coeffs = torch.cat(coeffs)                                   # (N, K, L)
+    mean = all_coeffs.mean(0, keepdim=True)                          # (1, K, L)
+    order = torch.randperm(len(all_coeffs), generator=torch.Generator().manual_seed(seed)).to(all_coeffs.device)
+    shuffled = all_coeffs[order]
+    n = correct_mean = correct_shuffled = 0
+    for images, labels in loader:  # a test loader: the same order as the first pass
+        images, labels = images.to(device), labels.to(device)
+        b = len(labels)
+        for which, c in (("mean", mean.expand(b, -1, -1)), ("shuffled", shuffled[n:n + b])):
+            with autocast(device, precision):
+                prompts = model.prompts.library(c)                                      # (B, K, D)
+                tokens = model.layout.latent_tokens(model.backbone, images, prompts)    # (B, T, D)
+                logits = model.head(model.backbone.encode(tokens)).float()
+            hits = topk_correct(logits, labels, 1)
+            if which == "mean":
+                correct_mean += hits
+            else:
+                correct_shuffled += hits
+        n += b
+    model.train(was_training)
+    return {"top1_mean_mixture": correct_mean / n, "top1_shuffled": correct_shuffled / n}

@@ -41,7 +41,7 @@ from .distributed import (
     gather_objects,
     init_distributed,
 )
-from .evaluate import evaluate, topk_correct
+from .evaluate import evaluate, has_mixtures, mixture_ablation, topk_correct
 from .monitor import OptimizerMonitor
 from .schedule import warmup_cosine
 
@@ -281,6 +281,11 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
                    "train_images_per_s": round(seen / train_time, 2), **_monitor_stats(monitor, ctx)}
             if batches.use_cache:
                 row["features_cached"] = True  # images/s counts the head alone
+            if epoch + 1 == cfg.epochs and has_mixtures(model) and not ctx.distributed:
+                # The last epoch: would the same library, with every image given the mean (or another
+                # image's) mixture, do as well? The drop is what the prompts' input dependence adds.
+                ablation = mixture_ablation(model, batches.test, ctx.device, cfg.precision, seed=cfg.seed)
+                row.update({f"test_{k}": v for k, v in ablation.items()})
             top5 = f" top5 {row['test_top5']:.4f}" if len(data.class_names) > 5 else ""
             log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_top1']:.4f}  "
                 f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:.4f}{top5}  ({train_time:.0f}s)")
