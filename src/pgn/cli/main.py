@@ -89,6 +89,32 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_api_args(p) -> None:
+    from ..deployment.endpoints import KINDS, LAYOUTS
+
+    g = p.add_argument_group("model API (with --api)")
+    g.add_argument("--api-kind", default="pgn", choices=KINDS,
+                   help="pgn: pgn serve; oip: the Open Inference Protocol (KServe, MLServer, Triton)")
+    g.add_argument("--api-model", default=None, help="oip: the model's name on the server")
+    g.add_argument("--api-input", default="input", help="oip: the model's input tensor name (default: input)")
+    g.add_argument("--api-layout", default="uint8-hwc", choices=LAYOUTS,
+                   help="oip: uint8-hwc sends canvases as they are; float-chw normalises them on the client")
+    g.add_argument("--api-output", default=None, help="oip: the output tensor to read (default: the first)")
+
+
+def _remote(args, adapter):
+    """The RemoteClassifier for ``adapter`` behind ``--api`` of ``--api-kind``."""
+    from ..deployment import Composer, RemoteClassifier
+    from ..deployment.endpoints import endpoint
+
+    composer = Composer.load(adapter)
+    options = {}
+    if args.api_kind == "oip":
+        options = dict(model=args.api_model, input_name=args.api_input, layout=args.api_layout,
+                       output=args.api_output, mean=composer.mean, std=composer.std)
+    return RemoteClassifier(composer, endpoint(args.api, args.api_kind, **options))
+
+
 def _add_precision_arg(p) -> None:
     """``--precision {auto,fp32,bf16}`` (default auto), with ``--bf16`` / ``--fp32`` as its aliases."""
     from ..precision import PRECISIONS
@@ -182,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a trained adapter on a dataset's test split")
     p.add_argument("run", nargs="?", help="run or adapter directory (with --api: an exported adapter)")
-    p.add_argument("--api", default=None, help="evaluate through an inference API (pgn serve) at this URL")
+    p.add_argument("--api", default=None, help="evaluate through a model's inference API at this URL")
+    _add_api_args(p)
     p.add_argument("--method", default=None, choices=("zeroshot",),
                    help="zeroshot: evaluate CLIP's zero-shot head on --backbone without any run")
     _add_data_args(p, default=None)
@@ -194,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify images with a trained adapter")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--adapter", required=True, help="run or adapter directory (with --api: an exported adapter)")
-    p.add_argument("--api", default=None, help="send composed canvases to an inference API (pgn serve) at this URL")
+    p.add_argument("--api", default=None, help="send composed canvases to a model's inference API at this URL")
+    _add_api_args(p)
     p.add_argument("--top-k", type=_positive_int, default=3)
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
@@ -456,9 +484,7 @@ def _zero_shot_model(args):
 
 
 def _eval_api(args) -> int:
-    from ..deployment import RemoteClassifier
-
-    with RemoteClassifier(args.run, args.api) as remote:
+    with _remote(args, args.run) as remote:
         cfg = remote.composer.config
         name = args.dataset or cfg.get("dataset")
         if not name:
@@ -476,9 +502,8 @@ def _eval_api(args) -> int:
 
 def cmd_predict(args) -> int:
     if args.api:
-        from ..deployment import RemoteClassifier
 
-        with RemoteClassifier(args.adapter, args.api) as remote:
+        with _remote(args, args.adapter) as remote:
             preds = remote.predict(args.images, top_k=args.top_k)
     else:
         model, _ = _load(args.adapter, args)

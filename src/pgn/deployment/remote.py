@@ -1,10 +1,10 @@
 """Classify through a model you can only send images to: the client side of input-space deployment.
 
 :class:`RemoteClassifier` holds an exported adapter (generator, prompt library, and a linear head
-unless the model's own head scores) and a running model server (``pgn serve``). For each batch it
-composes the prompted canvases locally, sends only PNG images, and turns what comes back into class
-scores: the server's embeddings through the exported head, or, for a hosted classifier, the
-server's own scores as they are.
+unless the model's own head scores) and a model endpoint (:mod:`pgn.deployment.endpoints`: ``pgn
+serve``, an Open Inference Protocol server, or a Python callable). For each batch it composes the
+prompted canvases locally, sends only images, and turns what comes back into class scores: the
+endpoint's embeddings through the exported head, or, for a hosted classifier, its own scores as they are.
 """
 from __future__ import annotations
 
@@ -16,45 +16,55 @@ import torch
 
 from ..errors import PGNError
 from .deployable import Composer
+from .endpoints import Endpoint, PgnServeEndpoint
 
 __all__ = ["RemoteClassifier"]
 
 
 class RemoteClassifier:
-    """``RemoteClassifier(export_dir, url)``; ``logits(images)``: (B, 3, S, S) normalised -> (B, C)."""
+    """``RemoteClassifier(export_dir, endpoint)``; ``logits(images)``: (B, 3, S, S) normalised -> (B, C).
 
-    def __init__(self, adapter: str | Path | Composer, url: str, *, batch: int = 16, timeout: float = 60):
-        from ..serving import EmbeddingClient
+    ``endpoint``: a URL of ``pgn serve``, or any :mod:`pgn.deployment.endpoints` endpoint (the Open
+    Inference Protocol of KServe/MLServer/Triton, or a Python callable around a vendor's API).
+    """
 
+    def __init__(self, adapter: str | Path | Composer, endpoint: str | Endpoint, *, batch: int = 16,
+                 timeout: float = 60):
         self.composer = adapter if isinstance(adapter, Composer) else Composer.load(adapter)
-        self.client = EmbeddingClient(url, timeout=timeout)
+        self.endpoint = endpoint if isinstance(endpoint, Endpoint) else PgnServeEndpoint(endpoint, timeout=timeout)
         self.batch = batch
         self.class_names = self.composer.class_names
         if self.composer.remote_head:
             self._check_remote_classes()
 
+    @property
+    def client(self):
+        """The ``pgn serve`` client, where the endpoint is one."""
+        return getattr(self.endpoint, "client", None)
+
     def _check_remote_classes(self) -> None:
-        served = self.client.info().get("classes")
-        if served is None:
-            raise PGNError(f"{self.client.base_url} answers embeddings only, but this adapter was trained against the "
+        where = self.endpoint.url or self.endpoint.kind
+        served = self.endpoint.classes()
+        if served is None and self.endpoint.kind == "pgn":
+            raise PGNError(f"{where} answers embeddings only, but this adapter was trained against the "
                            "model's own head: serve it as a hosted classifier (pgn serve --classes FILE)")
-        if list(served) != list(self.class_names):
-            raise PGNError(f"{self.client.base_url} scores the classes {served[:5]}..., not the adapter's "
+        if served is not None and list(served) != list(self.class_names):
+            raise PGNError(f"{where} scores the classes {served[:5]}..., not the adapter's "
                            f"{self.class_names[:5]}...; serve it with the adapter's class names, in its order")
         # A zero-shot head's scores depend on its prompt template: one training never saw is another model.
         from ..backbones.openclip import DEFAULT_TEMPLATE
 
-        served_template = self.client.info().get("template")
+        served_template = self.endpoint.template()
         trained = self.composer.config.get("template")
-        if served_template is not None or trained is not None:
+        if served_template is not None or (trained is not None and self.endpoint.kind == "pgn"):
             trained = trained or DEFAULT_TEMPLATE
             if served_template != trained:
-                raise PGNError(f"{self.client.base_url} scores with the prompt template {served_template!r}, but the "
+                raise PGNError(f"{where} scores with the prompt template {served_template!r}, but the "
                                f"adapter was trained with {trained!r}; serve it with 'template: {trained}' as the "
                                "class file's first line")
 
     def close(self) -> None:
-        self.client.close()
+        self.endpoint.close()
 
     def __enter__(self) -> "RemoteClassifier":
         return self
@@ -69,12 +79,24 @@ class RemoteClassifier:
 
         return eval_transform(self.composer.img_size, self.composer.mean, self.composer.std)
 
-    def scores_of_pngs(self, pngs: list[bytes]) -> torch.Tensor:
-        """PNG images the model receives as they are -> (B, C) class scores (server's head, or the exported one)."""
+    def scores_of_canvases(self, canvases: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 3) uint8 canvases the model receives as they are -> (B, C) class scores (the model's
+        own head through the endpoint, or the exported head on the endpoint's embeddings)."""
         if self.composer.remote_head:
-            return torch.as_tensor(self.client.classify_png(pngs))
-        embeddings, _ = self.client.embed_png(pngs)
-        return self.composer.logits(embeddings)
+            return torch.as_tensor(self.endpoint.scores(canvases))
+        return self.composer.logits(self.endpoint.embeddings(canvases))
+
+    def scores_of_pngs(self, pngs: list[bytes]) -> torch.Tensor:
+        """PNG images as they are -> (B, C) class scores; ``pgn serve`` takes the files, others the pixels."""
+        if hasattr(self.endpoint, "scores_of_pngs"):
+            if self.composer.remote_head:
+                return torch.as_tensor(self.endpoint.scores_of_pngs(pngs))
+            return self.composer.logits(self.endpoint.embeddings_of_pngs(pngs))
+        import io
+
+        from PIL import Image
+
+        return self.scores_of_canvases(np.stack([np.asarray(Image.open(io.BytesIO(p)).convert("RGB")) for p in pngs]))
 
     def canvases(self, images: torch.Tensor) -> np.ndarray:
         """(B, 3, S, S) normalised -> (B, Hc, Wc, 3) uint8: the prompted images the model receives."""
@@ -85,8 +107,7 @@ class RemoteClassifier:
         images = list(images)
         out = []
         for i in range(0, len(images), self.batch):
-            canvases = self.canvases(torch.stack(images[i:i + self.batch]))
-            out.append(self.scores_of_pngs(self.composer.png_bytes(canvases)))
+            out.append(self.scores_of_canvases(self.canvases(torch.stack(images[i:i + self.batch]))))
         return torch.cat(out) if out else torch.empty(0, len(self.class_names))
 
     def predict(self, paths: Sequence[str | Path], top_k: int = 1) -> list[list[tuple[str, float]]]:

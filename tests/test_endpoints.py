@@ -1,0 +1,110 @@
+"""The adapter reaches the model through the servers people run: a real KServe process speaking the Open
+Inference Protocol on loopback, and a plain Python callable. Only canvases cross; answers equal the latent model's."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from test_cli import pgn
+from test_deploy import free_port
+
+from pgn import PGNError
+from pgn.data import build_dataset
+from pgn.deployment import RemoteClassifier, export_adapter
+from pgn.deployment.endpoints import CallableEndpoint, OpenInferenceEndpoint
+
+SERVER = Path(__file__).parent / "servers" / "kserve_vit.py"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A frame-layout PGN with a pixel library on the tiny timm ViT, trained one epoch, exported."""
+    root = tmp_path_factory.mktemp("oip")
+    r = pgn("train", "--backbone", "test-vit-timm", "--dataset", "digits", "--img-size", 64, "--layout", "frame",
+            "--library-space", "pixel", "-K", 4, "-N", 8, "--generator-size", 32, "--epochs", 1, "--train-limit", 64,
+            "--test-limit", 48, "--out", root / "run", "--no-progress", "--precision", "fp32")
+    assert r.returncode == 0, r.stderr
+    export_adapter(root / "run", root / "export")
+    from pgn.adapter import load_adapter
+
+    model, cfg = load_adapter(root / "run")
+    data = build_dataset("digits", img_size=64, mean=cfg.mean, std=cfg.std, test_limit=48)
+    x = torch.stack([data.test[i][0] for i in range(len(data.test))])
+    with torch.inference_mode():
+        latent = model.eval()(x)
+    return {"root": root, "export": root / "export", "x": x, "latent": latent, "model": model}
+
+
+@pytest.fixture(scope="module")
+def kserve_server(exported):
+    pytest.importorskip("kserve", reason="kserve is not installed (the Makefile installs it with the test extras)")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(SERVER), "test-vit-timm", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        if proc.poll() is not None:
+            pytest.fail("the KServe server exited: " + proc.stdout.read()[-3000:])
+        try:
+            if httpx.get(url + "/v2/models/vit/ready", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("the KServe server did not come up")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_a_real_kserve_server_reproduces_the_latent_model_through_the_protocol(exported, kserve_server):
+    """fp32, 8-bit canvases: every prediction equal to the latent model's, scores within uint8 rounding."""
+    meta = httpx.get(kserve_server + "/v2/models/vit").json()
+    assert meta["name"] == "vit"  # a KServe model answering the protocol's metadata route
+    endpoint = OpenInferenceEndpoint(kserve_server, "vit", input_name="input", layout="uint8-hwc")
+    with RemoteClassifier(exported["export"], endpoint) as remote:
+        api = remote.logits(list(exported["x"]))
+    latent = exported["latent"]
+    assert torch.equal(api.argmax(-1), latent.argmax(-1))  # every test image
+    assert (api - latent).abs().max() < 1e-2 * latent.abs().max()  # only the canvases' 8-bit rounding differs
+
+    r = pgn("eval", exported["export"], "--api", kserve_server, "--api-kind", "oip", "--api-model", "vit",
+            "--test-limit", 48)
+    assert r.returncode == 0, r.stderr
+    through_api = json.loads(r.stdout.strip().splitlines()[-1])
+    data = build_dataset("digits", img_size=64, test_limit=48)
+    acc = float((latent.argmax(-1) == torch.as_tensor(data.test.targets)).float().mean())
+    assert through_api["n"] == 48 and through_api["top1"] == pytest.approx(acc)
+
+
+def test_protocol_errors_are_one_line(exported, kserve_server):
+    with pytest.raises(PGNError, match="answered 404"):
+        OpenInferenceEndpoint(kserve_server, "no-such-model").embeddings(np.zeros((1, 64, 64, 3), np.uint8))
+    with pytest.raises(PGNError, match="no inference server answers"):
+        OpenInferenceEndpoint(f"http://127.0.0.1:{free_port()}", "vit").embeddings(np.zeros((1, 64, 64, 3), np.uint8))
+    r = pgn("eval", exported["export"], "--api", kserve_server, "--api-kind", "oip", "--test-limit", 8)
+    assert r.returncode == 2 and "--api-model" in r.stderr
+
+
+def test_any_python_callable_is_an_endpoint(exported):
+    """A vendor's API in a few lines: canvases (B, H, W, 3) uint8 -> embeddings; the same answers."""
+    from pgn.backbones import create_backbone
+    from pgn.pixels import from_uint8
+
+    vit = create_backbone("test-vit-timm").eval()
+    seen = []
+
+    def vendor_api(canvases: np.ndarray) -> np.ndarray:
+        seen.append(canvases.dtype == np.uint8 and canvases.shape[1:] == (64, 64, 3))
+        with torch.inference_mode():
+            return vit(from_uint8(canvases, vit.preprocessing.mean, vit.preprocessing.std)).numpy()
+
+    with RemoteClassifier(exported["export"], CallableEndpoint(vendor_api, answers="embeddings")) as remote:
+        api = remote.logits(list(exported["x"][:16]))
+    assert all(seen) and torch.equal(api.argmax(-1), exported["latent"][:16].argmax(-1))
