@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_vit
+from helpers import spec
 from PIL import Image
-from test_training import spec
 
 import pgn
 from pgn import PGNError

@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from helpers import CLASSES, SIZE, small_clip
 from PIL import Image
-from test_serving_families import CLASSES, SIZE, small_clip
 
 import pgn
 from pgn.deployment import RemoteClassifier, export_adapter

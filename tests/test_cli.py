@@ -1,30 +1,15 @@
 """The command line, run as a user runs it: subprocesses, real files, exit codes."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import OFFICIAL, needs_official
+from helpers import one_line_error, pgn
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def pgn(*args, cwd=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "pgn", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=600)
-
-
-def one_line_error(result):
-    assert result.returncode != 0, result.stdout
-    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("pgn: error:"), result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """End to end: train in latent space, export, compose canvases, classify through a real HTTP server."""
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -10,14 +9,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_vit
+from helpers import free_port, one_line_error, pgn
 from PIL import Image
-from test_cli import one_line_error, pgn
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from test_cli import pgn
-from test_deploy import free_port
+from helpers import free_port, pgn
 
 from pgn import PGNError
 from pgn.data import build_dataset

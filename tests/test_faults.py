@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_vit
+from helpers import adapter_cfg, one_line_error, pgn, quiet, spec
 from PIL import Image
-from test_cli import one_line_error, pgn
-from test_training import adapter_cfg, quiet, spec
 
 from pgn import PGNError
 from pgn.adapter import build_classifier, load_adapter, save_adapter

@@ -1,6 +1,6 @@
 """One PGN over several datasets: shared generator and library, a head per dataset."""
 import torch
-from test_training import RandomImages
+from helpers import RandomImages
 
 from pgn.adapter import AdapterConfig, build_classifier, load_adapter
 from pgn.analysis import dataset_token_sharing

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_tiny_vit
-from test_training import adapter_cfg, spec
+from helpers import adapter_cfg, spec
 
 from pgn import PGNError
 from pgn.adapter import build_classifier

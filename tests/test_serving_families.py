@@ -2,7 +2,6 @@
 
 Random-init models of the real architectures (small configurations), real servers on loopback.
 """
-import io
 import threading
 
 import httpx
@@ -10,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_vit
-from PIL import Image
+from helpers import CLASSES, SIZE, pixels, png, post, small_clip, small_torchvision
 from torch import nn
 
 from pgn import PGNError
-from pgn.backbones import OpenCLIPViT, TorchvisionViT
 from pgn.serving import create_app
 from pgn.serving.background import BackgroundServer
 from pgn.serving.batching import Batcher
@@ -23,45 +21,6 @@ from pgn.serving.server import normalise
 
 open_clip = pytest.importorskip("open_clip")
 torchvision = pytest.importorskip("torchvision")
-
-SIZE = 96  # native input of the small CLIP and torchvision ViTs below (patch 16: a 6x6 grid)
-CLASSES = [str(i) for i in range(10)]
-
-
-def small_clip() -> OpenCLIPViT:
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-
-    torch.manual_seed(0)
-    model = CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=16,
-                                                        image_size=SIZE),
-                 text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
-                 quick_gelu=True)
-    return OpenCLIPViT(model.eval(), name="clip:small", tokenizer=open_clip.get_tokenizer("ViT-B-32"))
-
-
-def small_torchvision(classes: int = 5) -> TorchvisionViT:
-    from torchvision.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(1)
-    model = VisionTransformer(image_size=SIZE, patch_size=16, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128,
-                              num_classes=classes)
-    return TorchvisionViT(model.eval(), name="torchvision:small")
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def pixels(h: int, w: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def post(url: str, path: str, images: list[bytes]) -> httpx.Response:
-    files = [("files", (f"i{i}.png", b, "image/png")) for i, b in enumerate(images)]
-    return httpx.post(url + path, files=files, timeout=120)
-
 
 def test_each_family_serves_its_own_library_forward():
     images = [pixels(SIZE, SIZE, seed) for seed in range(3)]
@@ -277,7 +236,7 @@ def _serve_from_factory(tmp_path, backbone: str, weights, *extra):
     import sys
     import time
 
-    from test_deploy import free_port
+    from helpers import free_port
 
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "pgn", "serve", "--backbone", backbone, "--weights", str(weights),

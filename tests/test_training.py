@@ -3,50 +3,12 @@ import json
 import pytest
 import torch
 from conftest import make_tiny_vit
-from torch.utils.data import Dataset
+from helpers import ALL_TRAINED, RandomImages, adapter_cfg, quiet, spec
 
 from pgn import PGNError
 from pgn.adapter import AdapterConfig, build_classifier, load_adapter, save_adapter
-from pgn.data import DataSpec
 from pgn.prompts import GeneratorConfig
 from pgn.training import TrainConfig, evaluate, read_metrics, train, warmup_cosine
-
-
-class RandomImages(Dataset):
-    """A small labelled set of random images (labels depend on the image, so it is learnable)."""
-
-    def __init__(self, n: int = 16, size: int = 64, classes: int = 3, seed: int = 0, poison: bool = False):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 3, size, size, generator=g)
-        self.targets = (self.x.mean(dim=(1, 2, 3)) > 0).long() + (self.x[:, 0].mean(dim=(1, 2)) > 0).long()
-        self.targets = self.targets.clamp(max=classes - 1)
-        self.poison = poison
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        x = self.x[i]
-        return (x * float("nan") if self.poison else x), int(self.targets[i])
-
-
-def spec(poison: bool = False) -> DataSpec:
-    return DataSpec(name="random", class_names=["a", "b", "c"], train=RandomImages(poison=poison),
-                    test=RandomImages(8, seed=1))
-
-
-def adapter_cfg(method: str, backbone, k: int = 4) -> AdapterConfig:
-    gen = vars(GeneratorConfig(num_prompts=k, library_size=8, input_size=64)) if method == "pgn" else None
-    return AdapterConfig(method=method, backbone=backbone.name, backbone_width=backbone.width,
-                         class_names=["a", "b", "c"], img_size=64, generator=gen,
-                         num_prompts=k if method in ("pgn", "iip") else 0, dataset="random", vp_pad=8)
-
-
-ALL_TRAINED = ["pgn", "iip", "vp", "linear", "finetune"]
-
-
-def quiet(**kw) -> TrainConfig:
-    return TrainConfig(**{"epochs": 1, "batch_size": 8, "progress": False, **kw})
 
 
 @pytest.mark.parametrize("method", ALL_TRAINED)
