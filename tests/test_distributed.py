@@ -384,7 +384,8 @@ def test_nan_on_one_rank_stops_every_rank(two_process_runs):
 def test_only_rank_zero_logs_and_writes(two_process_runs):
     base, stdout = two_process_runs["base"], two_process_runs["stdout"]
     files = sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
-    want = sorted(["worker.py", "nan/config.json", "nan/.pgn.lock", "nan/.pgn-run"] +
+    # "nan" failed in its first epoch: a new run that never finished an epoch leaves nothing behind.
+    want = sorted(["worker.py"] +
                   [f"{run}/{f}" for run in ("pgn", "const", "resume", "linear") for f in RUN_FILES] +
                   [f"{run}/{f}" for run in OTHER_METHODS for f in run_files(1)])
     assert files == want  # nothing from rank 1: no "-rank1" run dirs, nothing in its working directory

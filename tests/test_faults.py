@@ -174,7 +174,7 @@ def test_second_writer_fails_at_once_naming_the_holder(tmp_path):
         holder.wait()
 
 
-def test_second_writer_from_the_cli_exits_2(tmp_path, tiny_weights):
+def test_second_writer_from_the_cli_exits_2(tmp_path, tiny_weights, monkeypatch):
     run = tmp_path / "run"
     holder = _holder(run)
     try:
@@ -183,6 +183,15 @@ def test_second_writer_from_the_cli_exits_2(tmp_path, tiny_weights):
                 "--no-progress")
         assert r.returncode == 2
         assert f"in use by process {holder.pid}" in one_line_error(r)
+        # ... and at once: before any backbone or dataset is built.
+        from pgn.cli.main import main
+
+        def no(*a, **k):
+            raise AssertionError("built before the lock was checked")
+
+        monkeypatch.setattr("pgn.backbones.create_backbone", no)
+        monkeypatch.setattr("pgn.api.build_data", no)
+        assert main(["train", "--out", str(run), "--epochs", "1", "--no-progress"]) == 2
     finally:
         holder.kill()
         holder.wait()
@@ -311,6 +320,7 @@ def test_nan_in_the_first_epoch_says_no_checkpoint_exists(tmp_path):
     with pytest.raises(PGNError, match="no epoch had finished, so no checkpoint was written"):
         train(build_classifier(acfg, backbone), acfg, spec(poison=True), quiet(), tmp_path / "r", log=lambda *_: None)
     assert latest_checkpoint(tmp_path / "r") is None
+    assert not (tmp_path / "r").exists()  # a new run that failed before its first epoch leaves nothing behind
 
 
 def test_nan_later_names_the_checkpoint_that_exists(tmp_path):

@@ -82,7 +82,11 @@ def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out
     Writes the run into ``out`` (default ``runs/<dataset>-<method>-<time>``) and returns the last epoch's
     metrics.
     """
+    from .files import check_not_in_use
+
     cfg = model._require_config()
+    if out is not None:
+        check_not_in_use(out)  # before the data is built
     unknown = sorted(set(options) - _TRAIN_FIELDS)
     if unknown:
         raise PGNError(f"unknown training option(s) {', '.join(unknown)}; choose from {', '.join(sorted(_TRAIN_FIELDS))}")
@@ -140,9 +144,11 @@ def resume(run: str | Path, epochs: int | None = None, *, changes: dict | None =
 
     from .adapter import read_adapter_config
     from .devices import check_device, default_device
+    from .files import check_not_in_use
     from .validation import validated
 
     run = Path(run)
+    check_not_in_use(run)
     unknown = sorted(set(options) - set(RESUMABLE))
     if unknown:
         raise PGNError(f"a resumed run keeps its own {', '.join(unknown)}; it may change only "

@@ -159,6 +159,28 @@ def mark_owned(directory: str | os.PathLike) -> None:
         path.write_text("written by pgn: a run directory\n")
 
 
+def check_not_in_use(directory: str | os.PathLike) -> None:
+    """Fail at once if another process holds ``directory``'s run lock (before minutes of start-up, not after)."""
+    import fcntl
+
+    from .errors import PGNError
+
+    path = Path(directory) / LOCK_FILE
+    if not path.is_file():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise PGNError(f"{directory} is in use by process {holder} (another pgn run writes there); wait for it "
+                           "to finish or choose another run directory") from None
+    finally:
+        os.close(fd)
+
+
 def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
     """Delete ``.<name>.*.tmp`` files that :func:`atomic_path` left when a process was killed mid-write.
 

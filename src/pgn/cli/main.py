@@ -391,6 +391,10 @@ def cmd_train(args) -> int:
 
     if args.method == "zeroshot":
         raise PGNError("zero-shot CLIP needs no training: run `pgn eval --method zeroshot --backbone clip-vit-b32 --dataset NAME`")
+    if args.out:
+        from ..files import check_not_in_use
+
+        check_not_in_use(args.out)  # a second writer is refused now, not after the data and model are built
     if args.resume:
         return _resume(args)
     img_size = args.img_size

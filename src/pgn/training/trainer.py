@@ -26,7 +26,7 @@ from ..adapter import AdapterConfig, load_adapter, save_adapter
 from ..data import DataSpec
 from ..data.base import check_classes
 from ..errors import DivergedError, PGNError
-from ..files import check_owned, mark_owned, run_lock, write_json
+from ..files import LOCK_FILE, RUN_MARKER, check_owned, mark_owned, run_lock, write_json
 from ..model import PromptedClassifier
 from ..precision import autocast, resolve
 from ..precision import check as check_precision
@@ -231,7 +231,23 @@ def train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec,
         problem = broadcast_object(problem)
         if problem:
             raise PGNError(problem)
-        return _train(model, adapter_cfg, data, cfg, run_dir, resume, log or logger.info, ctx)
+        new = ctx.is_main and not resume and not any(p.name not in (LOCK_FILE,) for p in run_dir.iterdir())
+        try:
+            return _train(model, adapter_cfg, data, cfg, run_dir, resume, log or logger.info, ctx)
+        except Exception:
+            if new and latest_checkpoint(run_dir) is None:
+                _remove_new_run(run_dir)  # a run that failed before its first epoch leaves nothing behind
+            raise
+
+
+def _remove_new_run(run_dir: Path) -> None:
+    """Remove what a new run wrote before failing (config.json, the marker, the lock file; the folder if empty)."""
+    for name in ("config.json", METRICS_FILE, RUN_MARKER, LOCK_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:
+        pass  # it holds something else: leave it
 
 
 def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec, cfg: TrainConfig, run_dir: Path,
