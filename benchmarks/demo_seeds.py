@@ -111,7 +111,14 @@ def render(table: dict, meta: dict, out: Path) -> None:
              f"seed-0 subset of {TRAIN_IMAGES:,} training images, all 656 test images, {IMG} px, {EPOCHS} epochs, "
              f"SGD lr {LR} for everything trained, warm-up over half the run then cosine to lr/100. The seed draws "
              "the model's initialisation and the data order; the images are the same in every run. Raw numbers "
-             "and every epoch's metrics: [demo-seeds.json](demo-seeds.json) and docs/records/demo-seeds/.", "",
+             "and every epoch's metrics: [demo-seeds.json](demo-seeds.json) and docs/records/demo-seeds/. Run "
+             "seconds include time when other jobs shared the two cores.", ""]
+    done = min(s["seeds"] for by_m in table.values() for s in by_m.values())
+    if done < meta["seeds_asked"]:
+        lines += [f"**Incomplete: {done} of the {meta['seeds_asked']} seeds have finished in every row so far.** "
+                  "The study resumes from its records (the same command); a median, worst and best of so few "
+                  "seeds say little about the tail yet.", ""]
+    lines += [
              "| precision | method | seeds | median | worst | best | mean ± std | worst below median (points) |",
              "|---|---|---|---|---|---|---|---|"]
     for p, by_method in table.items():
@@ -147,7 +154,9 @@ def main() -> int:
         print("no finished run yet", file=sys.stderr)
         return 1
     devices = sorted({d for by_m in table.values() for s in by_m.values() for d in s["devices"]})
-    meta = {"command": "python benchmarks/demo_seeds.py " + " ".join(sys.argv[1:]),
+    args_shown = [a for a in sys.argv[1:] if a != "--render-only"]  # the runs' command, not the rendering's
+    meta = {"command": " ".join(["python benchmarks/demo_seeds.py", *args_shown]), "seeds_asked": args.seeds,
+            "rendered_only": args.render_only,
             "machine": " and ".join(devices) + f", torch {torch.__version__}, this CPU native bf16: "
                        f"{native_bf16('cpu')}",
             "seconds_of_all_runs": round(sum(s["seconds"] for by_m in table.values() for s in by_m.values())),

@@ -24,9 +24,20 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "once: long end-to-end tests that run in the CPU's own pass only (CI's "
+                                       "second pass, with the other bf16 answer forced, leaves them out)")
     answer = config.getoption("--assume-native-bf16")
     if answer is not None:
         os.environ["PGN_NATIVE_BF16"] = "1" if answer == "yes" else "0"
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--assume-native-bf16") is None:
+        return
+    skip = pytest.mark.skip(reason="a long end-to-end test: it runs in the pass with the CPU's own bf16 answer")
+    for item in items:
+        if "once" in item.keywords:
+            item.add_marker(skip)
 
 
 def pytest_report_header(config):

@@ -115,6 +115,7 @@ def checkout(tmp_path_factory):
     return copy
 
 
+@pytest.mark.once
 def test_the_readme_runs_as_written(checkout):
     pytest.importorskip("elpv_dataset")
     pytest.importorskip("onnx")

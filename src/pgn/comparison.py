@@ -53,6 +53,9 @@ CANDIDATES: dict[str, list[float]] = {
     "pgn-frame": GRID,               # pixel library, frame layout: deployable in the input alone
     "finetune": [1e-4, 1e-3],        # backbone rate
 }
+# ``pgn bench --quick``: two candidates per method, the ends of the grid that matter most (minutes, not hours).
+QUICK_CANDIDATES: dict[str, list[float]] = {"linear": [0.01, 0.1], "iip": [0.01, 0.1], "vp": [1.0, 40.0],
+                                            "pgn": [0.01, 0.1], "pgn-frame": [0.01, 0.1], "finetune": [1e-4, 1e-3]}
 OWN_HEAD_RATE = ("vp", "finetune")   # methods whose head rate is the linear probe's choice
 METHODS = tuple(CANDIDATES)
 

@@ -57,7 +57,7 @@ def run_lock(directory: str | os.PathLike) -> Iterator[Path]:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
             raise PGNError(f"{directory} is in use by process {holder} (another pgn run writes there); wait for it "
-                           "to finish or choose another --out") from None
+                           "to finish or choose another run directory") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield path

@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, default=112)
     p.add_argument("--subset", action="append", default=None, metavar="NAME=TRAINxTEST",
                    help="stratified seed-0 subset of a dataset (default: fashion-mnist=1000x1000); repeatable")
-    p.add_argument("--quick", action="store_true", help="minutes: elpv only, 400/200 images, 1 epoch, 1 seed")
+    p.add_argument("--quick", action="store_true",
+                   help="minutes: elpv only, 400/200 images, 1 epoch, 1 seed, two rates per method")
     _add_precision_arg(p)
     p.add_argument("--runs", default="runs/bench-compare", help="cache of finished runs (resumes from it)")
     p.add_argument("--record", default=None, help="also keep each finished run's result JSON here, laid out like "
@@ -654,7 +655,8 @@ def cmd_bench(args) -> int:
     if args.quick:
         datasets, epochs, seeds, runs = ["elpv"], 1, 1, args.runs + "-quick"
         subsets = {"elpv": (400, 200)}
-    rates = {**comparison.CANDIDATES, **dict(_parse_rate(r) for r in args.rate or [])}
+    base = comparison.QUICK_CANDIDATES if args.quick else comparison.CANDIDATES
+    rates = {**base, **dict(_parse_rate(r) for r in args.rate or [])}
     cfg = comparison.ComparisonConfig(methods=args.methods or comparison.METHODS, epochs=epochs, seeds=seeds,
                                       val_epochs=None if args.quick else args.val_epochs,
                                       img_size=args.img_size, precision=_precision(args, _device(args)),

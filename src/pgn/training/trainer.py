@@ -328,9 +328,10 @@ def _check_run_dir(run_dir: Path, resume: bool, ctx: DistContext) -> None:
         if resume:
             if checkpoint is None:
                 problem = (f"cannot resume: {run_dir} holds no finished epoch (no checkpoint); start a new run "
-                           "without --resume")
+                           "instead (pgn train without --resume, or pgn.train)")
         elif checkpoint is not None or (run_dir / METRICS_FILE).exists():
-            problem = f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+            problem = (f"{run_dir} already holds a run; resume it (pgn train --resume, pgn.resume) or choose another "
+                       "run directory")
     problem = broadcast_object(problem)
     if problem:
         raise PGNError(problem)
@@ -566,7 +567,7 @@ def _check_finite(loss: torch.Tensor, ctx: DistContext, epoch: int, step: int, r
         kept = f"the checkpoint of epoch {epoch} in {run_dir} is kept"
     else:
         kept = "no epoch had finished, so no checkpoint was written"
-    hint = f"{kept}; lower --lr or set --grad-clip"
+    hint = f"{kept}; lower the learning rate or set a gradient clip (--lr, --grad-clip)"
     if not ctx.distributed:
         if not torch.isfinite(loss):
             raise DivergedError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; {hint}")
