@@ -290,3 +290,17 @@ def test_a_state_dict_mismatch_names_the_key_and_both_shapes(digits_run, tmp_pat
 def test_a_finished_run_says_so_on_resume(digits_run):
     r = pgn("train", "--out", digits_run, "--resume", "--no-progress")
     assert r.returncode == 0 and "has finished all" in r.stdout and "/1" not in r.stdout.split("finished")[0]
+
+
+@pytest.mark.parametrize("backbone, name, content", [
+    ("timm:test_vit", "truncated.safetensors", "truncate"),
+    ("vit-b32", "foreign.pth", b"\x80\x04not a pickle at all"),
+    ("clip-vit-b32", "foreign.safetensors", b"{}garbage"),
+    ("vit-b32", "empty.pth", b""),
+])
+def test_corrupt_or_foreign_weights_files_are_one_line(tmp_path, tiny_weights, backbone, name, content):
+    path = tmp_path / name
+    path.write_bytes(tiny_weights.read_bytes()[:200] if content == "truncate" else content)
+    r = pgn("info", "--backbone", backbone, "--weights", path)
+    line = one_line_error(r)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and (str(path) in line or "weights" in line), line

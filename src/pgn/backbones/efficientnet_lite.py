@@ -64,8 +64,12 @@ def create(weights: str | None = None) -> nn.Module:
     path = Path(weights) if weights else weights_file()
     if not path.is_file():
         raise PGNError(f"weights file {weights} does not exist")
+    import warnings
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # a foreign file: tensors only
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)  # a foreign file: tensors only
     except Exception as e:  # noqa: BLE001 - any unpickling failure is the file's fault
         raise PGNError(f"{path} is not a PyTorch state dict of plain tensors ({type(e).__name__})") from None
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)

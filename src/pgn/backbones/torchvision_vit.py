@@ -83,7 +83,16 @@ def _read_state_dict(path: Path) -> dict:
 
         state = load_file(str(path))
     else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        import warnings
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the line below says it all
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - whatever the unpickler says, the file is not tensors only
+            raise PGNError(f"{path} is not a PyTorch state dict of plain tensors; pgn reads foreign PyTorch files "
+                           "with weights_only=True and refuses anything else (save model.state_dict(), or use "
+                           ".safetensors)") from None
     for key in ("model", "state_dict"):  # common training-checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -124,7 +133,7 @@ def create_torchvision(name: str, weights: str | None = None) -> TorchvisionViT:
             model.load_state_dict(state, strict=True)
         except PGNError:
             raise
-        except (RuntimeError, ValueError, OSError, KeyError, TypeError) as e:
+        except Exception as e:  # noqa: BLE001 - a foreign, corrupt or truncated weights file
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise PGNError(f"could not load {path} into torchvision {fn.__name__}: {first[:300]}") from e
         source = str(path)
