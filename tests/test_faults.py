@@ -501,3 +501,45 @@ def test_disk_full_and_read_only_run_directories_are_one_line(small_disk, tiny_w
     line = one_line_error(r)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert ("no space left on the device" if kind == "full" else "read-only file system") in line, line
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda ck: torch.save([1, 2, 3], ck / "trainer_state.pt"), "holds list, not a pgn trainer state"),
+    (lambda ck: torch.save({"epoch": 0}, ck / "trainer_state.pt"), "without 'optimizer'"),
+    (lambda ck: (ck / "metrics.json").write_text('{"epoch": 1}'), "must hold a list of metrics rows"),
+])
+def test_a_damaged_checkpoint_is_one_line_on_resume(tmp_path, damage, message):
+    run = tmp_path / "r"
+    _train(run, epochs=1)
+    damage(latest_checkpoint(run))
+    with pytest.raises(PGNError, match=message):
+        _train(run, resume=True, epochs=2)
+
+
+def test_a_bad_image_read_by_a_worker_process_is_one_line(tmp_path, tiny_weights):
+    root = tmp_path / "images"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(root / cls / f"{i}.png")
+    (root / "a" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    r = pgn("train", "--backbone", "timm:test_vit", "--weights", tiny_weights, "--dataset", f"folder:{root}",
+            "--img-size", 32, "--epochs", 1, "--method", "linear", "--workers", 2, "--out", tmp_path / "run",
+            "--no-progress", "--precision", "fp32")
+    line = one_line_error(r)
+    assert "Traceback" not in r.stderr and "0.png" in line, r.stderr
+
+
+def test_embeddings_of_another_width_are_one_line(tmp_path):
+    """A server whose model is not the adapter's (another width) is named, not a matmul traceback."""
+    import pgn as pgn_lib
+    from pgn.deployment import RemoteClassifier, export_adapter
+    from pgn.deployment.endpoints import CallableEndpoint
+
+    model = pgn_lib.create_model("test-vit-timm", "pgn", classes=["a", "b"], img_size=64, layout="frame",
+                                 library_space="pixel", num_prompts=2, library_size=4, widths=(4, 4, 4, 4), seed=0)
+    model.save_pretrained(tmp_path / "run")
+    export = export_adapter(tmp_path / "run", tmp_path / "export")
+    other = CallableEndpoint(lambda canvases: np.zeros((len(canvases), 32), np.float32), answers="embeddings")
+    with RemoteClassifier(export, other) as remote, pytest.raises(PGNError, match=r"shape \(2, 32\).*reads 64"):
+        remote.logits(list(torch.randn(2, 3, 64, 64)))

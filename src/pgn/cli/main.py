@@ -724,7 +724,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except PGNError as e:
-        print(f"pgn: error: {e}", file=sys.stderr)
+        message = str(e)
+        if "Original Traceback" in message:  # raised in a DataLoader worker: torch wraps it in the worker's trace
+            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        print(f"pgn: error: {message}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, read-only, permission denied ...: one place says which, for every command
         from ..files import os_error_line

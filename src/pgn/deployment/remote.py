@@ -84,14 +84,24 @@ class RemoteClassifier:
         own head through the endpoint, or the exported head on the endpoint's embeddings)."""
         if self.composer.remote_head:
             return torch.as_tensor(self.endpoint.scores(canvases))
-        return self.composer.logits(self.endpoint.embeddings(canvases))
+        return self._logits(self.endpoint.embeddings(canvases))
+
+    def _logits(self, embeddings) -> torch.Tensor:
+        """The exported head on the endpoint's embeddings, after checking they are the width it was trained on."""
+        want = int(self.composer.config["feature_dim"])
+        got = np.asarray(embeddings).shape
+        if len(got) != 2 or got[1] != want:
+            where = self.endpoint.url or self.endpoint.kind
+            raise PGNError(f"{where} answers embeddings of shape {got}, but this adapter's head reads {want} "
+                           f"features; serve the model it was trained on ({self.composer.config.get('backbone')})")
+        return self.composer.logits(embeddings)
 
     def scores_of_pngs(self, pngs: list[bytes]) -> torch.Tensor:
         """PNG images as they are -> (B, C) class scores; ``pgn serve`` takes the files, others the pixels."""
         if hasattr(self.endpoint, "scores_of_pngs"):
             if self.composer.remote_head:
                 return torch.as_tensor(self.endpoint.scores_of_pngs(pngs))
-            return self.composer.logits(self.endpoint.embeddings_of_pngs(pngs))
+            return self._logits(self.endpoint.embeddings_of_pngs(pngs))
         import io
 
         from PIL import Image

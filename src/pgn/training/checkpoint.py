@@ -65,15 +65,29 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
 def checkpoint_rows(checkpoint: Path) -> list[dict]:
     """The metrics rows stored with a checkpoint (a legacy run: its ``metrics.jsonl``)."""
     path = checkpoint / ROWS_FILE
-    return json.loads(path.read_text()) if path.is_file() else read_metrics(checkpoint)
+    if not path.is_file():
+        return read_metrics(checkpoint)
+    try:
+        rows = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PGNError(f"{path} is not valid JSON ({e}); the checkpoint is damaged, start a new run") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise PGNError(f"{path} must hold a list of metrics rows, not {type(rows).__name__}; the checkpoint is "
+                       "damaged, start a new run")
+    return rows
 
 
 def load_state(checkpoint: Path, map_location: str = "cpu") -> dict:
     path = checkpoint / STATE_FILE
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a foreign or damaged file: say which, never unpickle arbitrary objects
         raise PGNError(f"cannot read {path} ({str(e).splitlines()[0][:200]}); start a new run") from None
+    missing = [k for k in ("optimizer", "scheduler", "epoch") if not isinstance(state, dict) or k not in state]
+    if missing:
+        what = type(state).__name__ if not isinstance(state, dict) else f"a dict without {missing[0]!r}"
+        raise PGNError(f"{path} holds {what}, not a pgn trainer state; start a new run")
+    return state
 
 
 def save_checkpoint(run_dir: Path, epoch: int, write_adapter, state: dict, rows: list[dict]) -> Path:
