@@ -140,3 +140,25 @@ def test_demo_models_are_drawn_from_the_demo_seed(embedded):
         c = demo_model(method, embedded, data, seed=1)[1].trainable_modules().state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point() and a[k].numel() > 1)
+
+
+def test_the_demo_builds_through_the_public_api_what_the_comparison_builds(embedded):
+    """So the seed study's records (run through pgn.comparison) are the demo's runs, seed for seed."""
+    from pgn.adapter import build_classifier
+    from pgn.comparison import method_config
+    from pgn.data import DataSpec
+    from pgn.demo import demo_model
+
+    data = DataSpec(name="elpv", class_names=["functional", "defective"], train=None, test=None)
+    for method in ("pgn", "linear"):
+        cfg, model = demo_model(method, embedded, data, seed=4)
+        reference = method_config(method, embedded, data, 112)
+        assert cfg == reference
+        a = model.trainable_modules().state_dict()
+        b = build_classifier(reference, embedded, seed=4).trainable_modules().state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_classes_come_from_the_data_when_left_out():
+    model = pgn.create_model(make_tiny_vit(), "linear", dataset="digits", img_size=32)
+    assert model.config.class_names == [str(i) for i in range(10)] and model.config.dataset == "digits"

@@ -38,7 +38,8 @@ def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str 
 
     ``method``: a method config of :mod:`pgn.methods` (``PGNConfig(library_size=256)``), or its name
     with the config's fields as ``options`` (``"pgn", library_size=256``). ``classes`` are the class
-    names (for the zero-shot head, the text it reads). Preprocessing comes from the backbone.
+    names (for the zero-shot head, the text it reads); left out, they come from ``dataset``.
+    Preprocessing comes from the backbone.
     ``seed``: the trainable parts' initialisation (the same seed builds the same model, whatever
     ran before); ``pgn.train``'s ``seed`` then sets the data order.
     """
@@ -47,8 +48,11 @@ def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str 
     elif options:
         raise PGNError(f"options ({', '.join(sorted(options))}) go into the method config itself, e.g. "
                        f"{type(method).__name__}({next(iter(options))}=...)")
+    if not classes and dataset is not None:  # the data names its classes
+        classes = build_dataset(dataset, img_size=img_size).class_names
     if not classes:
-        raise PGNError("classes is empty; pass the class names, e.g. classes=['cat', 'dog']")
+        raise PGNError("classes is empty; pass the class names, e.g. classes=['cat', 'dog'], or dataset=NAME "
+                       "to take them from the data")
     bb = create_backbone(backbone, weights) if isinstance(backbone, str) else backbone
     cfg = adapter_config(bb, method.method, classes, img_size=img_size, dataset=dataset, backbone_weights=weights,
                          **method.adapter_kwargs(img_size))

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import torch
 
-from .adapter import build_classifier
 from .analysis import pick_per_class
 from .backbones import DEFAULT_BACKBONE, create_backbone
-from .comparison import method_config
 from .data import build_dataset
+from .errors import PGNError
 from .files import write_json
 from .plots import plot_prompt_mixtures, plot_training_curves
 from .precision import describe, native_bf16, resolve
@@ -58,6 +57,8 @@ def run_demo(out: Path, epochs: int = EPOCHS, img_size: int = 112, lr: float = L
     print(f"seed      {seed} (model initialisation and data order)")
     results = {}
     for method in methods:
+        if method not in METHOD_OPTIONS:
+            raise PGNError(f"the demo compares {', '.join(METHOD_OPTIONS)}, not {method!r}")
         acfg, model = demo_model(method, backbone, data, img_size, seed)
         print(f"\n== {method}: {model.num_trainable():,} trainable parameters, {epochs} epochs, SGD lr {lr} "
               f"(warm-up {cfg.warmup:g} epochs, then cosine)")
@@ -88,10 +89,19 @@ def run_demo(out: Path, epochs: int = EPOCHS, img_size: int = 112, lr: float = L
     return summary
 
 
+# The demo's methods through the public API, as a user would write them (K 16, N 128: the paper's PGN).
+METHOD_OPTIONS = {"pgn": {"num_prompts": 16, "library_size": 128}, "linear": {}}
+
+
 def demo_model(method: str, backbone, data, img_size: int = 112, seed: int = SEED):
-    """(adapter config, classifier) of one demo method, its trainable parts drawn from ``seed`` alone."""
-    acfg = method_config(method, backbone, data, img_size)
-    return acfg, build_classifier(acfg, backbone, seed=seed)
+    """(adapter config, classifier) of one demo method, its trainable parts drawn from ``seed`` alone.
+
+    Built with ``pgn.create_model``; the same config and weights as the comparison's method (a test checks)."""
+    from .api import create_model
+
+    model = create_model(backbone, method, classes=data.class_names, img_size=img_size, dataset=data.name,
+                         seed=seed, **METHOD_OPTIONS[method])
+    return model.config, model
 
 
 @torch.inference_mode()
