@@ -12,7 +12,8 @@ Library layout (data flows one way)::
     pixels.py    8-bit RGB <-> normalised tensors, the one place (exact input-space deployment needs it)
     presets.py   budgets: the cpu default and the paper's recipe (sizes + TrainConfig)
     methods.py   one small config per method (PGNConfig, IIPConfig, VPConfig, LinearConfig, ...)
-    api.py       create_model / train / evaluate / load: the Python entry point
+    api.py       create_model / train / resume / evaluate / load: the Python entry point
+    precision.py fp32 / bf16 / auto, resolved once; devices.py: the default device and absent ones
     training/    the training loop, atomic checkpoints, optimiser monitor, evaluation, schedule, DDP
     multi.py     one PGN over several datasets (a head per dataset)
     comparison.py, analysis.py, plots.py, demo.py   the method comparison, what a run learned, pictures, make demo
@@ -25,12 +26,12 @@ from .errors import PGNError
 
 __version__ = "0.1.0"
 _METHOD_CONFIGS = ("PGNConfig", "IIPConfig", "VPConfig", "LinearConfig", "FinetuneConfig", "ZeroShotConfig")
-__all__ = ["PGNError", "__version__", "create_model", "evaluate", "load", "train", *_METHOD_CONFIGS]
+__all__ = ["PGNError", "__version__", "create_model", "evaluate", "load", "resume", "train", *_METHOD_CONFIGS]
 
 
 def __getattr__(name: str):
     # The API pulls in torch and the backbones: import it on first use, so ``import pgn`` stays cheap.
-    if name in ("create_model", "evaluate", "load", "train"):
+    if name in ("create_model", "evaluate", "load", "resume", "train"):
         from . import api
 
         return getattr(api, name)
