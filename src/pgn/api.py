@@ -22,7 +22,7 @@ from typing import Sequence
 from .adapter import adapter_config, build_classifier, load_adapter
 from .backbones import DEFAULT_BACKBONE, FrozenBackbone, create_backbone
 from .data import DataSpec, build_dataset
-from .errors import PGNError
+from .errors import PGNError, ResumeMismatch
 from .methods import MethodConfig, method_config_of
 from .model import PromptedClassifier
 from .training import TrainConfig
@@ -184,10 +184,9 @@ def resume(run: str | Path, epochs: int | None = None, *, changes: dict | None =
         if key in RESUMABLE or value is None:
             continue
         if key not in settings:
-            raise PGNError(f"cannot resume {run} with {key}={value!r}: a resumed run keeps its own settings")
+            raise ResumeMismatch(key, value)
         if _differs(value, settings[key]):
-            raise PGNError(f"cannot resume {run} with {key} {value!r}: the run was trained with {settings[key]!r} "
-                           f"(a resumed run keeps its own settings; only {', '.join(RESUMABLE)} may change)")
+            raise ResumeMismatch(key, value, settings[key])
     device = check_device(options.get("device") or default_device())
     recorded.update(epochs=epochs or recorded.get("epochs", 1), device=device,
                     progress=options.get("progress", recorded.get("progress", True)))

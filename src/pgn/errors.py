@@ -12,3 +12,18 @@ class PGNError(RuntimeError):
 
 class DivergedError(PGNError):
     """Training diverged: a non-finite loss, weight or running statistic. The last good checkpoint is kept."""
+
+
+class ResumeMismatch(PGNError):
+    """A resumed run was asked for a setting other than its own; ``key`` names it (a library name)."""
+
+    def __init__(self, key: str, asked, recorded=None):
+        self.key, self.asked, self.recorded = key, asked, recorded
+        super().__init__(self.describe(key))
+
+    def describe(self, name: str) -> str:
+        """The one line, naming the setting as ``name`` (the CLI passes its flag)."""
+        if self.recorded is None:
+            return f"cannot resume with {name} {self.asked!r}: a resumed run keeps its own settings"
+        return (f"cannot resume with {name} {self.asked!r}: the run was trained with {self.recorded!r} (a resumed "
+                "run keeps its own settings; only epochs, device, workers and progress may change)")

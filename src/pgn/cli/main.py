@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import PGNError
+from ..errors import PGNError, ResumeMismatch
 
 DEMO_NOTE = "adapts the embedded backbone to ELPV with PGN and with a linear probe at the same budget"
 
@@ -439,9 +439,9 @@ def _resume(args) -> int:
         row = resume(args.out, args.epochs if "epochs" in args.given else None, changes=changes, device=device,
                      num_workers=args.workers if "workers" in args.given else None,
                      progress=not args.no_progress and _is_main(), log=print if _is_main() else (lambda *_: None))
-    except PGNError as e:
-        # The library names its settings; say the flags too.
-        raise PGNError(str(e).replace(" with ", " with --", 1) if "keeps its own" in str(e) else str(e)) from None
+    except ResumeMismatch as e:  # the library names its setting; the command line says the flag
+        flag = {v: k for k, v in _RESUME_NAMES.items()}.get(e.key, e.key)
+        raise PGNError(e.describe("--" + flag.replace("_", "-"))) from None
     if _is_main():
         print(json.dumps({"run": str(args.out), **row}))
     return 0
