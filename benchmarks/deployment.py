@@ -126,9 +126,8 @@ def main() -> None:
         run = Path(args.runs) / f"{layout}-{space}{'-quick' if args.quick else ''}"
         done = len(read_metrics(run)) >= args.epochs
         if not done:
-            acfg = adapter_config(backbone, "pgn", data.class_names, img_size=112, num_prompts=16,
-                                  generator={"library_size": 128, "library_space": space}, layout=layout,
-                                  dataset="elpv")
+            acfg = adapter_config(backbone, "pgn", data.class_names, img_size=112, library_space=space,
+                                  layout=layout, dataset="elpv")
             model = build_classifier(acfg, backbone)
             cfg = TrainConfig(epochs=args.epochs, lr=0.1, head_lr=0.01, warmup_epochs=1.0, precision=precision,
                               progress=False)

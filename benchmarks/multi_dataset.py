@@ -62,8 +62,7 @@ def main() -> None:
     cfg = TrainConfig(epochs=args.epochs, lr=0.1, head_lr=0.01, precision=precision, progress=False)
 
     def adapter(spec, extra=None):
-        return adapter_config(backbone, "pgn", spec.class_names, img_size=112, num_prompts=16,
-                              generator={"library_size": 128}, dataset=spec.name, extra=extra)
+        return adapter_config(backbone, "pgn", spec.class_names, img_size=112, dataset=spec.name, extra=extra)
 
     results = {"single": {}, "shared": {}}
     for spec in specs:

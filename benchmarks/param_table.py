@@ -34,10 +34,8 @@ def _tv():
 
 
 def count(backbone, method, classes, head, n) -> int:
-    head = head if method != "finetune" else "linear"
-    gen = {"library_size": n} if method == "pgn" else None
-    cfg = adapter_config(backbone, method, [str(i) for i in range(classes)], img_size=224, num_prompts=16,
-                         generator=gen, head=head if method != "linear" else "linear")
+    options = {"pgn": {"library_size": n, "head": head}, "iip": {"head": head}, "vp": {"head": head}}.get(method, {})
+    cfg = adapter_config(backbone, method, [str(i) for i in range(classes)], img_size=224, **options)
     model = build_classifier(cfg, backbone)
     return model.num_trainable()  # fine-tuning trains its own copy: the shared backbone stays frozen
 

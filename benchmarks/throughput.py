@@ -32,8 +32,9 @@ K, N = 16, 128
 
 
 def make(method, backbone, size, layout="append", space="latent"):
-    gen = {"library_size": N, "library_space": space} if method == "pgn" else None
-    cfg = adapter_config(backbone, method, ["a", "b"], img_size=size, num_prompts=K, generator=gen, layout=layout)
+    options = {"pgn": dict(num_prompts=K, library_size=N, library_space=space, layout=layout),
+               "iip": dict(num_prompts=K, layout=layout)}.get(method, {})
+    cfg = adapter_config(backbone, method, ["a", "b"], img_size=size, **options)
     model = build_classifier(cfg, backbone)
     torch.nn.init.normal_(model.head.fc.weight, std=0.01)
     return model

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from pgn.adapter import AdapterConfig
 from pgn.backbones import OpenCLIPViT, TorchvisionViT
 from pgn.data import DataSpec
-from pgn.prompts import GeneratorConfig
+from pgn.methods import method_config_of
 from pgn.training import TrainConfig
 
 
@@ -64,10 +64,10 @@ def spec(poison: bool = False) -> DataSpec:
 
 
 def adapter_cfg(method: str, backbone, k: int = 4) -> AdapterConfig:
-    gen = vars(GeneratorConfig(num_prompts=k, library_size=8, input_size=64)) if method == "pgn" else None
-    return AdapterConfig(method=method, backbone=backbone.name, backbone_width=backbone.width,
-                         class_names=["a", "b", "c"], img_size=64, generator=gen,
-                         num_prompts=k if method in ("pgn", "iip") else 0, dataset="random", vp_pad=8)
+    options = {"pgn": dict(num_prompts=k, library_size=8, generator_size=64), "iip": dict(num_prompts=k),
+               "vp": dict(pad=8)}.get(method, {})
+    return AdapterConfig(method_config=method_config_of(method, **options), backbone=backbone.name,
+                         backbone_width=backbone.width, class_names=["a", "b", "c"], img_size=64, dataset="random")
 
 
 ALL_TRAINED = ["pgn", "iip", "vp", "linear", "finetune"]

@@ -102,8 +102,8 @@ def test_method_configs_are_the_typed_form_of_method_names():
         a = pgn.create_model(bb, typed, classes=["a", "b"], img_size=64)
         b = pgn.create_model(bb, typed.method, classes=["a", "b"], img_size=64, **options)
         assert a.config == b.config and a.config.method == typed.method
-    assert pgn.create_model(bb, pgn.VPConfig(pad=6), classes=["a", "b"], img_size=64).config.vp_pad == 6
-    assert pgn.create_model(bb, "vp", classes=["a", "b"], img_size=224).config.vp_pad == 30  # the paper's frame
+    assert pgn.create_model(bb, pgn.VPConfig(pad=6), classes=["a", "b"], img_size=64).config.method_config.pad == 6
+    assert pgn.create_model(bb, "vp", classes=["a", "b"], img_size=224).config.method_config.pad == 30  # the paper's frame
     assert pgn.create_model(bb, pgn.PGNConfig(num_prompts=5), classes=["a", "b"], img_size=64).prompts.num_prompts == 5
 
 

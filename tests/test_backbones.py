@@ -56,7 +56,7 @@ def test_unknown_backbone_and_offline_hub_fail_fast():
         create_backbone("resnet50")
     with pytest.raises(PGNError, match="unknown timm model"):
         create_backbone("timm:not_a_model")
-    with pytest.raises(PGNError, match="--weights"):
+    with pytest.raises(PGNError, match="`weights=PATH`"):
         create_backbone("timm:vit_small_patch16_224.dino")  # offline here: must not wait on a hub
     with pytest.raises(PGNError, match="does not exist"):
         create_backbone("timm:test_vit", weights="/nonexistent/w.safetensors")

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from pgn.adapter import AdapterConfig, build_classifier
 from pgn.data import DataSpec
-from pgn.prompts import GeneratorConfig
+from pgn.methods import method_config_of
 from pgn.training import TrainConfig, read_metrics, train
 from pgn.training.distributed import DistContext, all_reduce_sum, init_distributed
 
@@ -135,10 +135,10 @@ def data(train=None) -> DataSpec:
 
 
 def adapter(method: str, backbone) -> AdapterConfig:
-    gen = vars(GeneratorConfig(num_prompts=4, library_size=8, input_size=64)) if method == "pgn" else None
-    return AdapterConfig(method=method, backbone=backbone.name, backbone_width=backbone.width,
-                         class_names=["a", "b", "c"], img_size=64, generator=gen,
-                         num_prompts=4 if method in ("pgn", "iip") else 0, dataset="labelled", vp_pad=8)
+    options = {"pgn": dict(num_prompts=4, library_size=8, generator_size=64), "iip": dict(num_prompts=4),
+               "vp": dict(pad=8)}.get(method, {})
+    return AdapterConfig(method_config=method_config_of(method, **options), backbone=backbone.name,
+                         backbone_width=backbone.width, class_names=["a", "b", "c"], img_size=64, dataset="labelled")
 
 
 def config(batch: int, epochs: int = EPOCHS, **kw) -> TrainConfig:

@@ -455,8 +455,8 @@ def test_augmented_runs_with_workers_resume_bit_for_bit(tmp_path, monkeypatch):
 
         data = build_dataset("digits", img_size=64, mean=bb.preprocessing.mean, std=bb.preprocessing.std,
                              augment=True, train_limit=48, test_limit=16)
-        acfg = adapter_config(bb, "pgn", data.class_names, img_size=64, num_prompts=4,
-                              generator={"library_size": 8, "input_size": 32}, dataset="digits")
+        acfg = adapter_config(bb, "pgn", data.class_names, img_size=64, num_prompts=4, library_size=8,
+                              generator_size=32, dataset="digits")
         model = build_classifier(acfg, bb, seed=0)
         train(model, acfg, data, quiet(epochs=2, lr=0.05, num_workers=2), path, resume=resume, log=lambda *_: None)
         return _weights(model)

@@ -7,6 +7,7 @@ from pgn import PGNError
 from pgn.adapter import AdapterConfig, build_classifier
 from pgn.backbones import TimmViT
 from pgn.layouts import ExtendLayout, FrameLayout, invert_tokens, make_layout, pixel_box
+from pgn.methods import PGNConfig
 from pgn.prompts import GeneratorConfig
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -63,10 +64,9 @@ def test_geometry_and_extra_tokens():
 @pytest.mark.parametrize("layout_name", ["extend", "frame"])
 def test_pixel_library_generator_deploys_exactly(layout_name):
     bb = vit(16, 64)
-    gen = vars(GeneratorConfig(num_prompts=6, library_size=12, input_size=64, library_space="pixel"))
-    cfg = AdapterConfig(method="pgn", backbone=bb.name, backbone_width=64, class_names=["a", "b", "c"],
-                        img_size=96, generator=gen, num_prompts=6, layout=layout_name,
-                        mean=bb.preprocessing.mean, std=bb.preprocessing.std)
+    method = PGNConfig(num_prompts=6, library_size=12, generator_size=64, library_space="pixel", layout=layout_name)
+    cfg = AdapterConfig(method_config=method, backbone=bb.name, backbone_width=64, class_names=["a", "b", "c"],
+                        img_size=96, mean=bb.preprocessing.mean, std=bb.preprocessing.std)
     model = build_classifier(cfg, bb).eval()
     torch.nn.init.normal_(model.head.fc.weight)
     images = torch.randn(4, 3, 96, 96)
@@ -133,10 +133,11 @@ def test_latent_library_inversion_deploys_through_the_canvas():
 
 def test_embedded_backbone_canvas_and_uint8(embedded):
     """Real DINOv2 weights: float canvases are exact; uint8 canvases keep the prediction."""
-    gen = vars(GeneratorConfig(num_prompts=16, library_size=32, input_size=112, library_space="pixel"))
     for layout_name in ("extend", "frame"):
-        cfg = AdapterConfig(method="pgn", backbone=embedded.name, backbone_width=384, class_names=list("abcd"),
-                            img_size=112, generator=gen, num_prompts=16, layout=layout_name)
+        method = PGNConfig(num_prompts=16, library_size=32, generator_size=112, library_space="pixel",
+                           layout=layout_name)
+        cfg = AdapterConfig(method_config=method, backbone=embedded.name, backbone_width=384,
+                            class_names=list("abcd"), img_size=112)
         torch.manual_seed(1)
         model = build_classifier(cfg, embedded).eval()
         torch.nn.init.normal_(model.head.fc.weight, std=0.05)

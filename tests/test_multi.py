@@ -5,8 +5,8 @@ from helpers import RandomImages
 from pgn.adapter import AdapterConfig, build_classifier, load_adapter
 from pgn.analysis import dataset_token_sharing
 from pgn.data import DataSpec
+from pgn.methods import PGNConfig
 from pgn.multi import MultiDatasetHead, combine
-from pgn.prompts import GeneratorConfig
 from pgn.training import TrainConfig, train
 
 
@@ -35,9 +35,9 @@ def test_head_loss_sees_only_own_dataset():
 
 def test_train_multi_and_round_trip(tiny_vit, tmp_path):
     spec, parts = combine(list(two_specs()))
-    gen = vars(GeneratorConfig(num_prompts=3, library_size=8, input_size=64))
-    cfg = AdapterConfig(method="pgn", backbone=tiny_vit.name, backbone_width=64, class_names=spec.class_names,
-                        img_size=64, generator=gen, num_prompts=3, dataset=spec.name, extra={"datasets": parts})
+    cfg = AdapterConfig(method_config=PGNConfig(num_prompts=3, library_size=8, generator_size=64),
+                        backbone=tiny_vit.name, backbone_width=64, class_names=spec.class_names,
+                        img_size=64, dataset=spec.name, extra={"datasets": parts})
     model = build_classifier(cfg, tiny_vit)
     assert len(model.head.heads) == 2
     before = [{k: v.clone() for k, v in h.state_dict().items() if k.endswith("weight")} for h in model.head.heads]

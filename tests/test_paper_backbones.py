@@ -251,7 +251,7 @@ def test_offline_without_weights_fails_fast(name, monkeypatch):
     monkeypatch.setattr(hub, "torch_hub_checkpoint", lambda *a, **k: None)
     monkeypatch.setattr(registry, "_hub_cached_file", lambda *a, **k: None)
     t0 = time.monotonic()
-    with pytest.raises(PGNError, match="--weights"):
+    with pytest.raises(PGNError, match="`weights=PATH`"):
         create_backbone(name)
     assert time.monotonic() - t0 < 5
 
@@ -268,5 +268,5 @@ def test_non_native_grid_is_rejected(clip, tv):
         with torch.no_grad():
             grid = backbone.embed_patches(x)
             assert grid.shape == (1, 8, 8, 768)
-            with pytest.raises(PGNError, match=r"native 7x7 grid \(224 px\); use --img-size 224 or --layout frame"):
+            with pytest.raises(PGNError, match=r"native 7x7 grid \(224 px\); use `img_size=224` or `layout=frame`"):
                 backbone.add_position(grid)

@@ -8,7 +8,7 @@ from torchvision.models import vit_b_32
 
 from pgn.adapter import AdapterConfig, build_classifier, import_official, load_adapter, save_adapter
 from pgn.backbones import OpenCLIPViT, TorchvisionViT
-from pgn.prompts import GeneratorConfig
+from pgn.methods import PGNConfig, VPConfig, method_config_of
 
 CLASSES = ["airplane", "automobile", "bird"]
 
@@ -28,10 +28,11 @@ def tv():
 
 
 def config(method, backbone, head="linear"):
-    gen = vars(GeneratorConfig(num_prompts=4, library_size=8, input_size=64)) if method == "pgn" else None
-    return AdapterConfig(method=method, backbone=backbone.name, backbone_width=backbone.width, class_names=CLASSES,
-                         img_size=224, mean=backbone.preprocessing.mean, std=backbone.preprocessing.std, generator=gen,
-                         num_prompts=4 if method in ("pgn", "iip") else 0, head=head)
+    options = {"pgn": dict(num_prompts=4, library_size=8, generator_size=64, head=head),
+               "iip": dict(num_prompts=4, head=head), "vp": dict(head=head)}.get(method, {})
+    return AdapterConfig(method_config=method_config_of(method, **options), backbone=backbone.name,
+                         backbone_width=backbone.width, class_names=CLASSES, img_size=224,
+                         mean=backbone.preprocessing.mean, std=backbone.preprocessing.std)
 
 
 @pytest.mark.parametrize("method", ["pgn", "iip", "vp", "linear", "zeroshot"])
@@ -62,12 +63,11 @@ def test_torchvision_methods_gradients(tv, method):
 
 def test_paper_parameter_counts(clip, tv):
     # CLIP: K 16, N 256 -> the released 1,032,304; VP at 224 px, pad 30 -> 69,840.
-    gen = vars(GeneratorConfig(num_prompts=16, library_size=256, input_size=224))
-    cfg = AdapterConfig(method="pgn", backbone=clip.name, backbone_width=768, class_names=CLASSES, img_size=224,
-                        generator=gen, num_prompts=16, head="zeroshot")
+    cfg = AdapterConfig(method_config=PGNConfig(num_prompts=16, library_size=256, generator_size=224, head="zeroshot"),
+                        backbone=clip.name, backbone_width=768, class_names=CLASSES, img_size=224)
     assert build_classifier(cfg, clip).num_trainable() == 1_032_304
-    vp = AdapterConfig(method="vp", backbone=clip.name, backbone_width=768, class_names=CLASSES, img_size=224,
-                       head="zeroshot")
+    vp = AdapterConfig(method_config=VPConfig(head="zeroshot"), backbone=clip.name, backbone_width=768,
+                       class_names=CLASSES, img_size=224)
     assert build_classifier(vp, clip).num_trainable() == 69_840
 
 

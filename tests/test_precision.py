@@ -114,3 +114,20 @@ def test_devices_and_precisions_this_machine_lacks_are_one_line_errors(argv, mes
     r = subprocess.run([sys.executable, "-m", "pgn", *argv], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_library_errors_name_python_settings_and_the_command_line_names_its_flags(tmp_path):
+    """One error, two faces: the API's message names ``device=cpu``, the CLI's the flag ``--device cpu``."""
+    import pgn
+    from pgn import PGNError
+    from pgn.cli.main import as_flags, build_parser
+
+    with pytest.raises(PGNError, match="MPS is not available on this machine; use `device=cpu`$"):
+        pgn.load(tmp_path, device="mps")
+    r = subprocess.run([sys.executable, "-m", "pgn", "eval", "x", "--device", "mps"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().endswith("use --device cpu"), r.stderr
+    parser = build_parser()
+    assert as_flags("pass `weights=PATH`, raise `img_size`, or fix `root`; workers: `num_workers=2`", parser) == \
+        "pass --weights PATH, raise --img-size, or fix --data-root; workers: --workers 2"
+    assert as_flags("`no_such_setting=3` and `train_limit`", parser) == "no_such_setting=3 and --train-limit"

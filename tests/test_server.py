@@ -232,7 +232,7 @@ def test_serve_helpers():
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     try:
-        with pytest.raises(PGNError, match="cannot listen on 127.0.0.1.*--port"):
+        with pytest.raises(PGNError, match="cannot listen on 127.0.0.1.*another `port`"):
             _bind("127.0.0.1", busy.getsockname()[1])
     finally:
         busy.close()

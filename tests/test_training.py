@@ -7,7 +7,7 @@ from helpers import ALL_TRAINED, RandomImages, adapter_cfg, quiet, spec
 
 from pgn import PGNError
 from pgn.adapter import AdapterConfig, build_classifier, load_adapter, save_adapter
-from pgn.prompts import GeneratorConfig
+from pgn.methods import LinearConfig, PGNConfig
 from pgn.training import TrainConfig, evaluate, read_metrics, train, warmup_cosine
 
 
@@ -71,7 +71,7 @@ def test_resume_continues_and_refuses_overwrite(tiny_vit, tmp_path):
     acfg = adapter_cfg("pgn", tiny_vit)
     run = tmp_path / "run"
     train(build_classifier(acfg, tiny_vit), acfg, spec(), quiet(epochs=1), run, log=lambda *_: None)
-    with pytest.raises(PGNError, match="--resume"):
+    with pytest.raises(PGNError, match="`resume`"):
         train(build_classifier(acfg, tiny_vit), acfg, spec(), quiet(epochs=1), run, log=lambda *_: None)
     train(build_classifier(acfg, tiny_vit), acfg, spec(), quiet(epochs=3), run, resume=True, log=lambda *_: None)
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3]
@@ -200,15 +200,17 @@ def test_batchnorm_head_trains_on_a_batch_of_one_and_evaluates_with_running_stat
 
 def test_adapters_from_before_the_normalised_head_still_load(tiny_vit, tmp_path):
     """An adapter_config.json without ``head_norm`` (older pgn) is a linear layer on raw features."""
+    import dataclasses
+
     acfg = adapter_cfg("pgn", tiny_vit)
-    acfg.head_norm = "none"
+    acfg.method_config = dataclasses.replace(acfg.method_config, head_norm="none")
     model = build_classifier(acfg, tiny_vit)
     torch.nn.init.normal_(model.head.fc.weight, std=0.1)
     save_adapter(model, acfg, tmp_path / "old")
     path = tmp_path / "old" / "adapter_config.json"
-    raw = json.loads(path.read_text())
-    del raw["head_norm"]
-    path.write_text(json.dumps(raw))
+    raw = json.loads(path.read_text())  # rewritten as that pgn wrote it: format 1, flat, no head_norm
+    raw.pop("method_config")
+    path.write_text(json.dumps({**raw, "format_version": 1, "generator": acfg.generator, "num_prompts": 4}))
     loaded, cfg = load_adapter(tmp_path / "old", backbone=tiny_vit)
     assert cfg.head_norm == "none" and loaded.head.norm is None
     model.eval()
@@ -223,7 +225,7 @@ def test_the_dataset_decides_augmentation_and_augmented_features_are_never_cache
     for augment in (False, True):
         data = build_dataset("digits", img_size=32, augment=augment, train_limit=30, test_limit=10)
         assert data.augmented is augment
-        acfg = AdapterConfig(method="linear", backbone=tiny_vit.name, backbone_width=tiny_vit.width,
+        acfg = AdapterConfig(method_config=LinearConfig(), backbone=tiny_vit.name, backbone_width=tiny_vit.width,
                              class_names=list(data.class_names), img_size=32, dataset="digits")
         row = train(build_classifier(acfg, tiny_vit), acfg, data, TrainConfig(epochs=1, batch_size=10, progress=False),
                     tmp_path / f"aug{augment}", log=lambda *_: None)
@@ -270,9 +272,9 @@ def test_mixture_ablation_measures_what_input_dependence_adds(tiny_vit, tmp_path
 
     loader = torch.utils.data.DataLoader(RandomImages(24, seed=5), batch_size=8)
     for output_init, independent in (("zero", True), ("default", False)):
-        gen = vars(GeneratorConfig(num_prompts=4, library_size=8, input_size=64, output_init=output_init))
-        acfg = AdapterConfig(method="pgn", backbone=tiny_vit.name, backbone_width=tiny_vit.width,
-                             class_names=["a", "b", "c"], img_size=64, generator=gen, num_prompts=4)
+        method = PGNConfig(num_prompts=4, library_size=8, generator_size=64, output_init=output_init)
+        acfg = AdapterConfig(method_config=method, backbone=tiny_vit.name, backbone_width=tiny_vit.width,
+                             class_names=["a", "b", "c"], img_size=64)
         model = build_classifier(acfg, tiny_vit, seed=1).eval()
         with torch.no_grad():
             model.prompts.library.tokens.mul_(200.0)  # prompts that move the answer

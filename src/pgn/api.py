@@ -23,7 +23,7 @@ from .adapter import adapter_config, build_classifier, load_adapter
 from .backbones import DEFAULT_BACKBONE, FrozenBackbone, create_backbone
 from .data import DataSpec, build_dataset
 from .errors import PGNError, ResumeMismatch
-from .methods import MethodConfig, method_config_of
+from .methods import MethodConfig, method_config_dict, method_config_of
 from .model import PromptedClassifier
 from .training import TrainConfig
 from .training import train as _train_loop
@@ -54,8 +54,7 @@ def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str 
         raise PGNError("classes is empty; pass the class names, e.g. classes=['cat', 'dog'], or dataset=NAME "
                        "to take them from the data")
     bb = create_backbone(backbone, weights) if isinstance(backbone, str) else backbone
-    cfg = adapter_config(bb, method.method, classes, img_size=img_size, dataset=dataset, backbone_weights=weights,
-                         **method.adapter_kwargs(img_size))
+    cfg = adapter_config(bb, method, classes, img_size=img_size, dataset=dataset, backbone_weights=weights)
     return build_classifier(cfg, bb, seed=seed)
 
 
@@ -172,14 +171,9 @@ def resume(run: str | Path, epochs: int | None = None, *, changes: dict | None =
         recorded.setdefault("precision", "bf16" if recorded.pop("bf16") else "fp32")
     recorded = {k: v for k, v in recorded.items() if k in {f.name for f in fields(TrainConfig)}}
     data_recipe = config.get("data") or {}
-    gen = acfg.generator or {}
     settings = {**recorded, **_flat_data(data_recipe), "dataset": acfg.dataset, "method": acfg.method,
                 "backbone": acfg.backbone, "weights": acfg.backbone_weights, "img_size": acfg.img_size,
-                "num_prompts": acfg.num_prompts, "layout": acfg.layout, "head": acfg.head,
-                "head_norm": acfg.head_norm, "vp_pad": acfg.vp_pad,
-                **{key: gen[field] for key, field in (("library_size", "library_size"), ("generator", "arch"),
-                   ("generator_size", "input_size"), ("mixing", "mixing"), ("library_space", "library_space"))
-                   if field in gen}}
+                **method_config_dict(acfg.method_config)}
     for key, value in (changes or {}).items():
         if key in RESUMABLE or value is None:
             continue
@@ -208,6 +202,8 @@ def _flat_data(recipe: dict) -> dict:
 
 
 def _differs(asked, recorded) -> bool:
+    if isinstance(asked, (list, tuple)) and isinstance(recorded, (list, tuple)):  # JSON has no tuples
+        return list(asked) != list(recorded)
     if isinstance(asked, (str, Path)) and isinstance(recorded, str) and Path(asked).exists():
         return Path(asked).resolve() != Path(recorded).resolve()  # one file, named two ways
     if isinstance(asked, float) or isinstance(recorded, float):
@@ -263,6 +259,9 @@ def evaluate(model: PromptedClassifier, data: str | DataSpec | None = None, *, t
     device = device or str(next(model.parameters()).device)
     precision = resolve(precision, device)
     model.to(device)
+    if cfg.head == "labelmap-flm" and not bool(model.head.fitted):
+        raise PGNError("this model's frequency label mapping is not fitted yet: train it, or fit it on training "
+                       "images first (pgn.training.fit_label_map(model, data.train))")
 
     def split(name):
         spec = build_dataset(name, img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, test_limit=test_limit,

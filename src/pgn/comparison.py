@@ -67,8 +67,6 @@ LR_FROM = {"elpv4": "elpv"}
 DATASETS = ("elpv", "fashion-mnist", "elpv4")
 SUBSETS = {"fashion-mnist": (1000, 1000)}  # stratified, seed 0: (train images, test images)
 
-PROMPTS = 16        # K, the paper's default
-LIBRARY = 128       # token library size
 VAL_FRACTION = 0.2
 
 
@@ -124,14 +122,17 @@ class Variant:
 RECIPE = Variant()
 
 
+# The compared methods that are a registered method with options (pgn.methods); others are the method itself.
+STUDY_METHODS = {"pgn-frame": ("pgn", {"layout": "frame", "library_space": "pixel"})}
+
+
 def method_config(method: str, backbone: FrozenBackbone, data: DataSpec, img_size: int,
                   variant: Variant = RECIPE) -> AdapterConfig:
-    """The adapter of one compared method; ``pgn-frame`` is PGN with a pixel library in the frame layout."""
-    base = "pgn" if method.startswith("pgn") else method
-    layout, space = ("frame", "pixel") if method == "pgn-frame" else ("append", "latent")
-    gen = dict(library_size=LIBRARY, library_space=space, **variant.generator) if base == "pgn" else None
-    return adapter_config(backbone, base, data.class_names, img_size=img_size, num_prompts=PROMPTS, generator=gen,
-                          layout=layout, dataset=data.name, **variant.adapter)
+    """The adapter of one compared method (the methods' own defaults: K 16, N 128), changed by ``variant``;
+    ``pgn-frame`` is PGN with a pixel library in the frame layout."""
+    base, options = STUDY_METHODS.get(method, (method, {}))
+    options = {**options, **variant.adapter, **(variant.generator if base == "pgn" else {})}
+    return adapter_config(backbone, base, data.class_names, img_size=img_size, dataset=data.name, **options)
 
 
 def train_config(method: str, lr: float, epochs: int, seed: int, precision: str, head_lr: float | None = None,

@@ -89,8 +89,9 @@ def run_demo(out: Path, epochs: int = EPOCHS, img_size: int = 112, lr: float = L
     return summary
 
 
-# The demo's methods through the public API, as a user would write them (K 16, N 128: the paper's PGN).
-METHOD_OPTIONS = {"pgn": {"num_prompts": 16, "library_size": 128}, "linear": {}}
+# The demo's methods through the public API, as a user would write them: the methods' defaults
+# (PGN: K 16, N 128, the paper's).
+METHOD_OPTIONS = {"pgn": {}, "linear": {}}
 
 
 def demo_model(method: str, backbone, data, img_size: int = 112, seed: int = SEED):

@@ -24,16 +24,16 @@ def check_device(device: str | torch.device) -> str:
     kind = dev.type
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise PGNError(f"device {str(device)!r}: no CUDA GPU is visible on this machine; use --device cpu")
+            raise PGNError(f"device {str(device)!r}: no CUDA GPU is visible on this machine; use `device=cpu`")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
             raise PGNError(f"device {str(device)!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
     elif kind == "mps":
         if not torch.backends.mps.is_available():
-            raise PGNError(f"device {str(device)!r}: Apple's MPS is not available on this machine; use --device cpu")
+            raise PGNError(f"device {str(device)!r}: Apple's MPS is not available on this machine; use `device=cpu`")
     elif kind not in ("cpu", "meta"):
         backend = getattr(torch, kind, None)
         available = getattr(backend, "is_available", None)
         if available is None or not available():
-            raise PGNError(f"device {str(device)!r} is not available on this machine; use --device cpu")
+            raise PGNError(f"device {str(device)!r} is not available on this machine; use `device=cpu`")
     return str(device)

@@ -3,7 +3,14 @@
 Anything that is the user's to fix (an unknown name, a missing file, a mismatched
 checkpoint) raises :class:`PGNError` with one line saying what is wrong and how to
 fix it. The CLI prints that line and exits non-zero; library users catch it.
+
+Messages are worded for the library: a setting is named by its Python name in backticks,
+alone (`` `img_size` ``) or with a value (`` `weights=PATH` ``). The command line shows each as
+its flag (``--img-size``, ``--weights PATH``); nothing below the CLI knows the flags.
 """
+import re
+
+SETTING = re.compile(r"`([a-z][a-z0-9_]*)(?:=([^`]*))?`")  # `name` or `name=value` in a message
 
 
 class PGNError(RuntimeError):

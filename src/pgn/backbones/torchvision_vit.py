@@ -122,7 +122,7 @@ def create_torchvision(name: str, weights: str | None = None) -> TorchvisionViT:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise PGNError(f"weights file {weights} does not exist; pass an existing {fn.__name__} state dict "
-                           "(.pth or .safetensors) to --weights")
+                           "(.pth or .safetensors) as `weights=PATH`")
         try:
             state = _read_state_dict(path)
             heads = {k: v for k, v in state.items() if k.startswith("heads.")}
@@ -141,12 +141,12 @@ def create_torchvision(name: str, weights: str | None = None) -> TorchvisionViT:
         if hub.torch_hub_checkpoint(enum.url) is None and not hub.reachable("download.pytorch.org"):
             raise PGNError(
                 f"{name} needs torchvision's {fn.__name__} ImageNet weights from download.pytorch.org, which is not "
-                f"reachable; download {enum.url} elsewhere and pass --weights PATH")
+                f"reachable; download {enum.url} elsewhere and pass `weights=PATH`")
         try:
             model = fn(weights=enum)
         except (RuntimeError, ValueError, OSError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise PGNError(f"could not download {enum.url} for {name}: {first[:300]}; "
-                           "download it elsewhere and pass --weights PATH") from e
+                           "download it elsewhere and pass `weights=PATH`") from e
         source = f"{fn.__name__} {enum}"  # with its ImageNet-1k classifier, for serving; training never uses it
     return TorchvisionViT(model, name=name, description=f"torchvision {fn.__name__} (supervised ImageNet), weights {source}")

@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,31 +26,31 @@ def resolve_defaults(args) -> None:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from ..adapter import HEADS, METHODS
+    from ..methods import HEAD_NORMS, HEADS, LAYOUTS, list_methods
 
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="dinov2-s14-imgfocus",
                    help="dinov2-s14-imgfocus (embedded, offline), clip-vit-b32|b16|l14, vit-b32, dino-vit-s16, "
                         "or timm:<model> (default: %(default)s)")
     g.add_argument("--weights", default=None, help="local weights file for the backbone")
-    g.add_argument("--method", default="pgn", choices=METHODS,
+    g.add_argument("--method", default="pgn", choices=list_methods(),
                    help="pgn | iip (input-independent prompts) | vp (pixel padding) | linear (probe) | "
                         "finetune (whole backbone) | zeroshot (CLIP, eval only)")
     g.add_argument("--preset", default=None, choices=("cpu", "paper"),
                    help="cpu (default): 112 px, 10 epochs, lr 0.01; paper: the published recipe (pgn.presets)")
     g.add_argument("--head", default=None, choices=HEADS, help="linear (default) or zeroshot (CLIP backbones)")
-    g.add_argument("--head-norm", default="batchnorm", choices=("batchnorm", "none"),
+    g.add_argument("--head-norm", default=None, choices=HEAD_NORMS,
                    help="linear head input: batchnorm (affine-free BatchNorm, default) or none (raw CLS features)")
     g.add_argument("--num-prompts", "-K", type=int, default=None, help="prompt tokens K (default 16)")
     g.add_argument("--library-size", "-N", type=int, default=None, help="token library size N (default 128; paper CLIP 256)")
-    g.add_argument("--generator", default="resnet10", choices=("resnet10", "resnet18"))
+    g.add_argument("--generator", default=None, choices=("resnet10", "resnet18"), help="default resnet10")
     g.add_argument("--generator-size", type=int, default=None, help="generator input resolution (default 112; paper 224)")
-    g.add_argument("--generator-widths", type=_widths, default=(16, 32, 64, 128), help="resnet10 stage widths")
-    g.add_argument("--mixing", default="softmax", choices=("softmax", "sigmoid"))
-    g.add_argument("--library-space", default="latent", choices=("latent", "pixel"),
+    g.add_argument("--generator-widths", type=_widths, default=None, help="resnet10 stage widths (default 16,32,64,128)")
+    g.add_argument("--mixing", default=None, choices=("softmax", "sigmoid"), help="default softmax")
+    g.add_argument("--library-space", default=None, choices=("latent", "pixel"),
                    help="latent: D-dim tokens (paper); pixel: RGB patches, exact input-space deployment")
-    g.add_argument("--layout", default="append", choices=("append", "extend", "frame"),
-                   help="append: extra tokens (paper, white-box); extend/frame: prompts as image patches")
+    g.add_argument("--layout", default=None, choices=LAYOUTS,
+                   help="append (default): extra tokens (paper, white-box); extend/frame: prompts as image patches")
     g.add_argument("--vp-pad", type=int, default=None, help="VP frame width in pixels (default: 30 at 224 px, scaled)")
 
 
@@ -364,24 +365,45 @@ def _print_params(model) -> None:
 
 # --------------------------------------------------------------------------- commands
 
+# Model flags, by argparse dest; each goes to the method config's field of the same name unless named here.
+_METHOD_DESTS = ("num_prompts", "library_size", "generator", "generator_size", "generator_widths", "mixing",
+                 "library_space", "layout", "head", "head_norm", "vp_pad")
+_METHOD_FIELDS = {"generator": "arch", "generator_widths": "widths", "vp_pad": "pad"}
+
+
+def _method_config(args, template: str | None = None):
+    """The method config (pgn.methods) of ``--method`` from its flags; a flag the method has not is refused."""
+    from dataclasses import fields
+
+    from ..methods import get_method, method_config_of
+
+    own = {f.name for f in fields(get_method(args.method).config)}
+    options = {}
+    for dest in _METHOD_DESTS:
+        value, name = getattr(args, dest, None), _METHOD_FIELDS.get(dest, dest)
+        if value is None:
+            continue
+        if name in own:
+            options[name] = value
+        elif dest in args.given:
+            raise PGNError(f"--{dest.replace('_', '-')} does not apply to --method {args.method}; it takes "
+                           f"{', '.join(sorted(own)) or 'no options'}")
+    if template is not None and "template" in own:
+        options["template"] = template
+    return method_config_of(args.method, **options)
+
+
 def _new_adapter_config(args, backbone, data, img_size: int):
     """The adapter a fresh run of ``args.method`` builds on ``backbone`` for ``data``."""
     from ..adapter import adapter_config
 
-    gen = None
-    if args.method == "pgn":
-        gen = dict(library_size=args.library_size, arch=args.generator, input_size=args.generator_size,
-                   widths=tuple(args.generator_widths), mixing=args.mixing,
-                   library_space=args.library_space)
-    return adapter_config(backbone, args.method, data.class_names, img_size=img_size, num_prompts=args.num_prompts,
-                          generator=gen, layout=args.layout, head=args.head or "linear",
-                          head_norm=getattr(args, "head_norm", "batchnorm"), template=getattr(data, "template", None),
-                          vp_pad=args.vp_pad, dataset=data.name, backbone_weights=args.weights)
+    return adapter_config(backbone, _method_config(args, getattr(data, "template", None)), data.class_names,
+                          img_size=img_size, dataset=data.name, backbone_weights=args.weights)
 
 
 # Options a resumed run may be given again with another value; every other one must match the run's.
 _RESUME_FREE = {"epochs", "device", "workers", "no_progress", "out", "resume"}
-_RESUME_NAMES = {"workers": "num_workers"}  # CLI dest -> the library's name, where they differ
+_RESUME_NAMES = {"workers": "num_workers", **_METHOD_FIELDS}  # CLI dest -> the library's name, where they differ
 
 
 def cmd_train(args) -> int:
@@ -475,7 +497,7 @@ def cmd_eval(args) -> int:
 
 
 def _zero_shot_model(args):
-    from ..adapter import build_classifier
+    from ..adapter import adapter_config, build_classifier
     from ..backbones import create_backbone
 
     if not args.dataset:
@@ -483,8 +505,8 @@ def _zero_shot_model(args):
     backbone = create_backbone(args.backbone or "clip-vit-b32", args.weights)
     img_size = args.img_size or backbone.preprocessing.input_size
     data = _dataset(args, args.dataset, img_size, backbone.preprocessing.mean, backbone.preprocessing.std)
-    args.method, args.head, args.layout, args.num_prompts, args.vp_pad = "zeroshot", "zeroshot", "append", 0, None
-    cfg = _new_adapter_config(args, backbone, data, img_size)
+    cfg = adapter_config(backbone, "zeroshot", data.class_names, img_size=img_size, dataset=data.name,
+                         backbone_weights=args.weights, template=getattr(data, "template", None))
     return build_classifier(cfg, backbone), cfg
 
 
@@ -705,6 +727,44 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "expor
             "info": cmd_info, "bench": cmd_bench, "demo": cmd_demo}
 
 
+# Library names of settings whose flag is named otherwise (the library's messages use its own names).
+_FLAG_OF = {"root": "data_root", "num_workers": "workers", "arch": "generator", "widths": "generator_widths",
+            "pad": "vp_pad", "model": "api_model", "backbone_weights": "weights"}
+
+
+def as_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """A library message with each `setting` / `setting=value` (pgn.errors) as the flag that sets it."""
+    from ..errors import SETTING
+
+    flags: dict[str, str] = {}
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for sub in [parser, *(p for a in subparsers for p in a.choices.values())]:
+        for action in sub._actions:
+            long = [o for o in action.option_strings if o.startswith("--")]
+            if long:
+                flags.setdefault(action.dest, long[0])
+
+    def flag(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2)
+        option = flags.get(_FLAG_OF.get(name, name))
+        if option is None:  # no flag sets it: the library's name, without the quoting
+            return m.group(0)[1:-1]
+        return option if value is None else f"{option} {value}"
+
+    return SETTING.sub(flag, message)
+
+
+class _FlagFormatter(logging.Formatter):
+    """The library's log lines as they are, with its settings named by their flags (as errors are)."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        super().__init__("%(message)s")
+        self.parser = parser
+
+    def format(self, record: logging.LogRecord) -> str:
+        return as_flags(super().format(record), self.parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -714,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     pgn_log = logging.getLogger("pgn")
     if not pgn_log.handlers:
         handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(_FlagFormatter(parser))
         pgn_log.addHandler(handler)
         pgn_log.setLevel(logging.INFO)
         pgn_log.propagate = False
@@ -727,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
         message = str(e)
         if "Original Traceback" in message:  # raised in a DataLoader worker: torch wraps it in the worker's trace
             message = message.strip().splitlines()[-1].split(": ", 1)[-1]
-        print(f"pgn: error: {message}", file=sys.stderr)
+        print(f"pgn: error: {as_flags(message, parser)}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, read-only, permission denied ...: one place says which, for every command
         from ..files import os_error_line

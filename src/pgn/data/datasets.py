@@ -60,7 +60,7 @@ def read_idx(path: str | os.PathLike, kind: str) -> np.ndarray:
         with gzip.open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise PGNError(f"{path} does not exist; reinstall dataset-fashion-mnist or fix --data-root") from None
+        raise PGNError(f"{path} does not exist; reinstall dataset-fashion-mnist or fix `root`") from None
     except (OSError, EOFError) as e:
         raise PGNError(f"{path} is not a readable gzip file ({e}); re-download it") from None
     ndim = 3 if kind == "images" else 1
@@ -94,7 +94,7 @@ def _fashion_mnist_arrays(root: str | None) -> dict[str, np.ndarray]:
             out[f"{split}_x"], out[f"{split}_y"] = x, y
         return out
     if root is not None:  # an explicit root must exist; don't silently download elsewhere
-        raise PGNError(f"fashion-mnist folder {folder} does not exist; fix --data-root")
+        raise PGNError(f"fashion-mnist folder {folder} does not exist; fix `root`")
     # Debian package not installed: try torchvision's download into the pgn cache.
     try:
         from torchvision.datasets import FashionMNIST
@@ -105,7 +105,7 @@ def _fashion_mnist_arrays(root: str | None) -> dict[str, np.ndarray]:
     except Exception as e:  # network errors come in many types
         raise PGNError(
             f"fashion-mnist not found at {FASHION_MNIST_ROOT} and download failed ({type(e).__name__}); "
-            "run `apt-get install dataset-fashion-mnist` or pass --data-root DIR with the idx .gz files"
+            "run `apt-get install dataset-fashion-mnist` or pass `root=DIR` with the idx .gz files"
         ) from None
     return {"train_x": tr.data.numpy(), "train_y": tr.targets.numpy(),
             "test_x": te.data.numpy(), "test_y": te.targets.numpy()}

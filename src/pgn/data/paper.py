@@ -107,7 +107,7 @@ def build_paper_dataset(name: str, *, root, download: bool, train_tf: Callable, 
 
 def _no_download(download: bool) -> str:
     """Suffix for missing-file errors of datasets that --download cannot fetch."""
-    return f" (--download only fetches {', '.join(TORCHVISION_DATASETS)})" if download else ""
+    return f" (`download` only fetches {', '.join(TORCHVISION_DATASETS)})" if download else ""
 
 
 def _require(path: Path, name: str, what: str, fix: str, download: bool = False) -> None:
@@ -130,7 +130,7 @@ def _torchvision(name: str, folder: Path, download: bool, required: list[Path], 
     Without ``download``, files are checked here first so the error names the exact
     missing file; torchvision itself only says "Dataset not found or corrupted".
     """
-    fix = f"pass --download (needs internet) or put torchvision's {name} files under {folder}"
+    fix = f"pass `download` (needs internet) or put torchvision's {name} files under {folder}"
     if not download:
         missing = next((p for p in required if not p.is_file()), None)
         if missing is not None:

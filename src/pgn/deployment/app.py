@@ -129,10 +129,10 @@ def sample_files(directory: str | Path) -> list[tuple[str, bytes]]:
     """The images of a directory (at most 24), as (name, bytes)."""
     d = Path(directory)
     if not d.is_dir():
-        raise PGNError(f"--samples {d} is not a directory of images")
+        raise PGNError(f"`samples` {d} is not a directory of images")
     files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise PGNError(f"--samples {d} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+        raise PGNError(f"`samples` {d} holds no image ({', '.join(IMAGE_SUFFIXES)})")
     return [(p.name, p.read_bytes()) for p in files[:24]]
 
 
@@ -164,7 +164,7 @@ def run_app(adapter: str, api: str, samples: str | None = None, host: str = "127
         try:  # the adapter's own task: a few of its test images
             offered = dataset_samples(dataset)
         except PGNError as e:
-            log.warning(f"note: no example images ({e}); pass --samples DIR")
+            log.warning(f"note: no example images ({e}); pass `samples=DIR`")
             offered = []
     else:
         offered = []

@@ -103,7 +103,7 @@ def export_adapter(run_dir: str | Path, out_dir: str | Path, backbone=None) -> P
         raise PGNError(f"only PGN adapters deploy in the input (this one is {cfg.method!r})")
     if cfg.layout == "append":
         raise PGNError("an 'append' adapter adds tokens inside the model and cannot be sent as an image; "
-                       "train with --layout extend or --layout frame")
+                       "train with `layout=extend` or `layout=frame`")
     bb = model.backbone
     grid = (cfg.img_size // bb.patch_size, cfg.img_size // bb.patch_size)
     hc, wc = model.layout.canvas_grid(grid, cfg.num_prompts)

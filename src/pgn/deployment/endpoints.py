@@ -228,6 +228,6 @@ def endpoint(url: str, kind: str = "pgn", **options) -> Endpoint:
         return PgnServeEndpoint(url, **options)
     if kind == "oip":
         if not options.get("model"):
-            raise PGNError("an Open Inference Protocol endpoint needs the model's name on the server (--api-model)")
+            raise PGNError("an Open Inference Protocol endpoint needs the model's name on the server (`model`)")
         return OpenInferenceEndpoint(url, **options)
     raise PGNError(f"unknown API kind {kind!r}; choose {' or '.join(KINDS)}")

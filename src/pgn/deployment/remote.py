@@ -47,7 +47,7 @@ class RemoteClassifier:
         served = self.endpoint.classes()
         if served is None and self.endpoint.kind == "pgn":
             raise PGNError(f"{where} answers embeddings only, but this adapter was trained against the "
-                           "model's own head: serve it as a hosted classifier (pgn serve --classes FILE)")
+                           "model's own head: serve it as a hosted classifier (`pgn serve --classes FILE`)")
         if served is not None and list(served) != list(self.class_names):
             raise PGNError(f"{where} scores the classes {served[:5]}..., not the adapter's "
                            f"{self.class_names[:5]}...; serve it with the adapter's class names, in its order")

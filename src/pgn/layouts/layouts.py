@@ -153,7 +153,7 @@ class FrameLayout(CanvasLayout):
 
     def image_box(self, grid):
         if min(grid) < 3:
-            raise PGNError(f"a frame needs a grid of at least 3x3 cells, got {grid[0]}x{grid[1]}; raise --img-size")
+            raise PGNError(f"a frame needs a grid of at least 3x3 cells, got {grid[0]}x{grid[1]}; raise `img_size`")
         return 1, 1, grid[0] - 2, grid[1] - 2
 
     @staticmethod
@@ -169,7 +169,7 @@ class FrameLayout(CanvasLayout):
         ring = self.ring(grid)
         if num_prompts > len(ring):
             raise PGNError(f"a frame on a {grid[0]}x{grid[1]} grid has {len(ring)} border cells, fewer than "
-                           f"K={num_prompts} prompts; lower --num-prompts or raise --img-size")
+                           f"K={num_prompts} prompts; lower `num_prompts` or raise `img_size`")
         return [ring[(k * len(ring)) // num_prompts] for k in range(num_prompts)]
 
 

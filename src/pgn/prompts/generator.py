@@ -156,6 +156,45 @@ class PromptGenerator(nn.Module):
         self.last_coefficients = coefficients.detach()
         return self.library(coefficients)
 
+    def patches(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, K, 3, P, P) normalised prompt patches, with a gradient (a pixel library only):
+        the prompts of a model prompted in pixels (:class:`~pgn.backbones.PixelClassifier`)."""
+        if not isinstance(self.library, PixelTokenLibrary):
+            raise PGNError("prompt patches need a pixel-space library (`library_space=pixel`)")
+        coefficients = self.coefficients(images)
+        self.last_coefficients = coefficients.detach()
+        return self.library.trainable_patches(coefficients)
+
+
+class InputIndependentPixelPrompts(nn.Module):
+    """IIP in the input: K free RGB patches, the same for every image (a pixel library of K patches, each
+    prompt taking its own with weight 1), so they deploy in the image as a PGN's pixel library does.
+
+    ``forward(images)``: (B, 3, H, W) -> (B, K, D) patch embeddings; ``patches(images)``: (B, K, 3, P, P).
+    """
+
+    def __init__(self, num_prompts: int, backbone):
+        super().__init__()
+        if num_prompts < 1:
+            raise PGNError(f"num_prompts must be >= 1 for IIP, got {num_prompts}")
+        pre = backbone.preprocessing
+        self.library = PixelTokenLibrary(num_prompts, backbone.patch_size, backbone.patch_embed_weight(),
+                                         backbone.patch_embed_bias(), pre.mean, pre.std)
+        self.register_buffer("choice", torch.eye(num_prompts), persistent=False)  # (K, K): prompt k is patch k
+
+    @property
+    def num_prompts(self) -> int:
+        return self.choice.shape[0]
+
+    def _coefficients(self, images: torch.Tensor) -> torch.Tensor:
+        return self.choice.unsqueeze(0).expand(images.shape[0], -1, -1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.library(self._coefficients(images))
+
+    def patches(self, images: torch.Tensor) -> torch.Tensor:
+        return self.library.trainable_patches(self._coefficients(images))
+
 
 class InputIndependentPrompts(nn.Module):
     """IIP baseline: K free prompt vectors (std 0.02), the same for every image.

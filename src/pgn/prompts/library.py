@@ -86,6 +86,13 @@ class PixelTokenLibrary(nn.Module):
             tokens = tokens + residual.flatten(2) @ self.weight.float().flatten(1).T
         return tokens
 
+    def trainable_patches(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """:meth:`patches` with a gradient: (B, K, N) -> (B, K, 3, P, P) normalised, rounded to 8 bits
+        with ``quantize`` by a straight-through estimator (for models prompted in pixels, e.g. a CNN)."""
+        rgb = self.mixed_rgb(coefficients)
+        out = (rgb - self.mean) / self.std
+        return out + self._rounding_residual(rgb) if self.quantize else out
+
     def patches(self, coefficients: torch.Tensor) -> torch.Tensor:
         """The normalised patches whose embeddings ``forward`` returns (8-bit exact with ``quantize``)."""
         rgb = self.mixed_rgb(coefficients)

@@ -86,6 +86,28 @@ class TimmServed(ServedModel):
         return self._head(self.vit.forward_features(x))
 
 
+class PixelClassifierServed(ServedModel):
+    """A classifier seen through its pixels and scores (:class:`~pgn.backbones.PixelClassifier`, e.g. a CNN):
+    its scores are its own forward, and they are also what it answers as "embeddings"."""
+
+    family = "classifier"
+
+    def __init__(self, backbone, classes=None):
+        if classes is None:
+            classes = backbone.source_classes or [str(i) for i in range(backbone.feature_dim)]
+        if len(classes) != backbone.feature_dim:
+            raise PGNError(f"{backbone.name} has {backbone.feature_dim} classifier outputs but {len(classes)} class "
+                           "names were given; a classifier scores with its own head")
+        super().__init__(backbone, classes)
+
+    def embed(self, x):
+        scores = self.backbone(x)
+        return scores, scores
+
+    def scores(self, x):
+        return self.backbone(x)
+
+
 class OpenCLIPServed(ServedModel):
     family = "open_clip"
 
@@ -118,7 +140,7 @@ class TorchvisionServed(ServedModel):
         if linear is None:  # a backbone built without its classifier: embeddings only
             if classes is not None:
                 raise PGNError(f"{backbone.name} was built without a classifier head (its weights hold none), so it "
-                               "cannot answer class scores; serve it without --classes, or give weights with heads.*")
+                               "cannot answer class scores; serve it without `classes`, or give weights with heads.*")
             outputs = 0
         else:
             outputs = linear.out_features
@@ -163,6 +185,8 @@ def served_model(backbone: FrozenBackbone, classes: Sequence[str] | None = None,
         return TimmServed(backbone, classes)
     if isinstance(backbone, TorchvisionViT):
         return TorchvisionServed(backbone, classes)
+    if getattr(backbone, "pixel_only", False):
+        return PixelClassifierServed(backbone, classes)
     raise PGNError(f"cannot serve a {type(backbone).__name__}; serve a timm, open_clip or torchvision ViT")
 
 

@@ -219,7 +219,7 @@ def create_app(
     check_precision(precision)
     if scores_only and model.classes is None:
         raise PGNError(f"{model.name} has no classifier head to answer scores with; for CLIP give the class names "
-                       "(--classes FILE)")
+                       "(`classes=FILE`)")
     max_upload_bytes, max_side, max_batch = int(max_upload_bytes), int(max_side), int(max_batch)
     native = model.native_size
     if native is not None:
@@ -401,7 +401,7 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
-        raise PGNError(f"cannot resolve host {host!r} ({e.strerror}); pass an address such as 127.0.0.1 to --host") from None
+        raise PGNError(f"cannot resolve host {host!r} ({e.strerror}); pass an address such as `host=127.0.0.1`") from None
     family, _, _, _, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -409,7 +409,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind(addr)
     except OSError as e:
         sock.close()
-        raise PGNError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another port with --port") from None
+        raise PGNError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another `port`") from None
     sock.set_inheritable(True)
     return sock
 
@@ -449,7 +449,7 @@ def serve(
                      max_request_pixels=max_request_pixels)
     if not _is_loopback(host):
         log.warning(f"warning: serving on {host}, which is not a loopback address: anyone who can reach this "
-                    "machine can use the model (there is no authentication); use --host 127.0.0.1 to keep it local")
+                    "machine can use the model (there is no authentication); use `host=127.0.0.1` to keep it local")
     sock = _bind(host, port)
     shown = f"[{host}]" if ":" in host else host
     what = f"class scores over {len(classes)} classes" if classes else "embeddings"

@@ -1,7 +1,8 @@
 """Training and evaluation."""
 from .distributed import DistContext, init_distributed
 from .evaluate import evaluate
+from .label_map import fit_label_map
 from .schedule import warmup_cosine
 from .trainer import TrainConfig, read_metrics, train
 
-__all__ = ["DistContext", "TrainConfig", "evaluate", "init_distributed", "read_metrics", "train", "warmup_cosine"]
+__all__ = ["DistContext", "TrainConfig", "evaluate", "fit_label_map", "init_distributed", "read_metrics", "train", "warmup_cosine"]

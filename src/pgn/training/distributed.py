@@ -68,7 +68,7 @@ class DistContext:
             count = torch.cuda.device_count()
             if local >= count:
                 raise PGNError(f"LOCAL_RANK {local} needs a GPU, but this node has {count}; "
-                               f"use --nproc_per_node {count} or fewer")
+                               f"start torchrun with --nproc_per_node {count} or fewer")
             device = f"cuda:{local}"  # one GPU per process
         return cls(rank=rank, local_rank=local, world_size=world, device=device)
 

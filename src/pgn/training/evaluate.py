@@ -43,6 +43,14 @@ def has_mixtures(model: nn.Module) -> bool:
     return prompts is not None and hasattr(prompts, "coefficients") and hasattr(prompts, "library")
 
 
+def _features_with(model: nn.Module, images: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """(B, F) features of ``images`` prompted with the given (B, K, N) mixture ``coefficients``."""
+    if getattr(model.backbone, "pixel_only", False):  # prompted in pixels: the canvas with those patches
+        return model.backbone(model.layout.compose(images, model.prompts.library.patches(coefficients)))
+    prompts = model.prompts.library(coefficients)                                # (B, K, D)
+    return model.backbone.encode(model.layout.latent_tokens(model.backbone, images, prompts))
+
+
 @torch.inference_mode()
 def mixture_ablation(model: nn.Module, loader, device: str = "cpu", precision: str = "fp32", seed: int = 0,
                      progress: bool = False) -> dict:
@@ -73,9 +81,7 @@ def mixture_ablation(model: nn.Module, loader, device: str = "cpu", precision: s
         b = len(labels)
         for which, c in (("mean", mean.expand(b, -1, -1)), ("shuffled", shuffled[n:n + b])):
             with autocast(device, precision):
-                prompts = model.prompts.library(c)                                      # (B, K, D)
-                tokens = model.layout.latent_tokens(model.backbone, images, prompts)    # (B, T, D)
-                logits = model.head(model.backbone.encode(tokens)).float()
+                logits = model.head(_features_with(model, images, c)).float()
             hits = topk_correct(logits, labels, 1)
             if which == "mean":
                 correct_mean += hits

@@ -261,6 +261,10 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
     cfg = dataclasses.replace(cfg, precision=resolve(cfg.precision, ctx.device))
     seed_everything(cfg.seed)  # the same on every rank
     model.to(ctx.device)
+    if not resume:  # a frozen classifier's frequency label mapping, from the model as built (a resumed run has it)
+        from .label_map import fit_label_map
+
+        fit_label_map(model, data.train, cfg.batch_size, ctx.device, cfg.precision)
     batches = _prepare_data(model, data, cfg, ctx, progress)
     cfg = batches.cfg
     scale = cfg.lr_scale(world)
@@ -328,9 +332,9 @@ def _check_run_dir(run_dir: Path, resume: bool, ctx: DistContext) -> None:
         if resume:
             if checkpoint is None:
                 problem = (f"cannot resume: {run_dir} holds no finished epoch (no checkpoint); start a new run "
-                           "instead (pgn train without --resume, or pgn.train)")
+                           "instead (without `resume`)")
         elif checkpoint is not None or (run_dir / METRICS_FILE).exists():
-            problem = (f"{run_dir} already holds a run; resume it (pgn train --resume, pgn.resume) or choose another "
+            problem = (f"{run_dir} already holds a run; resume it (`resume`) or choose another "
                        "run directory")
     problem = broadcast_object(problem)
     if problem:
@@ -437,7 +441,7 @@ def _restore(model: PromptedClassifier, optimizer, scheduler, run_dir: Path, cfg
 def _write_run_config(run_dir: Path, model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec,
                       cfg: TrainConfig, ctx: DistContext, augment: bool, scale: int) -> None:
     config = {
-        "adapter": asdict(adapter_cfg), "train": asdict(cfg), "augment": augment,
+        "adapter": adapter_cfg.to_dict(), "train": asdict(cfg), "augment": augment,
         "dataset": {"name": data.name, "train_size": len(data.train), "test_size": len(data.test),
                     "num_classes": len(data.class_names)},
         "data": data.recipe,  # how the data was built: a resumed run rebuilds the same images (pgn.api.resume)
@@ -567,7 +571,7 @@ def _check_finite(loss: torch.Tensor, ctx: DistContext, epoch: int, step: int, r
         kept = f"the checkpoint of epoch {epoch} in {run_dir} is kept"
     else:
         kept = "no epoch had finished, so no checkpoint was written"
-    hint = f"{kept}; lower the learning rate or set a gradient clip (--lr, --grad-clip)"
+    hint = f"{kept}; lower the learning rate or set a gradient clip (`lr`, `grad_clip`)"
     if not ctx.distributed:
         if not torch.isfinite(loss):
             raise DivergedError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; {hint}")
