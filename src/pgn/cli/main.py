@@ -233,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run or adapter directory trained with --layout extend or frame")
     p.add_argument("-o", "--out", required=True, help="output directory")
 
+    p = sub.add_parser("export-model", help="write a backbone's unmodified forward as ONNX in a Triton/KServe "
+                                            "model repository (DIR/NAME/1/model.onnx + config.pbtxt)")
+    p.add_argument("backbone", help="a registered backbone (pgn info --backbones) or timm:<model>")
+    p.add_argument("-o", "--out", required=True, help="the model repository (a folder; created if missing)")
+    p.add_argument("--name", default=None, help="the model's name in the repository (default: the backbone's)")
+    p.add_argument("--img-size", type=_positive_int, default=None,
+                   help="the canvas side the server accepts (default: the model's native input)")
+    p.add_argument("--weights", default=None, help="local weights file for the backbone")
+
     p = sub.add_parser("compose", help="write prompted canvases: what an unmodified model receives")
     p.add_argument("images", nargs="+")
     p.add_argument("--adapter", required=True, help="exported adapter directory (pgn export)")
@@ -552,6 +561,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_export_model(args) -> int:
+    from ..deployment.model_repository import export_model, read_model_info
+
+    out = export_model(args.backbone, args.out, name=args.name, img_size=args.img_size, weights=args.weights)
+    info = read_model_info(out)
+    print(f"exported {info['backbone']} -> {out}/1/model.onnx: (B, {info['img_size']}, {info['img_size']}, 3) uint8 "
+          f"'input' -> (B, {info['output_width']}) '{info['output']}'; ONNX Runtime vs PyTorch relative error "
+          f"{info['onnx_vs_torch_relative_error']:.1e}")
+    return 0
+
+
 def cmd_compose(args) -> int:
     from PIL import Image
 
@@ -723,6 +743,7 @@ def _given_options(parser: argparse.ArgumentParser, command: str, argv: list[str
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
+            "export-model": cmd_export_model,
             "compose": cmd_compose, "serve": cmd_serve, "app": cmd_app, "import-official": cmd_import_official, "analyze": cmd_analyze,
             "info": cmd_info, "bench": cmd_bench, "demo": cmd_demo}
 
