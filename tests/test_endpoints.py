@@ -107,3 +107,64 @@ def test_any_python_callable_is_an_endpoint(exported):
     with RemoteClassifier(exported["export"], CallableEndpoint(vendor_api, answers="embeddings")) as remote:
         api = remote.logits(list(exported["x"][:16]))
     assert all(seen) and torch.equal(api.argmax(-1), exported["latent"][:16].argmax(-1))
+
+
+def _start_kserve(backbone: str, name: str, answer: str):
+    pytest.importorskip("kserve", reason="kserve is not installed (the Makefile installs it with the test extras)")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(SERVER), backbone, str(port), answer, name], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        if proc.poll() is not None:
+            pytest.fail("the KServe server exited: " + proc.stdout.read()[-3000:])
+        try:
+            if httpx.get(f"{url}/v2/models/{name}/ready", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail("the KServe server did not come up")
+
+
+def test_a_classifier_that_answers_only_its_own_scores_is_adapted_through_the_protocol(tmp_path):
+    """The hosted-classifier setting: a CNN on KServe answers its 1000 scores; the adapter sends frame canvases
+    and reads its task's classes through the label mapping it exported. Every prediction equals the latent model's."""
+    r = pgn("train", "--backbone", "test-cnn-timm", "--dataset", "digits", "--img-size", 64, "--layout", "frame",
+            "--library-space", "pixel", "--head", "labelmap-flm", "-K", 4, "-N", 8, "--generator-size", 32,
+            "--epochs", 1, "--lr", 0.5, "--train-limit", 64, "--test-limit", 48, "--out", tmp_path / "run",
+            "--no-progress", "--precision", "fp32")
+    assert r.returncode == 0, r.stderr
+    export_adapter(tmp_path / "run", tmp_path / "export")
+    exported = json.loads((tmp_path / "export" / "deploy_config.json").read_text())
+    from pgn.adapter import load_adapter
+
+    model, cfg = load_adapter(tmp_path / "run")
+    assert exported["label_map"] == model.head.mapping.tolist() and exported["source_classes"] == 1000
+    from safetensors.torch import load_file
+
+    exported_tensors = load_file(str(tmp_path / "export" / "deploy.safetensors"))
+    assert not any(k.startswith(("head.", "patch_embed")) for k in exported_tensors)  # nothing of the hosted model
+    data = build_dataset("digits", img_size=64, mean=cfg.mean, std=cfg.std, test_limit=48)
+    x = torch.stack([data.test[i][0] for i in range(len(data.test))])
+    with torch.inference_mode():
+        latent = model.eval()(x)
+    proc, url = _start_kserve("test-cnn-timm", "cnn", "scores")
+    try:
+        endpoint = OpenInferenceEndpoint(url, "cnn", answers="scores")
+        with RemoteClassifier(tmp_path / "export", endpoint) as remote:
+            api = remote.logits(list(x))
+        assert api.shape == latent.shape == (48, 10)
+        assert torch.equal(api.argmax(-1), latent.argmax(-1))  # every test image
+        assert (api - latent).abs().max() < 1e-3 * latent.abs().max()  # a pixel library's canvases are 8-bit exact
+        r = pgn("eval", tmp_path / "export", "--api", url, "--api-kind", "oip", "--api-model", "cnn",
+                "--test-limit", 48)
+        assert r.returncode == 0, r.stderr
+        acc = float((latent.argmax(-1) == torch.as_tensor(data.test.targets)).float().mean())
+        assert json.loads(r.stdout.strip().splitlines()[-1])["top1"] == pytest.approx(acc)
+        with pytest.raises(PGNError, match="label mapping reads 1000 classes"):  # another model behind the URL
+            RemoteClassifier(tmp_path / "export", CallableEndpoint(lambda c: np.zeros((len(c), 10), np.float32)))\
+                .logits(list(x[:2]))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -53,6 +53,10 @@ class DeployConfig:
     # "remote": the model's own head scores on the server (CLIP zero-shot), nothing of it is exported.
     head: str = "linear"
     template: str | None = None  # the zero-shot prompt the remote head must use
+    # A remote classifier's source class of each task class (pgn.heads.LabelMapHead): the client reads these
+    # of the server's scores; ``source_classes`` is how many scores the server answers.
+    label_map: list[int] | None = None
+    source_classes: int | None = None
 
     def __post_init__(self):
         if self.head not in ("linear", "remote"):
@@ -65,6 +69,12 @@ class DeployConfig:
             raise PGNError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if len(self.class_names) < 1:
             raise PGNError("class_names is empty")
+        if self.label_map is not None:
+            if self.head != "remote" or len(self.label_map) != len(self.class_names) or not self.source_classes:
+                raise PGNError("label_map needs head 'remote', source_classes, and one source class per class name")
+            if len(set(self.label_map)) != len(self.label_map) or not all(
+                    0 <= s < self.source_classes for s in self.label_map):
+                raise PGNError(f"label_map must name distinct source classes in 0..{self.source_classes - 1}")
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,14 @@ def export_adapter(run_dir: str | Path, out_dir: str | Path, backbone=None) -> P
     grid = (cfg.img_size // bb.patch_size, cfg.img_size // bb.patch_size)
     hc, wc = model.layout.canvas_grid(grid, cfg.num_prompts)
     state = {f"generator.{k}": v for k, v in model.prompts.state_dict().items()}
-    remote = cfg.head == "zeroshot"  # the frozen head lives with the model: the server scores
+    # The frozen head lives with the model: the server scores (CLIP's zero-shot head, a classifier's own head
+    # read through the adapter's label mapping).
+    remote = cfg.head in ("zeroshot", "labelmap-first", "labelmap-flm")
+    label_map = None
+    if cfg.head.startswith("labelmap-"):
+        if not bool(model.head.fitted):
+            raise PGNError(f"{run_dir}: the frequency label mapping was never fitted; train the adapter first")
+        label_map = [int(s) for s in model.head.mapping.tolist()]
     if not remote:
         state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
     if cfg.generator.get("library_space") != "pixel":
@@ -127,6 +144,7 @@ def export_adapter(run_dir: str | Path, out_dir: str | Path, backbone=None) -> P
         "class_names": cfg.class_names, "feature_dim": bb.feature_dim, "backbone": cfg.backbone,
         "backbone_weights": cfg.backbone_weights, "dataset": cfg.dataset,
         "head": "remote" if remote else "linear", "template": cfg.template if remote else None,
+        "label_map": label_map, "source_classes": bb.feature_dim if label_map is not None else None,
     })
     return out_dir
 
@@ -154,6 +172,8 @@ class Composer:
         self.generator.eval()
         # "remote": the served model's own head scores the canvases (a hosted classifier); no head here.
         self.remote_head = config.get("head", "linear") == "remote"
+        # A classifier's own scores: the task's classes are these of them (the adapter's label mapping).
+        self.label_map = None if config.get("label_map") is None else torch.as_tensor(config["label_map"])
         self.head = None
         if not self.remote_head:
             # Exports from before the normalised head hold a linear layer alone.

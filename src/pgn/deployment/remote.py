@@ -45,6 +45,13 @@ class RemoteClassifier:
     def _check_remote_classes(self) -> None:
         where = self.endpoint.url or self.endpoint.kind
         served = self.endpoint.classes()
+        if self.composer.label_map is not None:  # the task reads some of the classifier's own classes
+            want = int(self.composer.config["source_classes"])
+            if served is not None and len(served) != want:
+                raise PGNError(f"{where} scores {len(served)} classes, but this adapter's label mapping reads a "
+                               f"classifier of {want}; serve the model it was trained on "
+                               f"({self.composer.config.get('backbone')})")
+            return
         if served is None and self.endpoint.kind == "pgn":
             raise PGNError(f"{where} answers embeddings only, but this adapter was trained against the "
                            "model's own head: serve it as a hosted classifier (`pgn serve --classes FILE`)")
@@ -83,8 +90,22 @@ class RemoteClassifier:
         """(B, H, W, 3) uint8 canvases the model receives as they are -> (B, C) class scores (the model's
         own head through the endpoint, or the exported head on the endpoint's embeddings)."""
         if self.composer.remote_head:
-            return torch.as_tensor(self.endpoint.scores(canvases))
+            return self._mapped(self.endpoint.scores(canvases))
         return self._logits(self.endpoint.embeddings(canvases))
+
+    def _mapped(self, scores) -> torch.Tensor:
+        """The server's own scores as the task's: through the label mapping, where the adapter has one."""
+        scores = torch.as_tensor(np.asarray(scores))
+        mapping = self.composer.label_map
+        if mapping is None:
+            return scores
+        want = int(self.composer.config["source_classes"])
+        if scores.ndim != 2 or scores.shape[1] != want:
+            where = self.endpoint.url or self.endpoint.kind
+            raise PGNError(f"{where} answers scores of shape {tuple(scores.shape)}, but this adapter's label "
+                           f"mapping reads {want} classes; serve the model it was trained on "
+                           f"({self.composer.config.get('backbone')})")
+        return scores[:, mapping]
 
     def _logits(self, embeddings) -> torch.Tensor:
         """The exported head on the endpoint's embeddings, after checking they are the width it was trained on."""
@@ -100,7 +121,7 @@ class RemoteClassifier:
         """PNG images as they are -> (B, C) class scores; ``pgn serve`` takes the files, others the pixels."""
         if hasattr(self.endpoint, "scores_of_pngs"):
             if self.composer.remote_head:
-                return torch.as_tensor(self.endpoint.scores_of_pngs(pngs))
+                return self._mapped(self.endpoint.scores_of_pngs(pngs))
             return self._logits(self.endpoint.embeddings_of_pngs(pngs))
         import io
 
