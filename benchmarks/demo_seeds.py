@@ -7,7 +7,7 @@
 Each run is exactly what ``pgn demo --seed S --precision P`` trains (ELPV, the stratified seed-0 subset of
 1,000 training images, all 656 test images, 112 px, 7 epochs, SGD lr 0.01 for everything, warm-up over half
 the run then cosine; PGN K=16, N=128): the seed draws the model's initialisation and the data order.
-Runs go through ``pgn.comparison`` (one rate given, so no validation runs), are cached under
+Runs go through ``pgn_study.comparison`` (one rate given, so no validation runs), are cached under
 ``runs/demo-seeds`` and recorded in ``docs/records/demo-seeds`` (the result and every epoch's metrics row),
 so the study resumes from a fresh clone. Seeds are interleaved across precisions, so a partial study
 is balanced. bf16 runs emulated where the CPU has no native bfloat16 (slow, but the same arithmetic).
@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 from pgn.backbones import DEFAULT_BACKBONE, create_backbone
-from pgn.comparison import ComparisonConfig, NotCached, Runner, finished_result, run_key, run_root
 from pgn.data import build_dataset
 from pgn.demo import DATASET, EPOCHS, LR, TRAIN_IMAGES
 from pgn.files import atomic_path, write_json
 from pgn.precision import native_bf16
+from pgn_study.comparison import ComparisonConfig, NotCached, Runner, finished_result, run_key, run_root
 
 METHODS = ("pgn", "linear")
 IMG = 112

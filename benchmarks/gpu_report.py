@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 RUN = Path("docs/gpu-fashion-mnist")
 OUT = Path("docs/comparison-gpu")
 EPOCHS = 30  # scheduled
-COMMAND = ("pgn bench --datasets fashion-mnist --subset fashion-mnist=60000x10000 --img-size 224 --epochs 30 "
+COMMAND = ("pgn-bench --datasets fashion-mnist --subset fashion-mnist=60000x10000 --img-size 224 --epochs 30 "
            "--seeds 1 --batch-size 256 --device cuda --workers 14 --methods linear pgn iip vp pgn-frame "
            "--rate linear=0.1 --rate pgn=0.1 --rate iip=0.1 --rate vp=40 --rate pgn-frame=0.1 "
            "--runs runs/bench-gpu")

@@ -7,7 +7,7 @@ finished one re-renders in seconds) and each writing its page in docs/:
     python benchmarks/recipe_study.py ablations      # docs/ablations.md + .json: ELPV, 3 seeds per variant
     python benchmarks/recipe_study.py convergence    # docs/convergence.md + .json + .png: top-1 vs epochs
 
-Protocol (``pgn.comparison``): ELPV at 112 px, bf16 autocast where native, batch 32, SGD momentum
+Protocol (``pgn_study.comparison``): ELPV at 112 px, bf16 autocast where native, batch 32, SGD momentum
 0.9, warm-up over half the run then cosine to lr/100, no gradient clipping. The recipe's rate is
 chosen on a validation split carved from train (20 %, stratified, seed 0) from ``--grid`` at the
 ablation budget; every ablation variant changes one thing at that rate and trains 3 seeds, tested
@@ -28,7 +28,11 @@ import torch
 from pgn.adapter import build_classifier
 from pgn.analysis import initial_perturbation
 from pgn.backbones import DEFAULT_BACKBONE, create_backbone
-from pgn.comparison import (
+from pgn.data import build_dataset
+from pgn.files import atomic_path, write_json
+from pgn.precision import resolve
+from pgn.training import read_metrics
+from pgn_study.comparison import (
     RECIPE,
     ComparisonConfig,
     Runner,
@@ -40,10 +44,6 @@ from pgn.comparison import (
     select_and_test,
     validation_split,
 )
-from pgn.data import build_dataset
-from pgn.files import atomic_path, write_json
-from pgn.precision import resolve
-from pgn.training import read_metrics
 
 DOCS = Path("docs")
 IMG = 112

@@ -143,11 +143,11 @@ def test_demo_models_are_drawn_from_the_demo_seed(embedded):
 
 
 def test_the_demo_builds_through_the_public_api_what_the_comparison_builds(embedded):
-    """So the seed study's records (run through pgn.comparison) are the demo's runs, seed for seed."""
+    """So the seed study's records (run through pgn_study.comparison) are the demo's runs, seed for seed."""
     from pgn.adapter import build_classifier
-    from pgn.comparison import method_config
     from pgn.data import DataSpec
     from pgn.demo import demo_model
+    from pgn_study.comparison import method_config
 
     data = DataSpec(name="elpv", class_names=["functional", "defective"], train=None, test=None)
     for method in ("pgn", "linear"):

@@ -1,14 +1,14 @@
-"""The method comparison (``pgn bench``): protocol, per-run cache, backbone restored, report."""
+"""The method comparison (``pgn-bench``): protocol, per-run cache, backbone restored, report."""
 import json
 
 import pytest
 import torch
 from conftest import make_tiny_vit
 
-from pgn import comparison
-from pgn.cli.main import main
 from pgn.data import build_dataset
 from pgn.errors import PGNError
+from pgn_study import comparison
+from pgn_study.cli import main
 
 METHODS = ("linear", "pgn", "finetune")  # a head alone, a generator, the whole backbone
 
@@ -79,7 +79,7 @@ def test_lr_reused_from_a_task_with_the_same_images(tmp_path, digits):
 
 def test_report_tables(tmp_path, compared):
     comp = compared[3]
-    meta = {"command": "pgn bench", "seconds": 1, "machine": "m", "precision": "fp32", "backbone": "timm:test_vit",
+    meta = {"command": "pgn-bench", "seconds": 1, "machine": "m", "precision": "fp32", "backbone": "timm:test_vit",
             "img_size": 32, "epochs": 1, "seeds": 2, "json": "results.json", "seconds_of_all_runs": 1234,
             "runs_trained_this_call": 0}
     speed = {"meta": {"command": "python benchmarks/throughput.py", "seconds": 3, "machine": "m", "precision": "fp32"},
@@ -98,7 +98,7 @@ def test_report_tables(tmp_path, compared):
 def test_bad_requests_fail_clearly(tmp_path, capsys):
     with pytest.raises(PGNError, match="unknown method"):
         comparison.ComparisonConfig(methods=("pgn", "lora"))
-    assert main(["bench", "--subset", "fashion-mnist=1000", "--runs", str(tmp_path)]) == 2
+    assert main(["--subset", "fashion-mnist=1000", "--runs", str(tmp_path)]) == 2
     assert "NAME=TRAINxTEST" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
     vit = make_tiny_vit()
@@ -134,9 +134,9 @@ def test_render_only_reports_the_cache_and_trains_nothing(compared, digits, tmp_
 
 
 def test_rate_and_batch_flags_fail_clearly(tmp_path, capsys):
-    assert main(["bench", "--rate", "lora=0.1", "--runs", str(tmp_path)]) == 2
+    assert main(["--rate", "lora=0.1", "--runs", str(tmp_path)]) == 2
     assert "unknown method 'lora'" in capsys.readouterr().err
-    assert main(["bench", "--rate", "pgn=fast", "--runs", str(tmp_path)]) == 2
+    assert main(["--rate", "pgn=fast", "--runs", str(tmp_path)]) == 2
     assert "METHOD=LR" in capsys.readouterr().err
     with pytest.raises(PGNError, match="batch size"):
         comparison.ComparisonConfig(batch_size=0)

@@ -16,10 +16,10 @@ from helpers import adapter_cfg, spec
 
 from pgn import PGNError
 from pgn.adapter import build_classifier
-from pgn.comparison import ComparisonConfig, accuracy_table, run_root
 from pgn.precision import OVERRIDE_ENV, autocast, native_bf16, resolve
 from pgn.serving import create_app
 from pgn.training import TrainConfig, evaluate, train
+from pgn_study.comparison import ComparisonConfig, accuracy_table, run_root
 
 
 @pytest.fixture(params=["yes", "no"])

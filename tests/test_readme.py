@@ -137,11 +137,11 @@ def test_the_readme_runs_as_written(checkout):
         try:
             for line in commands(name):
                 argv, background, need = parse(line)
-                assert argv[0] == "pgn", f"a README command that is not pgn: {line}"
+                assert argv[0] in ("pgn", "pgn-bench"), f"a README command that is not pgn: {line}"
                 if need and not NEEDS.get(need, lambda: False)():
                     skipped.append(f"{line.strip()} [{need}]")
                     continue
-                cmd = [sys.executable, "-m", "pgn", *argv[1:]]
+                cmd = [sys.executable, "-m", "pgn" if argv[0] == "pgn" else "pgn_study", *argv[1:]]
                 if background:
                     proc = subprocess.Popen(cmd, cwd=checkout, env=env, stdout=subprocess.PIPE,
                                             stderr=subprocess.STDOUT, text=True)

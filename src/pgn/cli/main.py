@@ -287,37 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", default=None, help="output directory (default: the run directory)")
     p.add_argument("--max-images", type=int, default=1000, help="test images to analyse")
 
-    p = sub.add_parser("bench", help="the paper's comparison: linear probe, IIP, VP, PGN, fine-tuning; lr on a "
-                                     "validation split, several seeds, cached per run")
-    p.add_argument("--datasets", nargs="+", default=None, help="default: elpv fashion-mnist elpv4")
-    p.add_argument("--methods", nargs="+", default=None, help="default: linear iip vp pgn pgn-frame finetune")
-    p.add_argument("--backbone", default="dinov2-s14-imgfocus")
-    p.add_argument("--weights", default=None)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--val-epochs", type=int, default=None,
-                   help="epochs of the validation runs that choose each rate (default: --epochs)")
-    p.add_argument("--img-size", type=int, default=112)
-    p.add_argument("--subset", action="append", default=None, metavar="NAME=TRAINxTEST",
-                   help="stratified seed-0 subset of a dataset (default: fashion-mnist=1000x1000); repeatable")
-    p.add_argument("--quick", action="store_true",
-                   help="minutes: elpv only, 400/200 images, 1 epoch, 1 seed, two rates per method")
-    _add_precision_arg(p)
-    p.add_argument("--runs", default="runs/bench-compare", help="cache of finished runs (resumes from it)")
-    p.add_argument("--record", default=None, help="also keep each finished run's result JSON here, laid out like "
-                                                   "--runs (small; commit it to resume from a fresh clone)")
-    p.add_argument("--out", default=None, help="report path without suffix: writes .md and .json "
-                                                "(default: <runs>/results)")
-    p.add_argument("--throughput", default=None, help="JSON of benchmarks/throughput.py to summarise in the report")
-    p.add_argument("--rate", action="append", default=None, metavar="METHOD=LR[,LR...]",
-                   help="learning-rate candidates of a method (one: no validation runs); repeatable")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
-    p.add_argument("--render-only", action="store_true", help="write the report from the cache; train nothing")
-    p.add_argument("--report-command", default=None, help=argparse.SUPPRESS)
-
     p = sub.add_parser("info", help="summarise a backbone, an adapter or an official checkpoint")
     p.add_argument("--backbone", default=None)
     p.add_argument("--weights", default=None)
@@ -668,53 +637,6 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _parse_subset(text: str) -> tuple[str, tuple[int, int]]:
-    name, _, sizes = text.partition("=")
-    train, _, test = sizes.partition("x")
-    if not (name and train.isdigit() and test.isdigit()):
-        raise PGNError(f"--subset {text!r}: expected NAME=TRAINxTEST, e.g. fashion-mnist=1000x1000")
-    return name, (int(train), int(test))
-
-
-def _parse_rate(text: str) -> tuple[str, list[float]]:
-    from ..comparison import METHODS
-
-    method, _, rates = text.partition("=")
-    if method not in METHODS:
-        raise PGNError(f"--rate {text!r}: unknown method {method!r}; choose from {', '.join(METHODS)}")
-    try:
-        return method, [float(r) for r in rates.split(",")]
-    except ValueError:
-        raise PGNError(f"--rate {text!r}: expected METHOD=LR[,LR...], e.g. pgn=0.01,0.03") from None
-
-
-def cmd_bench(args) -> int:
-    from .. import comparison
-
-    subsets = dict(_parse_subset(s) for s in args.subset) if args.subset is not None else dict(comparison.SUBSETS)
-    datasets = args.datasets or list(comparison.DATASETS)
-    epochs, seeds, runs = args.epochs, args.seeds, args.runs
-    if args.quick:
-        datasets, epochs, seeds, runs = ["elpv"], 1, 1, args.runs + "-quick"
-        subsets = {"elpv": (400, 200)}
-    base = comparison.QUICK_CANDIDATES if args.quick else comparison.CANDIDATES
-    rates = {**base, **dict(_parse_rate(r) for r in args.rate or [])}
-    cfg = comparison.ComparisonConfig(methods=args.methods or comparison.METHODS, epochs=epochs, seeds=seeds,
-                                      val_epochs=None if args.quick else args.val_epochs,
-                                      img_size=args.img_size, precision=_precision(args, _device(args)),
-                                      runs=Path(runs), candidates=rates, batch_size=args.batch_size,
-                                      device=args.device, num_workers=args.workers, render_only=args.render_only,
-                                      record=args.record)
-    out = Path(args.out) if args.out else Path(runs) / "results"
-    command = args.report_command or "pgn " + " ".join(args.argv)
-    res = comparison.benchmark(datasets, cfg, out, command=command, backbone=args.backbone, weights=args.weights,
-                               subsets=subsets, data_root=args.data_root, throughput=args.throughput,
-                               log=lambda line: print(line, flush=True))  # progress shows up in a redirected log
-    print("\n".join(comparison.accuracy_table(res["results"])))
-    print(f"report: {out.with_suffix('.md')}, raw: {out.with_suffix('.json')}")
-    return 0
-
-
 def cmd_demo(args) -> int:
     from ..demo import EPOCHS, SEED, run_demo
 
@@ -745,7 +667,7 @@ def _given_options(parser: argparse.ArgumentParser, command: str, argv: list[str
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
             "export-model": cmd_export_model,
             "compose": cmd_compose, "serve": cmd_serve, "app": cmd_app, "import-official": cmd_import_official, "analyze": cmd_analyze,
-            "info": cmd_info, "bench": cmd_bench, "demo": cmd_demo}
+            "info": cmd_info, "demo": cmd_demo}
 
 
 # Library names of settings whose flag is named otherwise (the library's messages use its own names).

@@ -13,7 +13,7 @@ Every run is cached as ``<runs>/<dataset>-<ntrain>x<ntest>-<px>px-e<epochs>[-b<b
 <split>-lr<lr>[-seed<s>].json`` (no precision suffix: fp32), so an interrupted comparison resumes where it stopped and a finished one
 re-renders its report without training anything.
 
-Used by ``pgn bench`` and ``benchmarks/compare_methods.py``.
+Used by ``pgn-bench`` and ``benchmarks/compare_methods.py``.
 """
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Subset
 
-from .adapter import AdapterConfig, adapter_config, build_classifier
-from .backbones.base import FrozenBackbone
-from .data import DataSpec
-from .errors import DivergedError, PGNError
-from .files import write_json
-from .training import TrainConfig, train
+from pgn.adapter import AdapterConfig, adapter_config, build_classifier
+from pgn.backbones.base import FrozenBackbone
+from pgn.data import DataSpec
+from pgn.errors import DivergedError, PGNError
+from pgn.files import write_json
+from pgn.training import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ CANDIDATES: dict[str, list[float]] = {
     "pgn-frame": GRID,               # pixel library, frame layout: deployable in the input alone
     "finetune": [1e-4, 1e-3],        # backbone rate
 }
-# ``pgn bench --quick``: two candidates per method, the ends of the grid that matter most (minutes, not hours).
+# ``pgn-bench --quick``: two candidates per method, the ends of the grid that matter most (minutes, not hours).
 QUICK_CANDIDATES: dict[str, list[float]] = {"linear": [0.01, 0.1], "iip": [0.01, 0.1], "vp": [1.0, 40.0],
                                             "pgn": [0.01, 0.1], "pgn-frame": [0.01, 0.1], "finetune": [1e-4, 1e-3]}
 OWN_HEAD_RATE = ("vp", "finetune")   # methods whose head rate is the linear probe's choice
@@ -231,7 +231,7 @@ class Runner:
         except DivergedError as e:
             row, diverged = {"test_top1": None}, str(e)  # a diverging rate is a result, not a crash
         trainable = model.num_trainable()
-        from .training import read_metrics
+        from pgn.training import read_metrics
 
         result = {"top1": row["test_top1"], "trainable_parameters": trainable, "head_lr": tcfg.head_lr or tcfg.lr,
                   "seconds": round(time.perf_counter() - t0, 1), "device": device_name(tcfg.device),
@@ -394,7 +394,7 @@ def speed_summary(throughput: dict) -> list[str]:
 
 def write_report(path: Path, comparison: dict, meta: dict, throughput: dict | None = None) -> None:
     """Write the comparison (and, given ``throughput``, the speed summary) as Markdown, atomically."""
-    from .files import atomic_path
+    from pgn.files import atomic_path
 
     results = comparison["results"]
     lines = ["# Results", "", "## Accuracy: the paper's comparison on the embedded backbone", "",
@@ -439,8 +439,8 @@ def benchmark(datasets: Sequence[str], cfg: ComparisonConfig, out: Path, *, comm
     """
     import platform
 
-    from .backbones import create_backbone
-    from .data import build_dataset
+    from pgn.backbones import create_backbone
+    from pgn.data import build_dataset
 
     log = log or logger.info
     subsets = SUBSETS if subsets is None else subsets
