@@ -162,3 +162,29 @@ def test_the_demo_builds_through_the_public_api_what_the_comparison_builds(embed
 def test_classes_come_from_the_data_when_left_out():
     model = pgn.create_model(make_tiny_vit(), "linear", dataset="digits", img_size=32)
     assert model.config.class_names == [str(i) for i in range(10)] and model.config.dataset == "digits"
+
+
+def test_the_command_line_and_the_api_are_one_tool_the_same_seed_giving_the_same_weights(tmp_path):
+    """Two ``pgn train`` runs with one seed write bit-identical adapters, and ``pgn.train`` with the same seed
+    and subset trains on the same images to the same weights (fp32, in one process: exact)."""
+    from safetensors.torch import load_file
+
+    from pgn.cli.main import main
+
+    def cli(out, seed=1):
+        assert main(["train", "--backbone", "test-vit-timm", "--dataset", "digits", "--img-size", "32", "--seed",
+                     str(seed), "--train-limit", "100", "--test-limit", "20", "--epochs", "1", "-K", "2", "-N", "4",
+                     "--generator-widths", "4,4,4,4", "--generator-size", "32", "--batch-size", "16",
+                     "--out", str(out), "--no-progress", "--precision", "fp32", "--device", "cpu"]) == 0
+        return load_file(str(out / "adapter.safetensors"))
+
+    a, b, other = cli(tmp_path / "a"), cli(tmp_path / "b"), cli(tmp_path / "other", seed=2)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], other[k]) for k in a)
+    model = pgn.create_model("test-vit-timm", "pgn", dataset="digits", img_size=32, num_prompts=2, library_size=4,
+                             widths=(4, 4, 4, 4), generator_size=32, seed=1)
+    pgn.train(model, "digits", epochs=1, train_limit=100, test_limit=20, seed=1, batch_size=16,
+              out=tmp_path / "api", progress=False, precision="fp32", device="cpu")
+    api = load_file(str(tmp_path / "api" / "adapter.safetensors"))
+    assert api.keys() == a.keys() and all(torch.equal(api[k], a[k]) for k in a)
+    assert pgn.load(tmp_path / "api", device="cpu").config == pgn.load(tmp_path / "a", device="cpu").config

@@ -48,8 +48,11 @@ def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str 
     elif options:
         raise PGNError(f"options ({', '.join(sorted(options))}) go into the method config itself, e.g. "
                        f"{type(method).__name__}({next(iter(options))}=...)")
-    if not classes and dataset is not None:  # the data names its classes
-        classes = build_dataset(dataset, img_size=img_size).class_names
+    if dataset is not None and (not classes or (getattr(method, "head", None) == "zeroshot" and method.template is None)):
+        data = build_dataset(dataset, img_size=img_size)
+        classes = classes or data.class_names  # the data names its classes
+        if getattr(method, "head", None) == "zeroshot" and method.template is None and getattr(data, "template", None):
+            method = dataclasses.replace(method, template=data.template)  # and the zero-shot head's prompt
     if not classes:
         raise PGNError("classes is empty; pass the class names, e.g. classes=['cat', 'dog'], or dataset=NAME "
                        "to take them from the data")

@@ -366,7 +366,8 @@ def _method_config(args, template: str | None = None):
         elif dest in args.given:
             raise PGNError(f"--{dest.replace('_', '-')} does not apply to --method {args.method}; it takes "
                            f"{', '.join(sorted(own)) or 'no options'}")
-    if template is not None and "template" in own:
+    head = options.get("head", getattr(get_method(args.method).config, "head", None))
+    if template is not None and "template" in own and head == "zeroshot":  # the only head that reads it
         options["template"] = template
     return method_config_of(args.method, **options)
 
