@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -113,3 +114,17 @@ def test_deployment_errors(deployed, tmp_path):
             "--no-progress", "-K", 2, "-N", 4)
     assert r.returncode == 0, r.stderr
     assert "cannot be sent as an image" in one_line_error(pgn("export", tmp_path / "app", "-o", tmp_path / "e"))
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_compose_into_a_place_it_cannot_write_is_one_line_and_writes_nothing(deployed, tmp_path, where):
+    from helpers import one_line_error
+
+    img = tmp_path / "digit.png"
+    Image.fromarray((np.random.RandomState(2).rand(20, 30) * 255).astype("uint8"), "L").save(img)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker / "canvas.png" if where == "under-a-file" else Path("/proc/pgn-canvas.png")  # root cannot write /proc
+    line = one_line_error(pgn("compose", img, "--adapter", deployed["export"], "-o", out))
+    assert str(out.parent if where == "under-a-file" else out) in line, line  # it names the place
+    assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "digit.png"]

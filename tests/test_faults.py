@@ -210,8 +210,9 @@ def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
 
 BAD_ADAPTER_CONFIGS = [
     ({"img_size": "big"}, "field 'img_size'"),
-    ({"generator": "str"}, "field 'generator'"),
-    ({"generator": {"library_size": "many"}}, "field 'library_size'"),
+    ({"generator": "str"}, "unknown field 'generator'"),  # format 1's flat field, in a format-2 file
+    ({"method_config": "str"}, "method_config"),
+    ({"method_config": {"library_size": "many"}}, "field 'library_size'"),
     ({"mean": [0.5, 0.5]}, "field 'mean"),
     ({"img_size": 50}, "img_size 50 is not a positive multiple of"),
     ({"class_names": "ab"}, "field 'class_names'"),
@@ -235,8 +236,8 @@ def test_malformed_adapter_config_is_one_line_naming_the_field(saved_adapter, tm
     bad.mkdir()
     (bad / "adapter.safetensors").write_bytes((saved_adapter / "adapter.safetensors").read_bytes())
     raw = json.loads((saved_adapter / "adapter_config.json").read_text())
-    if "generator" in change and isinstance(change["generator"], dict):
-        raw["generator"] = {**raw["generator"], **change["generator"]}
+    if isinstance(change.get("method_config"), dict):
+        raw["method_config"] = {**raw["method_config"], **change["method_config"]}
     else:
         raw.update(change)
     (bad / "adapter_config.json").write_text(json.dumps(raw))
@@ -361,6 +362,19 @@ def test_pixel_budget_is_configurable(tmp_path, monkeypatch):
     monkeypatch.setenv("PGN_MAX_IMAGE_PIXELS", "1000")
     with pytest.raises(PGNError, match="over the limit of 1,000"):
         load_image(small)
+
+
+def test_the_pixel_budget_can_be_raised_past_pillows_own_limit(tmp_path, monkeypatch):
+    """Raising PGN_MAX_IMAGE_PIXELS is what its message says to do: Pillow's own limit must not stop it."""
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((60, 50, 3), np.uint8)).save(big)  # 3,000 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's limit, far below (its own error at 2x)
+    monkeypatch.setenv("PGN_MAX_IMAGE_PIXELS", "10000")
+    assert load_image(big).size == (50, 60)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # Pillow's setting is left as it was
+    monkeypatch.setenv("PGN_MAX_IMAGE_PIXELS", "2000")
+    with pytest.raises(PGNError, match="over the limit of 2,000"):  # pgn's budget, pgn's message
+        load_image(big)
 
 
 def test_bomb_in_the_cli_exits_2(saved_adapter, tiny_weights, tmp_path):

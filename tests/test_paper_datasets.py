@@ -100,7 +100,7 @@ def test_cifar10(tmp_path, no_md5):
 def test_cifar10_missing_and_bad_checksum(tmp_path):
     msg = _one_line_error("does not exist", "cifar10", root=str(tmp_path / "nope"))
     assert str(tmp_path / "nope" / "cifar10" / "cifar-10-batches-py" / "data_batch_1") in msg
-    assert "--download" in msg
+    assert "`download`" in msg
     # Files present but not torchvision's originals: its md5 check fails -> one line, not RuntimeError.
     _write_cifar10(tmp_path)
     msg = _one_line_error("checksum", "cifar10", root=str(tmp_path))
@@ -152,7 +152,7 @@ def test_svhn(tmp_path, no_md5):
 
 def test_svhn_missing(tmp_path):
     msg = _one_line_error("does not exist", "svhn", root=tmp_path)
-    assert str(tmp_path / "svhn" / "train_32x32.mat") in msg and "--download" in msg
+    assert str(tmp_path / "svhn" / "train_32x32.mat") in msg and "`download`" in msg
 
 
 # --------------------------------------------------------------------------- CoOp split files

@@ -249,3 +249,22 @@ def test_batch_limit_and_client_splitting(tiny):
     px = np.stack([np.asarray(Image.open(io.BytesIO(p))) for p in pngs])
     assert emb.shape == (5, 64)
     assert np.abs(emb - reference(tiny, px)).max() <= 1e-5
+
+
+@pytest.mark.parametrize("request_bytes", [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+                                           b"GET /\x00 HTTP/1.1\r\n\r\n"])
+def test_requests_the_http_layer_cannot_parse_get_the_same_one_line_json(server, request_bytes):
+    """uvicorn answers unparseable requests itself; they get pgn's {"detail": ...} shape, and the server lives on."""
+    import json
+
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(request_bytes)
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower()
+    detail = json.loads(body)["detail"]
+    assert detail.startswith("malformed HTTP request") and "\n" not in detail
+    assert httpx.get(server.url + "/health", timeout=10).status_code == 200

@@ -14,7 +14,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # name the file the caller asked for, not our temporary one
+        raise type(e)(e.errno, e.strerror, str(path)) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -82,6 +85,9 @@ def os_error_line(e: OSError) -> str:
         errno.ENOENT: f"no such file or directory: {e.filename}; check the path",
         errno.ENOTDIR: f"not a directory: {e.filename}; check the path",
         errno.EISDIR: f"{e.filename} is a directory; name a file",
+        # mkdir of a folder where a file of that name is (``-o some-file/out.png``)
+        errno.EEXIST: (f"{e.filename} is a file, not a folder; choose another place to write into"
+                       if e.filename and os.path.isfile(e.filename) else f"{e.strerror or e}{where}"),
     }
     return hints.get(e.errno, f"{e.strerror or e}{where}")
 

@@ -7,8 +7,9 @@ transform, yielding ``(tensor (3, S, S) float normalised, label int)``.
 from __future__ import annotations
 
 import os
-import warnings
+import threading
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,6 +97,23 @@ def max_image_pixels() -> int:
     return value
 
 
+_PILLOW_LIMIT = threading.Lock()
+
+
+@contextmanager
+def pixel_budget():
+    """Around ``Image.open``: Pillow's own decompression-bomb limit gives way to pgn's budget (:func:`check_pixels`,
+    applied from the header right after), so ``$PGN_MAX_IMAGE_PIXELS`` can be raised past Pillow's default too.
+    Pillow's setting is restored on exit (it is process-wide, hence the lock)."""
+    with _PILLOW_LIMIT:
+        before = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
 def check_pixels(width: int, height: int, label: str) -> None:
     """Raise PGNError when a declared ``width`` x ``height`` exceeds the pixel budget."""
     limit = max_image_pixels()
@@ -145,8 +163,7 @@ def to_rgb(img: Image.Image, label: str = "image") -> Image.Image:
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Read an image file as RGB; a missing, corrupt, unsupported or oversized file raises PGNError."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own budget applies, just below
+        with pixel_budget():  # our own budget applies, just below
             img = Image.open(path)
         with img:
             check_pixels(*img.size, f"image {path}")  # from the header, before decoding

@@ -61,10 +61,12 @@ def create_page_app(remote: RemoteClassifier, samples: list[tuple[str, bytes]] |
     def classify(data: bytes) -> dict:
         from PIL import Image
 
-        from ..data.base import check_pixels, to_rgb
+        from ..data.base import check_pixels, pixel_budget, to_rgb
 
         try:
-            with Image.open(io.BytesIO(data)) as img:
+            with pixel_budget():
+                img = Image.open(io.BytesIO(data))
+            with img:
                 check_pixels(*img.size, "the upload")
                 img.load()
                 pil = to_rgb(img, "the upload")
@@ -174,7 +176,9 @@ def run_app(adapter: str, api: str, samples: str | None = None, host: str = "127
     sock = _bind(host, port)
     log.info(f"page on http://{host}:{sock.getsockname()[1]} (adapter {adapter}, model API {api})")
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+        from ..serving.http_protocol import json_error_protocol
+
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", http=json_error_protocol())).run(sockets=[sock])
     finally:
         sock.close()
         remote.close()

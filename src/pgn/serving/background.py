@@ -7,6 +7,8 @@ import time
 
 import uvicorn
 
+from .http_protocol import json_error_protocol
+
 
 class BackgroundServer:
     """``with BackgroundServer(app) as s: ... s.url ...``: a real server on 127.0.0.1:<free port>."""
@@ -15,7 +17,8 @@ class BackgroundServer:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                                    http=json_error_protocol()))
         self.thread = threading.Thread(target=self.server.run, kwargs=dict(sockets=[self.sock]), daemon=True)
         self.start_timeout = start_timeout
 

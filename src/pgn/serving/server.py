@@ -45,7 +45,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..backbones.base import FrozenBackbone
-from ..data.base import check_pixels, to_rgb
+from ..data.base import check_pixels, pixel_budget, to_rgb
 from ..errors import PGNError
 from ..pixels import from_uint8
 from ..precision import autocast
@@ -103,7 +103,9 @@ def _decode(data: bytes, label: str, patch: int, max_side: int, native: tuple[in
     try:
         # Image.open only parses the header: the size check below runs before any pixel is decoded,
         # so a small file that claims a huge canvas (decompression bomb) is refused cheaply.
-        with Image.open(io.BytesIO(data), formats=_FORMATS) as img:
+        with pixel_budget():  # pgn's budget (check_pixels below), not Pillow's own limit
+            img = Image.open(io.BytesIO(data), formats=_FORMATS)
+        with img:
             w, h = img.size
             if w > max_side or h > max_side or w * h > max_side * max_side:
                 raise _Reject(
@@ -456,7 +458,10 @@ def serve(
     log.info(f"serving {backbone.name} ({model.family}, {what}) on http://{shown}:{sock.getsockname()[1]} "
              f"(patch {model.patch_size}, sides up to {max_side}, uploads up to {max_upload_bytes} bytes, "
              f"{app.state.batcher.max_batch} images per forward, precision {app.state.precision})")
-    config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("debug", "trace"))
+    from .http_protocol import json_error_protocol
+
+    config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("debug", "trace"),
+                            http=json_error_protocol())
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
