@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-SECTIONS = ("## Using it", "## Input-space deployment", "### The black-box flow")
+SECTIONS = ("## Using it", "## Input-space deployment", "### The black-box flow", "### A real hosted classifier")
 
 # The one substitution table: option -> the value the test uses, from the README's value. Options a
 # command does not state are added where :data:`ADD` says (train and eval of a dataset), never to a

@@ -527,7 +527,13 @@ def cmd_export(args) -> int:
     from ..deployment import export_adapter
 
     out = export_adapter(args.run, args.out)
-    print(f"exported {args.run} -> {out} (generator, library, patch embedding, head; no backbone)")
+    cfg = json.loads((out / "deploy_config.json").read_text())
+    parts = ["generator", f"{cfg['generator']['library_space']} library"]
+    if cfg["generator"]["library_space"] != "pixel":
+        parts.append("patch embedding")
+    parts.append("label mapping" if cfg.get("label_map") else "head" if cfg["head"] == "linear" else
+                 "no head: the model's own scores")
+    print(f"exported {args.run} -> {out} ({', '.join(parts)}; nothing else of the model)")
     return 0
 
 
