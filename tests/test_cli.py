@@ -171,7 +171,7 @@ def test_device_flag_moves_model_and_inputs(digits_run, tiny_weights, tmp_path, 
         served["devices"] = (next(self.backbone.parameters()).device.type, x.device.type)
         raise _Reached
 
-    monkeypatch.setattr(models.TimmServed, "embed", recording_embed)
+    monkeypatch.setattr(models.ServedModel, "embed", recording_embed)
     import uvicorn
 
     def run_once(self, sockets=None):  # instead of serving forever: one forward through the app's batcher

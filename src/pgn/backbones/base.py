@@ -100,6 +100,23 @@ class FrozenBackbone(nn.Module):
         """(B, 3, H, W) -> (B, F): the unprompted feature."""
         return self.encode(self.tokens(images))
 
+    # --- the model's own face, as a server runs it (pgn.serving): its library's unmodified forward ---
+    family: str = "pgn"  # the library whose forward serves it
+
+    @property
+    def classifier_outputs(self) -> int:
+        """How many classes the model's own classifier scores (0: it has none)."""
+        return 0
+
+    @property
+    def served_size(self) -> tuple[int, int] | None:
+        """The only (H, W) its own forward takes, or None for any multiple of the patch size."""
+        return None
+
+    def library_forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, 3, H, W) -> ((B, F) embedding, (B, S) own classifier scores or None), by the library's own code."""
+        return self(images), None
+
     def summary(self) -> dict:
         return {
             "name": self.name,

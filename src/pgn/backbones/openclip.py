@@ -103,6 +103,17 @@ class OpenCLIPViT(FrozenBackbone):
         return self.clip.visual
 
     # --- patch embedding as a linear map ---
+    family = "open_clip"
+
+    @property
+    def served_size(self):
+        size = self.visual.image_size
+        return (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
+
+    def library_forward(self, images):
+        """open_clip's ``encode_image``; CLIP's class scores come from its text tower (:meth:`zero_shot_head`)."""
+        return self.clip.encode_image(images), None
+
     def finetune_parameters(self):
         return self.visual.parameters()  # the text tower stays frozen: it only builds the zero-shot head
 

@@ -40,6 +40,16 @@ class PixelClassifier(FrozenBackbone):
         self.register_buffer("_zero_embed", torch.zeros(1, 3, cell_size, cell_size), persistent=False)
         self.freeze()
 
+    family = "classifier"
+
+    @property
+    def classifier_outputs(self) -> int:
+        return self.feature_dim
+
+    def library_forward(self, images):
+        scores = self.model(images)
+        return scores, scores  # its scores are all it answers
+
     def patch_embed_weight(self) -> torch.Tensor:
         return self._zero_embed
 

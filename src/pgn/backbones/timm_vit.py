@@ -82,6 +82,20 @@ class TimmViT(FrozenBackbone):
         x = vit.norm(x)
         return x[:, 0]
 
+    family = "timm"
+
+    @property
+    def classifier_outputs(self) -> int:
+        return int(getattr(self.vit, "num_classes", 0) or 0)
+
+    def library_forward(self, images):
+        """timm's ``forward_features`` (final norm included), its CLS row, and ``forward_head`` where there is one."""
+        feats = self.vit.forward_features(images)
+        if not self.classifier_outputs:
+            return feats[:, 0], None
+        out = self.vit.forward_head(feats)
+        return feats[:, 0], (out[:, 0] if out.ndim == 3 else out)  # global_pool='': the CLS row predicts
+
     def _apply(self, fn, recurse=True):
         self._pos_cache = {}  # device/dtype moves invalidate cached resampled embeddings
         return super()._apply(fn, recurse)

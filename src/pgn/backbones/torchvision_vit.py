@@ -47,6 +47,28 @@ class TorchvisionViT(FrozenBackbone):
         self.preprocessing = Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=int(model.image_size))
         self.freeze()
 
+    family = "torchvision"
+
+    @property
+    def classifier_outputs(self) -> int:
+        layers = [m for m in self.vit.heads.modules() if isinstance(m, nn.Linear)]
+        return layers[-1].out_features if layers else 0  # heads is an Identity when built without one
+
+    @property
+    def served_size(self):
+        return (int(self.vit.image_size), int(self.vit.image_size))
+
+    def library_forward(self, images):
+        """torchvision's own ``forward``; the embedding is what enters ``heads``, read with a forward pre-hook
+        so that the library's code runs unchanged."""
+        seen = []
+        hook = self.vit.heads.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            out = self.vit(images)
+        finally:
+            hook.remove()
+        return seen[0], (out if self.classifier_outputs else None)
+
     def finetune_parameters(self):
         """The encoder: the model's own classifier (``heads``, kept for serving) is never trained."""
         head = {id(p) for p in self.vit.heads.parameters()}
