@@ -290,3 +290,26 @@ def test_mixture_ablation_measures_what_input_dependence_adds(tiny_vit, tmp_path
     train(build_classifier(cfg, tiny_vit, seed=0), cfg, spec(), quiet(lr=0.05), tmp_path / "run", log=lambda *_: None)
     row = read_metrics(tmp_path / "run")[-1]
     assert {"test_top1_mean_mixture", "test_top1_shuffled"} <= set(row)  # every PGN run's last epoch
+
+
+def test_the_monitor_copies_a_large_group_only_on_the_steps_it_measures():
+    """Fine-tuning's whole ViT is not cloned every step: a group over LARGE elements is measured every LARGE_EVERY."""
+    from pgn.training.monitor import OptimizerMonitor
+
+    torch.manual_seed(0)
+    small, large = torch.nn.Linear(4, 3), torch.nn.Linear(2048, 1000)  # 2,049,000 parameters: "large"
+    opt = torch.optim.SGD([{"params": small.parameters(), "name": "head"},
+                           {"params": large.parameters(), "name": "backbone"}], lr=0.1)
+    monitor = OptimizerMonitor(opt)
+    copied = []
+    for step in range(20):
+        opt.zero_grad()
+        (small(torch.randn(2, 4)).sum() + large(torch.randn(2, 2048)).sum()).backward()
+        monitor.before_step()
+        copied.append(monitor._before[1] is not None)
+        opt.step()
+        monitor.after_step()
+    assert copied == [s % OptimizerMonitor.LARGE_EVERY == 0 for s in range(20)]  # steps 0 and 16 only
+    assert monitor.counts["update/head"] == 20 and monitor.counts["update/backbone"] == 2
+    row = monitor.epoch_summary()
+    assert row["update/backbone"] > 0 and row["update/head"] > 0 and row["grad_norm/backbone"] > 0

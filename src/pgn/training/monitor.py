@@ -33,8 +33,15 @@ class OptimizerMonitor:
 
     plus, for a prompt generator, the mean normalised mixture entropy and largest coefficient
     of the training batches, and with clipping the mean factor the clip scaled gradients by.
-    Costs one copy of the trained parameters per step (negligible next to the frozen ViT).
+
+    The update needs a copy of the group's parameters before the step. For the prompts and heads
+    that is negligible next to the frozen ViT; a group larger than ``LARGE`` elements (fine-tuning's
+    whole backbone) is copied and measured on every ``LARGE_EVERY``-th step only, and its mean is
+    over those steps.
     """
+
+    LARGE = 2_000_000
+    LARGE_EVERY = 16
 
     def __init__(self, optimizer: torch.optim.Optimizer, generator: torch.nn.Module | None = None):
         self.optimizer = optimizer
@@ -43,8 +50,9 @@ class OptimizerMonitor:
 
     def reset(self) -> None:
         self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
         self.steps = 0
-        self._before: list[list[torch.Tensor]] = []
+        self._before: list[list[torch.Tensor] | None] = []
 
     def _groups(self):
         return [(g.get("name", str(i)), [p for p in g["params"] if p.requires_grad])
@@ -52,6 +60,11 @@ class OptimizerMonitor:
 
     def _add(self, key: str, value: float) -> None:
         self.sums[key] = self.sums.get(key, 0.0) + value
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def _measured(self, params) -> bool:
+        """Whether this step's update of a group is measured (always, unless the group is large)."""
+        return sum(p.numel() for p in params) <= self.LARGE or self.steps % self.LARGE_EVERY == 0
 
     @torch.no_grad()
     def before_step(self) -> None:
@@ -60,7 +73,7 @@ class OptimizerMonitor:
         for name, params in self._groups():
             grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
             self._add(f"grad_norm/{name}", float(torch.stack(grads).norm()) if grads else 0.0)
-            self._before.append([p.detach().clone() for p in params])
+            self._before.append([p.detach().clone() for p in params] if self._measured(params) else None)
         coeffs = getattr(self.generator, "last_coefficients", None)
         if coeffs is not None:
             for key, value in mixture_sharpness(coeffs).items():
@@ -73,6 +86,8 @@ class OptimizerMonitor:
     @torch.no_grad()
     def after_step(self) -> None:
         for (name, params), before in zip(self._groups(), self._before):
+            if before is None:  # a large group between its measured steps
+                continue
             delta = sum(float((p.detach() - b).float().pow(2).sum()) for p, b in zip(params, before))
             size = max(sum(float(b.float().pow(2).sum()) for b in before),
                        sum(float(p.detach().float().pow(2).sum()) for p in params))
@@ -82,6 +97,6 @@ class OptimizerMonitor:
 
     def epoch_summary(self) -> dict:
         """Means over the epoch's steps (as flat ``metrics.jsonl`` keys), then start a new epoch."""
-        out = {k: v / max(self.steps, 1) for k, v in sorted(self.sums.items())}
+        out = {k: v / max(self.counts[k], 1) for k, v in sorted(self.sums.items())}
         self.reset()
         return out
