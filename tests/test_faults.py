@@ -1,6 +1,7 @@
 """Fault injection: kills at every write of the checkpoint path, concurrent writers, malformed configs and
 checkpoints, decompression bombs, degenerate datasets. Each case checks the exact outcome: the exit code or
 error, the one-line message, and that the run directory is still loadable and consistent."""
+import importlib
 import io
 import json
 import os
@@ -184,6 +185,7 @@ def test_second_writer_from_the_cli_exits_2(tmp_path, tiny_weights, monkeypatch)
         assert r.returncode == 2
         assert f"in use by process {holder.pid}" in one_line_error(r)
         # ... and at once: before any backbone or dataset is built.
+        importlib.import_module("pgn.api")  # imported before the patches below, so that it binds the real functions
         from pgn.cli.main import main
 
         def no(*a, **k):

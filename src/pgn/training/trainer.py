@@ -8,29 +8,26 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import random
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 from tqdm.auto import tqdm
 
-from ..adapter import AdapterConfig, load_adapter, save_adapter
+from ..adapter import AdapterConfig, save_adapter
 from ..data import DataSpec
 from ..data.base import check_classes
 from ..errors import DivergedError, PGNError
-from ..files import LOCK_FILE, RUN_MARKER, check_owned, mark_owned, run_lock, write_json
+from ..files import LOCK_FILE, check_owned, run_lock
 from ..model import PromptedClassifier
 from ..precision import autocast, resolve
-from ..precision import check as check_precision
-from .checkpoint import METRICS_FILE, checkpoint_rows, latest_checkpoint, load_state, read_metrics, repair, save_checkpoint
+from .checkpoint import latest_checkpoint, read_metrics, save_checkpoint
+from .config import TrainConfig, seed_everything
 from .distributed import (
     DataParallelModel,
     DistContext,
@@ -38,102 +35,15 @@ from .distributed import (
     all_reduce_sum,
     barrier,
     broadcast_object,
-    gather_objects,
     init_distributed,
 )
 from .evaluate import evaluate, has_mixtures, mixture_ablation, topk_correct
 from .monitor import OptimizerMonitor
+from .resume import restore, trainer_state
+from .run_dir import check_run_dir, remove_new_run, write_run_config
 from .schedule import warmup_cosine
 
 logger = logging.getLogger(__name__)
-LR_SCALINGS = ("none", "linear")
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings. The defaults are the official PGN code's recipe for prompt methods.
-
-    SGD momentum 0.9, lr 0.1 for everything that is trained (the head too: the official
-    supervised-ViT run trains its head at the prompts' rate), no weight decay, no gradient
-    clipping, linear warm-up over the first half of the run, then cosine to lr/100, 100 epochs.
-    The one deviation, the normalised linear head, belongs to the adapter (``head_norm``);
-    see docs/results.md. ``TrainConfig.paper()`` states the recipe explicitly.
-    """
-
-    epochs: int = 100
-    batch_size: int = 32
-    lr: float = 0.1                   # prompts (generator + library, or IIP vectors, or VP pixels)
-    head_lr: float | None = None      # linear head; None: tied to ``lr`` (paper)
-    backbone_lr: float | None = None  # full fine-tuning only; defaults to ``lr``
-    optimizer: str = "sgd"            # "sgd" (momentum 0.9, paper) or "adamw"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    warmup_epochs: float | None = None  # None: half the run (paper: 50 of 100 epochs)
-    final_lr_ratio: float = 0.01      # cosine decays to lr * final_lr_ratio (paper: lr/100)
-    grad_clip: float | None = None    # max global grad norm; None: no clipping (paper)
-    head_init: str = "default"        # linear head: "default" (PyTorch's init) or "zero" (an ablation)
-    precision: str = "fp32"           # "fp32", "bf16" (autocast) or "auto" (bf16 where native), resolved at the start
-    seed: int = 0
-    num_workers: int = 0
-    device: str = "cpu"
-    progress: bool = True
-    cache_features: bool = True       # linear probe on un-augmented data: run the frozen ViT once
-    # Data-parallel runs (torchrun): ``batch_size`` is per process, the global batch is batch_size x processes.
-    # "none": the learning rates are used as given (they are for the global batch);
-    # "linear": they are multiplied by the number of processes (Goyal et al., 2017).
-    lr_scaling: str = "none"
-
-    def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise PGNError(f"epochs and batch size must be >= 1 (got {self.epochs}, {self.batch_size})")
-        if not (self.lr > 0) or (self.head_lr is not None and not self.head_lr > 0):
-            raise PGNError(f"learning rates must be positive (got lr={self.lr}, head_lr={self.head_lr})")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise PGNError(f"unknown optimizer {self.optimizer!r}; choose sgd or adamw")
-        if self.lr_scaling not in LR_SCALINGS:
-            raise PGNError(f"unknown lr scaling {self.lr_scaling!r}; choose none or linear")
-        if self.head_init not in ("default", "zero"):
-            raise PGNError(f"unknown head init {self.head_init!r}; choose default or zero")
-        check_precision(self.precision)
-        # Numbers that would quietly wreck a run (a negative clip reverses every step) are refused here.
-        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
-            raise PGNError(f"grad_clip must be a positive number or None (no clipping), got {self.grad_clip}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise PGNError(f"weight decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.momentum < 1:
-            raise PGNError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not 0 <= self.final_lr_ratio <= 1:
-            raise PGNError(f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
-        if self.num_workers < 0:
-            raise PGNError(f"data-loading workers must be >= 0, got {self.num_workers}")
-        for name in ("lr", "head_lr", "backbone_lr"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise PGNError(f"{name} must be a positive finite number, got {value}")
-        if self.warmup_epochs is not None and not self.warmup_epochs >= 0:
-            raise PGNError(f"warm-up epochs must be >= 0, got {self.warmup_epochs}")
-
-    @classmethod
-    def paper(cls, **overrides) -> "TrainConfig":
-        """The official code's recipe, spelled out (equal to the defaults)."""
-        recipe = dict(epochs=100, lr=0.1, head_lr=None, optimizer="sgd", momentum=0.9, weight_decay=0.0,
-                      warmup_epochs=50.0, final_lr_ratio=0.01, grad_clip=None, head_init="default")
-        return cls(**{**recipe, **overrides})
-
-    @property
-    def warmup(self) -> float:
-        """Warm-up length in epochs (half the run unless set)."""
-        return self.epochs / 2 if self.warmup_epochs is None else self.warmup_epochs
-
-    def lr_scale(self, world_size: int) -> int:
-        """What the learning rates are multiplied by when training on ``world_size`` processes."""
-        return world_size if self.lr_scaling == "linear" else 1
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _param_groups(model: PromptedClassifier) -> dict[str, nn.Module]:
@@ -236,18 +146,8 @@ def train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec,
             return _train(model, adapter_cfg, data, cfg, run_dir, resume, log or logger.info, ctx)
         except Exception:
             if new and latest_checkpoint(run_dir) is None:
-                _remove_new_run(run_dir)  # a run that failed before its first epoch leaves nothing behind
+                remove_new_run(run_dir)  # a run that failed before its first epoch leaves nothing behind
             raise
-
-
-def _remove_new_run(run_dir: Path) -> None:
-    """Remove what a new run wrote before failing (config.json, the marker, the lock file; the folder if empty)."""
-    for name in ("config.json", METRICS_FILE, RUN_MARKER, LOCK_FILE):
-        (run_dir / name).unlink(missing_ok=True)
-    try:
-        run_dir.rmdir()
-    except OSError:
-        pass  # it holds something else: leave it
 
 
 def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec, cfg: TrainConfig, run_dir: Path,
@@ -256,7 +156,7 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
     main, world = ctx.is_main, ctx.world_size
     log = log if main else _quiet
     progress = cfg.progress and main
-    _check_run_dir(run_dir, resume, ctx)
+    check_run_dir(run_dir, resume, ctx)
     # "auto" becomes what runs on this device, once; config.json records the answer.
     cfg = dataclasses.replace(cfg, precision=resolve(cfg.precision, ctx.device))
     seed_everything(cfg.seed)  # the same on every rank
@@ -274,9 +174,9 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
                               round(cfg.warmup * steps_per_epoch), cfg.final_lr_ratio)
     if ctx.distributed:
         log(_lr_rule(cfg, world, optimizer))
-    start_epoch, rows = _restore(model, optimizer, scheduler, run_dir, cfg, ctx, log) if resume else (0, [])
+    start_epoch, rows = restore(model, optimizer, scheduler, run_dir, cfg, ctx, log) if resume else (0, [])
     if main:
-        _write_run_config(run_dir, model, adapter_cfg, data, cfg, ctx, batches.augment, scale)
+        write_run_config(run_dir, model, adapter_cfg, data, cfg, ctx, batches.augment, scale)
     barrier()
 
     if not resume and cfg.head_init == "zero" and hasattr(model.head, "fc"):
@@ -310,7 +210,7 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
             log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_top1']:.4f}  "
                 f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:.4f}{top5}  ({train_time:.0f}s)")
             rows.append(row)
-            state = _trainer_state(optimizer, scheduler, epoch, ctx)
+            state = trainer_state(optimizer, scheduler, epoch, ctx)
             if main:
                 # Weights, trainer state and every metrics row so far, as one directory renamed into place.
                 save_checkpoint(run_dir, epoch + 1, lambda d: save_adapter(model, adapter_cfg, d), state, rows)
@@ -321,27 +221,6 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
         rows = read_metrics(run_dir) if main else []
         row = broadcast_object(rows[-1] if rows else {})
     return row
-
-
-def _check_run_dir(run_dir: Path, resume: bool, ctx: DistContext) -> None:
-    """Refuse to start over a run, or to resume nothing; rank 0 looks and tells every rank."""
-    problem = None
-    if ctx.is_main:  # the others may not even share its disk
-        # Under the lock: clear what a killed writer left and re-derive metrics.jsonl from the last checkpoint.
-        checkpoint = repair(run_dir)
-        if resume:
-            if checkpoint is None:
-                problem = (f"cannot resume: {run_dir} holds no finished epoch (no checkpoint); start a new run "
-                           "instead (without `resume`)")
-        elif checkpoint is not None or (run_dir / METRICS_FILE).exists():
-            problem = (f"{run_dir} already holds a run; resume it (`resume`) or choose another "
-                       "run directory")
-    problem = broadcast_object(problem)
-    if problem:
-        raise PGNError(problem)
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        mark_owned(run_dir)
 
 
 @dataclass
@@ -396,61 +275,6 @@ def _prepare_data(model: PromptedClassifier, data: DataSpec, cfg: TrainConfig, c
     return _Batches(net=model.head if use_cache else model, train=train_loader,
                     test=_loader(test_set, cfg, shuffle=False), sampler=sampler, n_test=n_test,
                     use_cache=use_cache, augment=augment, cfg=cfg)
-
-
-def _restore(model: PromptedClassifier, optimizer, scheduler, run_dir: Path, cfg: TrainConfig, ctx: DistContext,
-             log) -> tuple[int, list[dict]]:
-    """Load the last checkpoint's weights, optimizer, scheduler and RNG states; (first epoch to run, rows so far)."""
-    device, world = ctx.device, ctx.world_size
-    if ctx.distributed:
-        weights, state, rows = _load_resume_shared(model, run_dir, ctx)
-    else:
-        checkpoint = latest_checkpoint(run_dir)
-        state = load_state(checkpoint, device)
-        loaded, _ = load_adapter(checkpoint, backbone=model.backbone, map_location=device)
-        weights = loaded.trainable_modules().state_dict()
-        rows = checkpoint_rows(checkpoint)
-    model.trainable_modules().load_state_dict(weights)
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-    except ValueError as e:
-        raise PGNError(f"cannot resume {run_dir}: its optimizer state does not fit this version's parameter "
-                       f"groups ({e}); start a new run") from e
-    scheduler.load_state_dict(state["scheduler"])
-    start_epoch = int(state["epoch"]) + 1
-    if ctx.distributed:
-        trained_on = int(state.get("world_size", 1))
-        per_rank = state.get("rng_per_rank")
-        if per_rank is not None and len(per_rank) == world:
-            torch.set_rng_state(per_rank[ctx.rank])
-        else:
-            seed_everything(cfg.seed + ctx.rank + 1_000 * start_epoch)
-        if trained_on != world:
-            log(f"note: this run was trained on {trained_on} process(es) and resumes on {world}: the data order "
-                f"and steps per epoch change, the learning rates stay those of the checkpoint")
-    else:
-        _set_rng(state)
-    if start_epoch >= cfg.epochs:
-        log(f"{run_dir} has finished all {start_epoch} of its epochs; nothing to train (ask for more epochs to "
-            "extend it)")
-    else:
-        log(f"resuming {run_dir} at epoch {start_epoch + 1}/{cfg.epochs}")
-    return start_epoch, rows
-
-
-def _write_run_config(run_dir: Path, model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec,
-                      cfg: TrainConfig, ctx: DistContext, augment: bool, scale: int) -> None:
-    config = {
-        "adapter": adapter_cfg.to_dict(), "train": asdict(cfg), "augment": augment,
-        "dataset": {"name": data.name, "train_size": len(data.train), "test_size": len(data.test),
-                    "num_classes": len(data.class_names)},
-        "data": data.recipe,  # how the data was built: a resumed run rebuilds the same images (pgn.api.resume)
-        "trainable_parameters": model.num_trainable(),
-    }
-    if ctx.distributed:
-        config["distributed"] = {"world_size": ctx.world_size, "global_batch_size": ctx.world_size * cfg.batch_size,
-                                 "lr_scale": scale}
-    write_json(run_dir / "config.json", config)
 
 
 def _train_epoch(model: PromptedClassifier, batches: _Batches, parts: DataParallelModel, optimizer, scheduler,
@@ -508,16 +332,6 @@ def _monitor_stats(monitor: OptimizerMonitor, ctx: DistContext) -> dict:
     return {k: float(f"{v:.5g}") for k, v in stats.items()}
 
 
-def _trainer_state(optimizer, scheduler, epoch: int, ctx: DistContext) -> dict:
-    """Optimizer, scheduler and RNG states after ``epoch`` (every rank's torch RNG when distributed)."""
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-             **_rng_states()}
-    if ctx.distributed:
-        state["rng_per_rank"] = gather_objects(torch.get_rng_state())
-        state["world_size"] = ctx.world_size
-    return state
-
-
 def _lr_rule(cfg: TrainConfig, world: int, optimizer: torch.optim.Optimizer) -> str:
     """One line stating the batch and learning-rate rule of a data-parallel run."""
     lrs = {g.get("name", ""): g.get("initial_lr", g["lr"]) for g in optimizer.param_groups}  # before warm-up
@@ -526,42 +340,6 @@ def _lr_rule(cfg: TrainConfig, world: int, optimizer: torch.optim.Optimizer) -> 
     others = ", ".join(f"{name} lr {value:g}" for name, value in lrs.items() if value != base)
     return (f"global batch {world * cfg.batch_size} = {world} x {cfg.batch_size}; {lr}"
             f"{'; ' + others if others else ''} (scaling: {cfg.lr_scaling})")
-
-
-def _rng_states() -> dict:
-    """Every random generator a training step may draw from (torch, Python, NumPy), in a weights-only form."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"rng": torch.get_rng_state(), "py_rng": random.getstate(),
-            "np_rng": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
-                       float(cached)]}
-
-
-def _set_rng(state: dict) -> None:
-    torch.set_rng_state(state["rng"])
-    if "py_rng" in state:  # checkpoints from before they were saved hold torch's alone
-        version, internal, gauss = state["py_rng"]
-        random.setstate((version, tuple(internal), gauss))
-    if "np_rng" in state:
-        name, keys, pos, has_gauss, cached = state["np_rng"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-
-
-def _load_resume_shared(model: PromptedClassifier, run_dir: Path, ctx: DistContext) -> tuple[dict, dict, list]:
-    """Rank 0 reads the last checkpoint and sends it to every rank (no shared disk needed)."""
-    payload = None
-    if ctx.is_main:
-        try:
-            checkpoint = latest_checkpoint(run_dir)
-            state = load_state(checkpoint)
-            loaded, _ = load_adapter(checkpoint, backbone=model.backbone, map_location="cpu")
-            payload = {"weights": loaded.trainable_modules().state_dict(), "state": state,
-                       "rows": checkpoint_rows(checkpoint)}
-        except PGNError as e:
-            payload = {"error": str(e)}
-    payload = broadcast_object(payload)
-    if "error" in payload:
-        raise PGNError(payload["error"])
-    return payload["weights"], payload["state"], payload["rows"]
 
 
 def _check_finite(loss: torch.Tensor, ctx: DistContext, epoch: int, step: int, run_dir: Path) -> None:
