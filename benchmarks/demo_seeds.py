@@ -104,7 +104,27 @@ def strip_plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def render(table: dict, meta: dict, out: Path) -> None:
+def diagnostics(results: dict) -> list[str]:
+    """Per PGN seed, from its recorded epoch rows: where the train loss rose, and how large the library's steps
+    were. A run that falls shows it here (the warm-up ends at epoch EPOCHS / 2, the peak rate)."""
+    lines = ["| precision | seed | test top-1 | test top-1 by epoch | largest train-loss rise (epoch) | "
+             "largest library update (epoch) | largest library grad norm |", "|---|---|---|---|---|---|---|"]
+    for p, by_method in results.items():
+        for seed, r in enumerate(by_method.get("pgn", [])):
+            if not r or not r.get("epochs"):
+                continue
+            rows = r["epochs"]
+            rises = [(rows[i]["train_loss"] - rows[i - 1]["train_loss"], i + 1) for i in range(1, len(rows))]
+            rise, at = max(rises) if rises else (0.0, 1)
+            upd = max((row.get("update/library", 0.0), i + 1) for i, row in enumerate(rows))
+            grad = max(row.get("grad_norm/library", 0.0) for row in rows)
+            lines.append(f"| {p} | {seed} | {100 * r['top1']:.2f} | "
+                         + ", ".join(f"{100 * row['test_top1']:.1f}" for row in rows)
+                         + f" | {rise:+.3f} ({at}) | {upd[0]:.4f} ({upd[1]}) | {grad:.2f} |")
+    return lines
+
+
+def render(table: dict, meta: dict, out: Path, results: dict | None = None) -> None:
     lines = ["# `make demo` over seeds", "",
              f"Command: `{meta['command']}` ({meta['machine']}; {meta['seconds_of_all_runs']:,} s of training and "
              "testing in all). Each run is what `pgn demo --seed S --precision P` trains: ELPV, the stratified "
@@ -131,6 +151,12 @@ def render(table: dict, meta: dict, out: Path) -> None:
         for method, s in by_method.items():
             lines.append(f"- {p} {method}: " + ", ".join(f"{100 * a:.2f}" for a in s["test_top1"]))
     lines += ["", "![one dot per seed](demo-seeds.png)", ""]
+    if results:
+        lines += ["## What a falling seed looks like", "",
+                  "Computed from each PGN run's recorded epoch rows (docs/records/demo-seeds). The warm-up peaks "
+                  f"at epoch {EPOCHS / 2:g}; a seed that falls shows the train loss rising there and the token "
+                  "library taking steps several times larger than in the other seeds (relative update size, "
+                  "`update/library`).", ""] + diagnostics(results) + [""]
     with atomic_path(out) as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")
 
@@ -164,7 +190,7 @@ def main() -> int:
     out = Path(args.out)
     write_json(out.with_suffix(".json"), {"meta": meta, "summary": table})
     strip_plot(results, out.with_suffix(".png"))
-    render(table, meta, out.with_suffix(".md"))
+    render(table, meta, out.with_suffix(".md"), results)
     print(json.dumps({p: {m: {k: s[k] for k in ("seeds", "median", "worst", "best")} for m, s in by_m.items()}
                       for p, by_m in table.items()}, indent=1))
     print(f"report: {out.with_suffix('.md')}")
