@@ -26,6 +26,8 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "once: long end-to-end tests that run in the CPU's own pass only (CI's "
                                        "second pass, with the other bf16 answer forced, leaves them out)")
+    config.addinivalue_line("markers", "fp32_only: never asks the CPU whether it has native bf16 (the library's "
+                                       "fp32 defaults): checked in the first pass, left out of the forced second")
     answer = config.getoption("--assume-native-bf16")
     if answer is not None:
         os.environ["PGN_NATIVE_BF16"] = "1" if answer == "yes" else "0"
@@ -35,9 +37,25 @@ def pytest_collection_modifyitems(config, items):
     if config.getoption("--assume-native-bf16") is None:
         return
     skip = pytest.mark.skip(reason="a long end-to-end test: it runs in the pass with the CPU's own bf16 answer")
+    same = pytest.mark.skip(reason="fp32 by construction (checked in the first pass): the bf16 answer cannot change it")
     for item in items:
         if "once" in item.keywords:
             item.add_marker(skip)
+        elif "fp32_only" in item.keywords:
+            item.add_marker(same)
+
+
+@pytest.fixture(autouse=True)
+def _fp32_only_never_asks_for_bf16(request, monkeypatch):
+    """A test marked ``fp32_only`` fails if anything in it resolves a precision from the CPU's bf16 answer:
+    what makes leaving it out of the forced pass safe is checked on every run of the first pass."""
+    if "fp32_only" in request.keywords:
+        import pgn.precision
+
+        def asked(*_a, **_k):
+            raise AssertionError("a test marked fp32_only asked whether the CPU has native bf16; remove the mark")
+
+        monkeypatch.setattr(pgn.precision, "native_bf16", asked)
 
 
 def pytest_report_header(config):

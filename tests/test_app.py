@@ -23,6 +23,9 @@ from pgn.serving import create_app
 from pgn.serving.background import BackgroundServer
 from pgn.serving.models import served_model
 
+# The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
+pytestmark = pytest.mark.fp32_only
+
 CHROMIUM = os.environ.get("PGN_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 

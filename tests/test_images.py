@@ -9,6 +9,9 @@ from pgn import PGNError
 from pgn.data.base import load_image, to_rgb
 from pgn.data.transforms import ToRGB
 
+# The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
+pytestmark = pytest.mark.fp32_only
+
 GREY = np.arange(0, 256, dtype=np.uint8).reshape(16, 16)  # every 8-bit value once
 
 

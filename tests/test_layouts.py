@@ -10,6 +10,9 @@ from pgn.layouts import ExtendLayout, FrameLayout, invert_tokens, make_layout, p
 from pgn.methods import PGNConfig
 from pgn.prompts import GeneratorConfig
 
+# The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
+pytestmark = pytest.mark.fp32_only
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 

@@ -14,6 +14,9 @@ from pgn import PGNError
 from pgn.adapter import CONFIG_FILE, FORMAT_VERSION, AdapterConfig, read_adapter_config
 from pgn.methods import LIBRARY_SIZE, NUM_PROMPTS, MethodParts, PGNConfig, get_method, list_methods, method_config_dict, register_method
 
+# The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
+pytestmark = pytest.mark.fp32_only
+
 # Small options for each method's own fields (the rest: the method's defaults). A method registered later
 # needs no entry here: the suite runs it with its defaults.
 SMALL = {"pgn": dict(num_prompts=2, library_size=4, widths=(4, 4, 4, 4)), "iip": dict(num_prompts=2),

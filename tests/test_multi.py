@@ -1,4 +1,5 @@
 """One PGN over several datasets: shared generator and library, a head per dataset."""
+import pytest
 import torch
 from helpers import RandomImages
 
@@ -8,6 +9,9 @@ from pgn.data import DataSpec
 from pgn.methods import PGNConfig
 from pgn.multi import MultiDatasetHead, combine
 from pgn.training import TrainConfig, train
+
+# The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
+pytestmark = pytest.mark.fp32_only
 
 
 def two_specs():

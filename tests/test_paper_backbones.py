@@ -13,6 +13,9 @@ from pgn import PGNError
 from pgn.backbones import OpenCLIPViT, TimmViT, TorchvisionViT, create_backbone, hub
 from pgn.heads import ClipZeroShotHead
 
+# The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
+pytestmark = pytest.mark.fp32_only
+
 open_clip = pytest.importorskip("open_clip")
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")

@@ -17,6 +17,9 @@ from pgn.data.base import DEFAULT_TEMPLATE
 from pgn.data.paper import COOP, PAPER_DATASETS, _clevr_scenes, data_root, paper_name
 from pgn.errors import PGNError
 
+# The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
+pytestmark = pytest.mark.fp32_only
+
 S = 32  # item size: small keeps the tests fast
 
 

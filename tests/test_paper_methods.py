@@ -10,6 +10,9 @@ from pgn.adapter import AdapterConfig, build_classifier, import_official, load_a
 from pgn.backbones import OpenCLIPViT, TorchvisionViT
 from pgn.methods import PGNConfig, VPConfig, method_config_of
 
+# The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
+pytestmark = pytest.mark.fp32_only
+
 CLASSES = ["airplane", "automobile", "bird"]
 
 

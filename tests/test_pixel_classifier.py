@@ -9,6 +9,9 @@ from pgn.data import DataSpec
 from pgn.heads import LabelMapHead, frequency_label_map
 from pgn.training import fit_label_map
 
+# The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
+pytestmark = pytest.mark.fp32_only
+
 CNN = "test-cnn-timm"  # timm test_efficientnet, random init, 64 px input, 8 px canvas cells
 SMALL_PGN = dict(num_prompts=4, library_size=8, widths=(4, 4, 4, 4), generator_size=32, layout="frame",
                  library_space="pixel")

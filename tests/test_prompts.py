@@ -5,6 +5,9 @@ from conftest import OFFICIAL, needs_official
 from pgn import PGNError
 from pgn.prompts import GeneratorConfig, InputIndependentPrompts, PromptGenerator, load_official
 
+# The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
+pytestmark = pytest.mark.fp32_only
+
 # file -> (width D, trainable parameters stated for the release)
 RELEASED = {
     "pgn_clip_cifar10.pt": (768, 1_032_304),

@@ -6,6 +6,9 @@ import pgn
 from pgn import PGNError
 from pgn.backbones import create_backbone, list_backbones, register_backbone
 
+# The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
+pytestmark = pytest.mark.fp32_only
+
 TEST_MODELS = ("test-vit-timm", "test-vit-clip", "test-vit-torchvision")
 
 

@@ -10,6 +10,9 @@ from pgn.adapter import AdapterConfig, build_classifier, load_adapter, save_adap
 from pgn.methods import LinearConfig, PGNConfig
 from pgn.training import TrainConfig, evaluate, read_metrics, train, warmup_cosine
 
+# The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
+pytestmark = pytest.mark.fp32_only
+
 
 @pytest.mark.parametrize("method", ALL_TRAINED)
 def test_one_step_gradients_only_where_they_belong(tiny_vit, method):
