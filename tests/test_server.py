@@ -18,7 +18,7 @@ from pgn.backbones import TimmViT  # noqa: E402
 from pgn.errors import PGNError  # noqa: E402
 from pgn.serving import EmbeddingClient, create_app, serve  # noqa: E402
 from pgn.serving.background import BackgroundServer  # noqa: E402
-from pgn.serving.server import _bind, _is_loopback  # noqa: E402
+from pgn.serving.net import bind, is_loopback  # noqa: E402
 
 MAX_UPLOAD = 64 * 1024
 MAX_SIDE = 256
@@ -224,8 +224,8 @@ def test_client_errors(server):
 
 
 def test_serve_helpers():
-    assert _is_loopback("127.0.0.1") and _is_loopback("localhost") and _is_loopback("::1")
-    assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.10")
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10")
     with pytest.raises(PGNError, match="unknown backbone"):
         serve("no-such-backbone")
     busy = socket.socket()
@@ -233,7 +233,7 @@ def test_serve_helpers():
     busy.listen()
     try:
         with pytest.raises(PGNError, match="cannot listen on 127.0.0.1.*another `port`"):
-            _bind("127.0.0.1", busy.getsockname()[1])
+            bind("127.0.0.1", busy.getsockname()[1])
     finally:
         busy.close()
 

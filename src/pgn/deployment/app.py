@@ -154,9 +154,8 @@ def dataset_samples(name: str, n: int = 12) -> list[tuple[str, bytes]]:
 
 def run_app(adapter: str, api: str, samples: str | None = None, host: str = "127.0.0.1", port: int = 7860) -> None:
     """Serve the page until interrupted (blocks)."""
-    import uvicorn
 
-    from ..serving.server import _bind, _is_loopback
+    from ..serving.net import bind, is_loopback, run_app
 
     remote = RemoteClassifier(adapter, api)
     dataset = remote.composer.config.get("dataset")
@@ -171,16 +170,13 @@ def run_app(adapter: str, api: str, samples: str | None = None, host: str = "127
     else:
         offered = []
     app = create_page_app(remote, offered)
-    if not _is_loopback(host):
+    if not is_loopback(host):
         log.warning(f"warning: serving the page on {host}, which is not a loopback address")
-    sock = _bind(host, port)
+    sock = bind(host, port)
     log.info(f"page on http://{host}:{sock.getsockname()[1]} (adapter {adapter}, model API {api})")
     try:
-        from ..serving.http_protocol import json_error_protocol
-
-        uvicorn.Server(uvicorn.Config(app, log_level="warning", http=json_error_protocol())).run(sockets=[sock])
+        run_app(app, sock, log_level="warning")
     finally:
-        sock.close()
         remote.close()
 
 

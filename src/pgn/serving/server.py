@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import ipaddress
 import logging
-import socket
 from typing import Any
 
 import numpy as np
@@ -53,6 +51,7 @@ from ..precision import check as check_precision
 from ..precision import resolve as resolve_precision
 from .batching import Batcher
 from .models import ServedModel, served_model
+from .net import bind, is_loopback, run_app
 
 log = logging.getLogger(__name__)
 __all__ = ["create_app", "serve", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MAX_SIDE", "DEFAULT_MAX_BATCH"]
@@ -389,33 +388,6 @@ def create_app(
     return app
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """Bind the listening socket ourselves so a busy port is a one-line PGNError, not a log + exit."""
-    try:
-        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise PGNError(f"cannot resolve host {host!r} ({e.strerror}); pass an address such as `host=127.0.0.1`") from None
-    family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-    except OSError as e:
-        sock.close()
-        raise PGNError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another `port`") from None
-    sock.set_inheritable(True)
-    return sock
-
-
 def serve(
     backbone_name: str,
     weights: str | None = None,
@@ -437,8 +409,6 @@ def serve(
     ``classes_file`` (class names, one per line, optional ``template:`` first line) makes the server a
     hosted classifier: ``/classify`` answers class scores (CLIP: its zero-shot head) and no embedding.
     """
-    import uvicorn
-
     from ..backbones import create_backbone
     from .models import read_class_file
 
@@ -449,20 +419,13 @@ def serve(
     app = create_app(model, max_upload_bytes=max_upload_bytes, max_side=max_side, scores_only=classes is not None,
                      precision=precision, forward_batch=forward_batch, max_wait_ms=max_wait_ms,
                      max_request_pixels=max_request_pixels)
-    if not _is_loopback(host):
+    if not is_loopback(host):
         log.warning(f"warning: serving on {host}, which is not a loopback address: anyone who can reach this "
                     "machine can use the model (there is no authentication); use `host=127.0.0.1` to keep it local")
-    sock = _bind(host, port)
+    sock = bind(host, port)
     shown = f"[{host}]" if ":" in host else host
     what = f"class scores over {len(classes)} classes" if classes else "embeddings"
     log.info(f"serving {backbone.name} ({model.family}, {what}) on http://{shown}:{sock.getsockname()[1]} "
              f"(patch {model.patch_size}, sides up to {max_side}, uploads up to {max_upload_bytes} bytes, "
              f"{app.state.batcher.max_batch} images per forward, precision {app.state.precision})")
-    from .http_protocol import json_error_protocol
-
-    config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("debug", "trace"),
-                            http=json_error_protocol())
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        sock.close()
+    run_app(app, sock, log_level=log_level)
