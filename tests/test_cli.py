@@ -250,7 +250,31 @@ MISUSE = {
                                             "--test-limit", "8"], "std finite and positive"),
     "adapter img_size huge": (lambda t, r, w: ["eval", _adapter_without(t, r, change={"img_size": 16_000_000_000}),
                                                "--test-limit", "8"], "bound of 4096"),
+    # Numbers that would wreck a run, refused before any file is written; a run that diverges anyway stops.
+    "grad clip negative": (lambda t, r, w: ["train", "--grad-clip", "-1", "--out", t / "run", *_tiny(w)],
+                           "grad_clip must be a positive number"),
+    "weight decay negative": (lambda t, r, w: ["train", "--weight-decay", "-1", "--out", t / "run", *_tiny(w)],
+                              "weight decay must be >= 0"),
+    "workers negative": (lambda t, r, w: ["train", "--workers", "-1", "--out", t / "run", *_tiny(w)],
+                         "workers must be >= 0"),
+    "lr infinite": (lambda t, r, w: ["train", "--lr", "inf", "--out", t / "run", *_tiny(w)],
+                    "lr must be a positive finite number"),
+    "lr that diverges": (lambda t, r, w: ["train", "--lr", "1e6", "--epochs", "6", "--batch-size", "16",
+                                          "--precision", "fp32", "--out", t / "run", *_tiny(w)], "diverged"),
+    # Devices this machine lacks; weights that are not weights.
+    "device absent": (lambda t, r, w: ["eval", r, "--device", "mps", "--test-limit", "8"], "MPS is not available"),
+    "device unknown": (lambda t, r, w: ["eval", r, "--device", "nonsense", "--test-limit", "8"],
+                       "unknown device 'nonsense'"),
+    "weights file corrupt": (lambda t, r, w: ["train", *_tiny(_garbage(t)), "--out", t / "run"], "garbage.safetensors"),
+    "weights file missing": (lambda t, r, w: ["train", *_tiny(t / "nope.safetensors"), "--out", t / "run"],
+                             "does not exist"),
 }
+
+
+def _garbage(tmp_path):
+    f = tmp_path / "garbage.safetensors"
+    f.write_bytes(b"{}not a safetensors file")
+    return f
 
 
 def _file(tmp_path):

@@ -74,7 +74,9 @@ def _create_timm(model_name: str, weights: str | None):
         return timm.create_model(model_name, pretrained=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - a foreign or truncated file (safetensors raises its own type)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PGNError(f"could not load weights for timm:{model_name}: {first[:300]}") from e
+        source = f" from {weights}" if weights is not None else ""
+        raise PGNError(f"could not load weights for timm:{model_name}{source}: {first[:300]}; pass a .safetensors "
+                       "or .pth file of this model as `weights=PATH`") from e
 
 
 def list_backbones(include_test: bool = False) -> list[str]:
