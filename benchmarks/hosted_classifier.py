@@ -230,7 +230,8 @@ def render(results: dict, wall: float) -> str:
              "- PGN and IIP use the frame layout with K = 16 prompt patches of 16 px in the border cells; PGN's "
              "generator sees the image at 64 px and mixes a library of N = 128 RGB patches. VP learns a "
              f"{max(1, round(30 * IMG / 224))} px pixel frame (Bahng et al.'s 30 px at 224, scaled).",
-             f"- Rates chosen by the top-1 through the endpoint on a stratified 20 % validation split (seed 0) from {', '.join(f'{m}: {r}' for m, r in RATES.items())}; "
+             "- Rates chosen by the top-1 through the endpoint on a stratified 20 % validation split (seed 0) "
+             f"from {', '.join(f'{m}: {r}' for m, r in RATES.items())}; "
              f"test top-1 over {SEEDS} seeds (mean ± sample std), through the endpoint.", ""]
     for task, methods in results.items():
         lines += [f"## {task}", "", "| method | trainable parameters | rate (validation top-1) | test top-1 through "
