@@ -115,6 +115,43 @@ def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out
     return _train_loop(model, cfg, data, recipe, out, resume=resume)
 
 
+def train_run(backbone: str, method: MethodConfig, datasets: str | Sequence[str], config: TrainConfig,
+              out: str | Path | None = None, *, weights: str | None = None, img_size: int = 112,
+              augment: bool = False, train_limit: int | None = None, test_limit: int | None = None,
+              root: str | None = None, download: bool = False, log=print) -> tuple[dict, Path]:
+    """A new run from its settings, as ``pgn train`` starts one: the backbone by name, the data (one dataset
+    or several combined, ``"elpv,digits"``), the model of ``method`` drawn from ``config.seed``, then training
+    into ``out`` (default ``runs/<method>-<dataset>-<time>``). Returns (the last epoch's metrics, the run).
+
+    The ``train_limit``/``test_limit`` subsets are drawn with ``config.seed``, as :func:`train` draws them.
+    """
+    from .files import check_not_in_use
+
+    if out is not None:
+        check_not_in_use(out)  # a second writer is refused now, not after the data and model are built
+    bb = create_backbone(backbone, weights)
+    patch = bb.patch_size
+    if img_size < patch or img_size % patch:
+        raise PGNError(f"`img_size` {img_size} must be a positive multiple of the backbone's patch size {patch}")
+    pre = bb.preprocessing
+    data, parts = build_data(datasets, img_size=img_size, mean=pre.mean, std=pre.std, augment=augment,
+                             train_limit=train_limit, test_limit=test_limit, seed=config.seed, root=root,
+                             download=download)
+    if getattr(method, "head", None) == "zeroshot" and getattr(method, "template", None) is None:
+        method = dataclasses.replace(method, template=data.template)  # the zero-shot head reads the data's prompt
+    cfg = adapter_config(bb, method, data.class_names, img_size=img_size, dataset=data.name, backbone_weights=weights,
+                         extra={"datasets": parts} if parts else None)  # several datasets: a head each
+    model = build_classifier(cfg, bb, seed=config.seed)  # the run's seed draws the init too
+    safe = data.name.replace(":", "_").replace("/", "_")
+    out = Path(out) if out is not None else Path("runs") / f"{cfg.method}-{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    log(f"backbone {bb.name}: {bb.description}")
+    log(f"dataset {data.name}: {len(data.train)} train / {len(data.test)} test, {len(data.class_names)} classes, "
+        f"{img_size}px")
+    log(f"trainable parameters: {model.num_trainable():,} (backbone {sum(p.numel() for p in bb.parameters()):,}, "
+        "frozen)")
+    return _train_loop(model, cfg, data, config, out, resume=False, log=log), out
+
+
 def build_data(names: str | Sequence[str], *, img_size: int, mean: Sequence[float], std: Sequence[float],
                augment: bool = False, train_limit: int | None = None, test_limit: int | None = None, seed: int = 0,
                root: str | None = None, download: bool = False) -> tuple[DataSpec, list[dict] | None]:

@@ -315,9 +315,6 @@ def _dataset(args, name: str, img_size: int, mean, std, augment: bool = False, t
                          download=getattr(args, "download", False))
 
 
-def _check_size(img_size: int, patch: int) -> None:
-    if img_size < patch or img_size % patch:
-        raise PGNError(f"--img-size {img_size} must be a positive multiple of the backbone's patch size {patch}")
 
 
 def _train_config(args, device: str, precision: str):
@@ -337,8 +334,6 @@ def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _print_params(model) -> None:
-    print(f"trainable parameters: {model.num_trainable():,} (backbone {sum(p.numel() for p in model.backbone.parameters()):,}, frozen)")
 
 
 # --------------------------------------------------------------------------- commands
@@ -372,12 +367,6 @@ def _method_config(args, template: str | None = None):
     return method_config_of(args.method, **options)
 
 
-def _new_adapter_config(args, backbone, data, img_size: int):
-    """The adapter a fresh run of ``args.method`` builds on ``backbone`` for ``data``."""
-    from ..adapter import adapter_config
-
-    return adapter_config(backbone, _method_config(args, getattr(data, "template", None)), data.class_names,
-                          img_size=img_size, dataset=data.name, backbone_weights=args.weights)
 
 
 # Options a resumed run may be given again with another value; every other one must match the run's.
@@ -386,38 +375,22 @@ _RESUME_NAMES = {"workers": "num_workers", **_METHOD_FIELDS}  # CLI dest -> the 
 
 
 def cmd_train(args) -> int:
-    from ..adapter import build_classifier
-    from ..api import build_data
-    from ..backbones import create_backbone
-    from ..training import train
+    from ..api import train_run
 
     if args.method == "zeroshot":
         raise PGNError("zero-shot CLIP needs no training: run `pgn eval --method zeroshot --backbone clip-vit-b32 --dataset NAME`")
     if args.out:
         from ..files import check_not_in_use
 
-        check_not_in_use(args.out)  # a second writer is refused now, not after the data and model are built
+        check_not_in_use(args.out)  # a second writer is refused now, not after anything is parsed further
     if args.resume:
         return _resume(args)
-    img_size = args.img_size
-    backbone = create_backbone(args.backbone, args.weights)
-    _check_size(img_size, backbone.patch_size)
-    pre = backbone.preprocessing
-    data, parts = build_data(args.dataset, img_size=img_size, mean=pre.mean, std=pre.std, augment=bool(args.augment),
-                             train_limit=args.train_limit, test_limit=args.test_limit, seed=args.seed, root=args.data_root,
-                             download=args.download)
-    acfg = _new_adapter_config(args, backbone, data, img_size)
-    if parts:  # one PGN over several datasets, a head per dataset
-        acfg.extra["datasets"] = parts
-    model = build_classifier(acfg, backbone, seed=args.seed)  # the run's seed draws the init too
-    out = Path(args.out or f"runs/{args.method}-{data.name.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if _is_main():
-        print(f"backbone {backbone.name}: {backbone.description}")
-        print(f"dataset {data.name}: {len(data.train)} train / {len(data.test)} test, {len(data.class_names)} classes, {img_size}px")
-        _print_params(model)
     device = _device(args)
-    tcfg = _train_config(args, device, _precision(args, device))
-    row = train(model, acfg, data, tcfg, out, resume=False, log=print if _is_main() else (lambda *_: None))
+    config = _train_config(args, device, _precision(args, device))
+    row, out = train_run(args.backbone, _method_config(args), args.dataset, config, args.out, weights=args.weights,
+                         img_size=args.img_size, augment=bool(args.augment), train_limit=args.train_limit,
+                         test_limit=args.test_limit, root=args.data_root, download=args.download,
+                         log=print if _is_main() else (lambda *_: None))
     if _is_main():
         print(json.dumps({"run": str(out), **row}))
     return 0
