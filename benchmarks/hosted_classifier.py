@@ -133,6 +133,7 @@ class Study:
         self.args, self.log = args, log
         self.runs, self.record = Path(args.runs), Path(args.record)
         self._backbone = self._endpoint = None
+        self.majority: dict[str, float] = {}
 
     @property
     def backbone(self):
@@ -182,6 +183,9 @@ class Study:
         mean, std = (pre.mean, pre.std) if pre else ((127 / 255,) * 3, (128 / 255,) * 3)
         data = build_dataset(task, img_size=IMG, mean=mean, std=std, train_limit=train_limit, test_limit=test_limit)
         val = split_validation(data)
+        tests = [int(t) for t in data.test.targets] if hasattr(data.test, "targets") else \
+            [int(data.test[i][1]) for i in range(len(data.test))]
+        self.majority[task] = max(tests.count(c) for c in set(tests)) / len(tests)  # always answering one class
         out = {}
         for method in METHODS:
             rates = RATES.get(method, [None])
@@ -193,8 +197,9 @@ class Study:
                     # images: a prompt that only works before its canvas is rounded to 8 bits is not chosen.
                     val_top1[lr] = None if r is None else r["top1"]
             known = {lr: v for lr, v in val_top1.items() if v is not None}
-            lr = max(known, key=known.get) if known else (rates[0] if len(rates) == 1 else None)
-            if len(rates) > 1 and not known:
+            complete = len(known) == len(val_top1)  # a rate is chosen only once every candidate has run
+            lr = max(known, key=known.get) if known and complete else (rates[0] if len(rates) == 1 else None)
+            if len(rates) > 1 and not complete:
                 out[method] = {"val_top1": val_top1, "missing": True}
                 continue
             seeds = [self.result(task, method, "test", lr, s, data) for s in range(SEEDS if lr is not None else 1)]
@@ -215,7 +220,7 @@ def _mean_std(values):
     return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
-def render(results: dict, wall: float) -> str:
+def render(results: dict, wall: float, majority: dict | None = None) -> str:
     lines = ["# Black-box adaptation of a real pretrained classifier (EfficientNet-Lite0, scores only)", "",
              "Made by `python benchmarks/hosted_classifier.py` (the study's docstring has the protocol); every "
              "figure below is read from `docs/records/hosted-classifier`.", "",
@@ -233,9 +238,17 @@ def render(results: dict, wall: float) -> str:
              "- Rates chosen by the top-1 through the endpoint on a stratified 20 % validation split (seed 0) "
              f"from {', '.join(f'{m}: {r}' for m, r in RATES.items())}; "
              f"test top-1 over {SEEDS} seeds (mean ± sample std), through the endpoint.", ""]
+    missing = [f"{task} {method}" for task, methods in results.items() for method, r in methods.items()
+               if len(r.get("seeds") or []) < (SEEDS if method != "zeroshot" else 1)]
+    if missing:
+        lines += [f"**Incomplete: {len(missing)} of the {sum(len(m) for m in results.values())} rows have not "
+                  f"finished all their runs** ({', '.join(missing)}). The study resumes from its records with the "
+                  "same command; an n/a is a run not made yet, never a result.", ""]
     for task, methods in results.items():
         lines += [f"## {task}", "", "| method | trainable parameters | rate (validation top-1) | test top-1 through "
                   "the endpoint, % | local top-1, % | endpoint = local | seeds |", "|---|---|---|---|---|---|---|"]
+        if majority and task in majority:
+            lines.append(f"| (always the majority class) | 0 | none | {100 * majority[task]:.2f} | | | |")
         for method, r in methods.items():
             seeds = r.get("seeds") or []
             vals = ", ".join(f"{lr:g}: {100 * v:.1f}" if v is not None else f"{lr:g}: n/a"
@@ -266,7 +279,7 @@ def main() -> None:
         study.close()
     wall = sum(s["seconds"] for m in results.values() for r in m.values() for s in r.get("seeds", []))
     wall += sum(json.loads(p.read_text())["seconds"] for p in Path(args.record).rglob("val-*.json"))
-    DOC.write_text(render(results, wall))
+    DOC.write_text(render(results, wall, study.majority))
     write_json(DOC.with_suffix(".json"), results)
     print(f"wrote {DOC}")
 
