@@ -41,22 +41,7 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def kserve_server(exported):
-    pytest.importorskip("kserve", reason="kserve is not installed (the Makefile installs it with the test extras)")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(SERVER), "test-vit-timm", str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:
-            pytest.fail("the KServe server exited: " + proc.stdout.read()[-3000:])
-        try:
-            if httpx.get(url + "/v2/models/vit/ready", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("the KServe server did not come up")
+    proc, url = _start_kserve("test-vit-timm", "vit", "embeddings")
     yield url
     proc.terminate()
     proc.wait(timeout=30)
