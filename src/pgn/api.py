@@ -48,17 +48,28 @@ def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str 
     elif options:
         raise PGNError(f"options ({', '.join(sorted(options))}) go into the method config itself, e.g. "
                        f"{type(method).__name__}({next(iter(options))}=...)")
-    if dataset is not None and (not classes or (getattr(method, "head", None) == "zeroshot" and method.template is None)):
+    if dataset is not None and (not classes or _reads_template(method)):
         data = build_dataset(dataset, img_size=img_size)
         classes = classes or data.class_names  # the data names its classes
-        if getattr(method, "head", None) == "zeroshot" and method.template is None and getattr(data, "template", None):
-            method = dataclasses.replace(method, template=data.template)  # and the zero-shot head's prompt
+        method = _with_data_template(method, data)
     if not classes:
         raise PGNError("classes is empty; pass the class names, e.g. classes=['cat', 'dog'], or dataset=NAME "
                        "to take them from the data")
     bb = create_backbone(backbone, weights) if isinstance(backbone, str) else backbone
     cfg = adapter_config(bb, method, classes, img_size=img_size, dataset=dataset, backbone_weights=weights)
     return build_classifier(cfg, bb, seed=seed)
+
+
+def _reads_template(method: MethodConfig) -> bool:
+    """Whether ``method`` has a zero-shot head with no prompt template of its own (it then reads the data's)."""
+    return getattr(method, "head", None) == "zeroshot" and getattr(method, "template", None) is None
+
+
+def _with_data_template(method: MethodConfig, data: DataSpec) -> MethodConfig:
+    """``method`` with the data's zero-shot prompt where its zero-shot head has none (the only head that reads one)."""
+    if _reads_template(method) and getattr(data, "template", None):
+        return dataclasses.replace(method, template=data.template)
+    return method
 
 
 def load(directory: str | Path, backbone: str | FrozenBackbone | None = None, weights: str | None = None,
@@ -137,8 +148,7 @@ def train_run(backbone: str, method: MethodConfig, datasets: str | Sequence[str]
     data, parts = build_data(datasets, img_size=img_size, mean=pre.mean, std=pre.std, augment=augment,
                              train_limit=train_limit, test_limit=test_limit, seed=config.seed, root=root,
                              download=download)
-    if getattr(method, "head", None) == "zeroshot" and getattr(method, "template", None) is None:
-        method = dataclasses.replace(method, template=data.template)  # the zero-shot head reads the data's prompt
+    method = _with_data_template(method, data)
     cfg = adapter_config(bb, method, data.class_names, img_size=img_size, dataset=data.name, backbone_weights=weights,
                          extra={"datasets": parts} if parts else None)  # several datasets: a head each
     model = build_classifier(cfg, bb, seed=config.seed)  # the run's seed draws the init too

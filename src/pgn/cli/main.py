@@ -344,7 +344,7 @@ _METHOD_DESTS = ("num_prompts", "library_size", "generator", "generator_size", "
 _METHOD_FIELDS = {"generator": "arch", "generator_widths": "widths", "vp_pad": "pad"}
 
 
-def _method_config(args, template: str | None = None):
+def _method_config(args):
     """The method config (pgn.methods) of ``--method`` from its flags; a flag the method has not is refused."""
     from dataclasses import fields
 
@@ -361,9 +361,6 @@ def _method_config(args, template: str | None = None):
         elif dest in args.given:
             raise PGNError(f"--{dest.replace('_', '-')} does not apply to --method {args.method}; it takes "
                            f"{', '.join(sorted(own)) or 'no options'}")
-    head = options.get("head", getattr(get_method(args.method).config, "head", None))
-    if template is not None and "template" in own and head == "zeroshot":  # the only head that reads it
-        options["template"] = template
     return method_config_of(args.method, **options)
 
 
