@@ -51,11 +51,11 @@ def test_create_train_save_load_predict(tmp_path):
 
 def test_create_model_refuses_unknown_options():
     bb = make_tiny_vit()
-    with pytest.raises(PGNError, match="unknown option.*libary_size"):
+    with pytest.raises(PGNError, match="`libary_size` does not apply to `method=pgn`"):
         pgn.create_model(bb, "pgn", classes=["a", "b"], img_size=64, libary_size=8)
     with pytest.raises(PGNError, match="classes is empty"):
         pgn.create_model(bb, "linear", img_size=64)
-    with pytest.raises(PGNError, match="unknown option.*library_size for method 'linear'"):
+    with pytest.raises(PGNError, match="`library_size` does not apply to `method=linear`; it takes `head_norm`"):
         pgn.create_model(bb, "linear", classes=["a", "b"], img_size=64, library_size=8)
     with pytest.raises(PGNError, match="go into the method config"):
         pgn.create_model(bb, pgn.PGNConfig(), classes=["a", "b"], img_size=64, library_size=8)

@@ -204,10 +204,13 @@ def test_resume_takes_the_runs_own_settings_and_refuses_others(tmp_path, tiny_we
     reference = json.loads((whole / "config.json").read_text())
     for section in ("train", "data", "dataset", "adapter"):
         assert config[section] == reference[section], section
-    for flag, value in (("--lr", 0.5), ("--train-limit", 100), ("--batch-size", 32), ("-K", 4)):
+    for flag, value, named in (("--lr", 0.5, "--lr"), ("--train-limit", 100, "--train-limit"),
+                               ("--batch-size", 32, "--batch-size"), ("-K", 4, "--num-prompts"),
+                               ("--generator-widths", "8,8,8,8", "--generator-widths")):
         r = pgn("train", "--out", part, "--resume", "--epochs", 3, flag, value, "--no-progress")
         line = one_line_error(r)
-        assert r.returncode == 2 and "keeps its own settings" in line, line
+        # the library names its setting; the line names the flag that sets it
+        assert r.returncode == 2 and "keeps its own settings" in line and f"with {named} " in line, line
     assert json.loads((part / "config.json").read_text())["train"]["epochs"] == 2  # nothing was rewritten
 
 
@@ -268,6 +271,12 @@ MISUSE = {
     "weights file corrupt": (lambda t, r, w: ["train", *_tiny(_garbage(t)), "--out", t / "run"], "garbage.safetensors"),
     "weights file missing": (lambda t, r, w: ["train", *_tiny(t / "nope.safetensors"), "--out", t / "run"],
                              "does not exist"),
+    # The library names its settings; the line names the flags that set them.
+    "option of another method": (lambda t, r, w: ["train", *_tiny(w), "--method", "linear", "--out", t / "run"],
+                                 "--generator-size, --library-size, --num-prompts do not apply to --method linear; it takes --head-norm"),
+    "train device absent": (lambda t, r, w: ["train", *_tiny(w), "--device", "mps", "--out", t / "run"],
+                            "MPS is not available"),
+    "resume without out": (lambda t, r, w: ["train", "--resume", "--epochs", "2"], "--resume needs --out"),
 }
 
 

@@ -14,6 +14,8 @@ preprocessing (``model.transform``); mean and std always come from the backbone.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -27,6 +29,8 @@ from .methods import MethodConfig, method_config_dict, method_config_of
 from .model import PromptedClassifier
 from .training import TrainConfig
 from .training import train as _train_loop
+
+logger = logging.getLogger(__name__)
 
 _TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"epochs"}
 
@@ -79,9 +83,9 @@ def load(directory: str | Path, backbone: str | FrozenBackbone | None = None, we
     The backbone it names is built, unless ``backbone`` gives another (a name or a built one).
     ``device``: where it runs (default: CUDA when there is a GPU, else the CPU; as on the command line).
     """
-    from .devices import check_device, default_device
+    from .devices import resolve_device
 
-    device = check_device(device) if device else default_device()
+    device = resolve_device(device)
     bb = create_backbone(backbone, weights) if isinstance(backbone, str) else backbone
     model, _ = load_adapter(directory, backbone=bb, map_location=device)
     return model.to(device)
@@ -116,30 +120,42 @@ def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out
     if cfg.dataset is None:
         cfg.dataset = data.name
     out = Path(out) if out is not None else Path("runs") / f"{data.name}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    from .devices import check_device, default_device
     from .presets import PRESETS
 
     # The command line's default budget (pgn.presets "cpu"), with the caller's epochs and options; the
-    # device defaults as on the command line (CUDA when there is a GPU).
-    options["device"] = check_device(options["device"]) if options.get("device") else default_device()
+    # device defaults as on the command line (CUDA when there is a GPU: TrainConfig.device None).
     recipe = dataclasses.replace(PRESETS["cpu"].train, epochs=epochs, **options)
     return _train_loop(model, cfg, data, recipe, out, resume=resume)
 
 
-def train_run(backbone: str, method: MethodConfig, datasets: str | Sequence[str], config: TrainConfig,
+def train_run(backbone: str, method: str | MethodConfig, datasets: str | Sequence[str], config: TrainConfig,
               out: str | Path | None = None, *, weights: str | None = None, img_size: int = 112,
               augment: bool = False, train_limit: int | None = None, test_limit: int | None = None,
-              root: str | None = None, download: bool = False, log=print) -> tuple[dict, Path]:
+              root: str | None = None, download: bool = False, log=None) -> tuple[dict, Path]:
     """A new run from its settings, as ``pgn train`` starts one: the backbone by name, the data (one dataset
-    or several combined, ``"elpv,digits"``), the model of ``method`` drawn from ``config.seed``, then training
-    into ``out`` (default ``runs/<method>-<dataset>-<time>``). Returns (the last epoch's metrics, the run).
+    or several combined, ``"elpv,digits"``), the model of ``method`` (a name, or its config) drawn from
+    ``config.seed``, then training into ``out`` (default ``runs/<method>-<dataset>-<time>``) on
+    ``config.device`` (None: CUDA when there is a GPU) in ``config.precision`` (``"auto"``: bf16 where the
+    device runs it natively; the choice is logged). Returns (the last epoch's metrics, the run).
 
     The ``train_limit``/``test_limit`` subsets are drawn with ``config.seed``, as :func:`train` draws them.
+    ``log``: where progress lines go (default: the ``pgn`` logger, on the main process of a torchrun job).
     """
+    from .devices import resolve_device
     from .files import check_not_in_use
+    from .precision import describe, resolve
 
     if out is not None:
         check_not_in_use(out)  # a second writer is refused now, not after the data and model are built
+    method = method_config_of(method) if isinstance(method, str) else method
+    if method.method == "zeroshot":
+        raise PGNError("zero-shot CLIP trains nothing: evaluate it (`pgn.evaluate(pgn.create_model(backbone, "
+                       "'zeroshot', classes=...), data)`)")
+    log = log or _main_log
+    device = resolve_device(config.device)
+    asked = config.precision
+    config = dataclasses.replace(config, device=device, precision=resolve(asked, device))
+    log(f"precision {describe(config.precision)}{' (auto)' if asked == 'auto' else ''} on {device}")
     bb = create_backbone(backbone, weights)
     patch = bb.patch_size
     if img_size < patch or img_size % patch:
@@ -160,6 +176,12 @@ def train_run(backbone: str, method: MethodConfig, datasets: str | Sequence[str]
     log(f"trainable parameters: {model.num_trainable():,} (backbone {sum(p.numel() for p in bb.parameters()):,}, "
         "frozen)")
     return _train_loop(model, cfg, data, config, out, resume=False, log=log), out
+
+
+def _main_log(line: str) -> None:
+    """A progress line through the ``pgn`` logger, from the main process only (rank 0 of a torchrun job)."""
+    if os.environ.get("RANK", "0") == "0":
+        logger.info(line)
 
 
 def build_data(names: str | Sequence[str], *, img_size: int, mean: Sequence[float], std: Sequence[float],
@@ -196,8 +218,9 @@ def resume(run: str | Path, epochs: int | None = None, *, changes: dict | None =
     import json
 
     from .adapter import read_adapter_config
-    from .devices import check_device, default_device
+    from .devices import resolve_device
     from .files import check_not_in_use
+    from .precision import resolve
     from .validation import validated
 
     run = Path(run)
@@ -224,14 +247,16 @@ def resume(run: str | Path, epochs: int | None = None, *, changes: dict | None =
     settings = {**recorded, **_flat_data(data_recipe), "dataset": acfg.dataset, "method": acfg.method,
                 "backbone": acfg.backbone, "weights": acfg.backbone_weights, "img_size": acfg.img_size,
                 **method_config_dict(acfg.method_config)}
+    device = resolve_device(options.get("device"))
     for key, value in (changes or {}).items():
         if key in RESUMABLE or value is None:
             continue
+        if key == "precision":
+            value = resolve(value, device)  # "auto" asks for what this device runs, as it did at the start
         if key not in settings:
             raise ResumeMismatch(key, value)
         if _differs(value, settings[key]):
             raise ResumeMismatch(key, value, settings[key])
-    device = check_device(options.get("device") or default_device())
     recorded.update(epochs=epochs or recorded.get("epochs", 1), device=device,
                     progress=options.get("progress", recorded.get("progress", True)))
     if options.get("num_workers") is not None:
@@ -241,7 +266,7 @@ def resume(run: str | Path, epochs: int | None = None, *, changes: dict | None =
           if not isinstance(backbone, FrozenBackbone) else backbone)
     data = _data_of_run(acfg, config, data_recipe)
     model = build_classifier(acfg, bb)  # its weights come from the checkpoint
-    return _train_loop(model, acfg, data, cfg, run, resume=True, log=log)
+    return _train_loop(model, acfg, data, cfg, run, resume=True, log=log or _main_log)
 
 
 def _flat_data(recipe: dict) -> dict:

@@ -15,6 +15,12 @@ def default_device() -> str:
     return "cpu"
 
 
+def resolve_device(device: str | torch.device | None = None) -> str:
+    """``device`` checked against this machine (:func:`check_device`), or the default where it is None
+    or ``"auto"`` (:func:`default_device`). What every entry point (train, evaluate, load, serve) calls."""
+    return default_device() if device in (None, "", "auto") else check_device(device)
+
+
 def check_device(device: str | torch.device) -> str:
     """``device`` as a string if this machine has it; otherwise a PGNError saying what is here instead."""
     try:

@@ -26,11 +26,9 @@ class ResumeMismatch(PGNError):
 
     def __init__(self, key: str, asked, recorded=None):
         self.key, self.asked, self.recorded = key, asked, recorded
-        super().__init__(self.describe(key))
-
-    def describe(self, name: str) -> str:
-        """The one line, naming the setting as ``name`` (the CLI passes its flag)."""
-        if self.recorded is None:
-            return f"cannot resume with {name} {self.asked!r}: a resumed run keeps its own settings"
-        return (f"cannot resume with {name} {self.asked!r}: the run was trained with {self.recorded!r} (a resumed "
-                "run keeps its own settings; only epochs, device, workers and progress may change)")
+        if recorded is None:
+            line = f"cannot resume with `{key}` {asked!r}: a resumed run keeps its own settings"
+        else:
+            line = (f"cannot resume with `{key}` {asked!r}: the run was trained with {recorded!r} (a resumed run "
+                    "keeps its own settings; only `epochs`, `device`, `num_workers` and `progress` may change)")
+        super().__init__(line)

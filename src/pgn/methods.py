@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
-from typing import Callable, ClassVar, Union
+from typing import Callable, ClassVar, Mapping, Union
 
 from torch import nn
 
@@ -31,7 +31,7 @@ from .prompts import GeneratorConfig, InputIndependentPixelPrompts, InputIndepen
 
 __all__ = ["PGNConfig", "IIPConfig", "VPConfig", "LinearConfig", "FinetuneConfig", "ZeroShotConfig",
            "MethodConfig", "MethodParts", "Method", "register_method", "list_methods", "get_method",
-           "method_config_of", "method_config_from_dict", "method_config_dict", "NUM_PROMPTS", "LIBRARY_SIZE",
+           "method_config_of", "method_options", "method_config_from_dict", "method_config_dict", "NUM_PROMPTS", "LIBRARY_SIZE",
            "LAYOUTS", "HEADS", "HEAD_NORMS"]
 
 NUM_PROMPTS = GeneratorConfig.num_prompts    # K = 16, the paper's
@@ -221,15 +221,27 @@ def get_method(name: str) -> Method:
     return _REGISTRY[name]
 
 
-def method_config_of(name: str, **options) -> MethodConfig:
-    """The config of method ``name`` with ``options`` (its own fields only)."""
+def method_config_of(name: str, defaults: Mapping | None = None, **options) -> MethodConfig:
+    """The config of method ``name`` with ``options`` over ``defaults``.
+
+    ``options`` are settings asked for: each must be a field of this method's config (another is a PGNError
+    naming it). ``defaults`` are a budget's sizes (pgn.presets: ``num_prompts``, ``img_size``...): each is
+    used where the method has that field and ignored where it has not, so one preset serves every method.
+    """
     cls = get_method(name).config
     allowed = {f.name for f in fields(cls)}
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise PGNError(f"unknown option(s) {', '.join(unknown)} for method {name!r}; it takes "
-                       f"{', '.join(sorted(allowed)) or 'none'}")
-    return cls(**options)
+        takes = ", ".join(f"`{a}`" for a in sorted(allowed)) or "no options"
+        verb = "does" if len(unknown) == 1 else "do"
+        raise PGNError(f"{', '.join(f'`{u}`' for u in unknown)} {verb} not apply to `method={name}`; it takes {takes}")
+    chosen = {k: v for k, v in (defaults or {}).items() if k in allowed and v is not None}
+    return cls(**{**chosen, **options})
+
+
+def method_options() -> set[str]:
+    """Every setting some registered method's config has (``num_prompts``, ``pad``...)."""
+    return {f.name for m in _REGISTRY.values() for f in fields(m.config)}
 
 
 def method_config_dict(cfg) -> dict:

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import PGNError, ResumeMismatch
+from ..errors import PGNError
 
 DEMO_NOTE = "adapts the embedded backbone to ELPV with PGN and with a linear probe at the same budget"
 
@@ -43,15 +43,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="linear head input: batchnorm (affine-free BatchNorm, default) or none (raw CLS features)")
     g.add_argument("--num-prompts", "-K", type=int, default=None, help="prompt tokens K (default 16)")
     g.add_argument("--library-size", "-N", type=int, default=None, help="token library size N (default 128; paper CLIP 256)")
-    g.add_argument("--generator", default=None, choices=("resnet10", "resnet18"), help="default resnet10")
+    g.add_argument("--generator", dest="arch", default=None, choices=("resnet10", "resnet18"), help="default resnet10")
     g.add_argument("--generator-size", type=int, default=None, help="generator input resolution (default 112; paper 224)")
-    g.add_argument("--generator-widths", type=_widths, default=None, help="resnet10 stage widths (default 16,32,64,128)")
+    g.add_argument("--generator-widths", dest="widths", type=_widths, default=None, help="resnet10 stage widths (default 16,32,64,128)")
     g.add_argument("--mixing", default=None, choices=("softmax", "sigmoid"), help="default softmax")
     g.add_argument("--library-space", default=None, choices=("latent", "pixel"),
                    help="latent: D-dim tokens (paper); pixel: RGB patches, exact input-space deployment")
     g.add_argument("--layout", default=None, choices=LAYOUTS,
                    help="append (default): extra tokens (paper, white-box); extend/frame: prompts as image patches")
-    g.add_argument("--vp-pad", type=int, default=None, help="VP frame width in pixels (default: 30 at 224 px, scaled)")
+    g.add_argument("--vp-pad", dest="pad", type=int, default=None, help="VP frame width in pixels (default: 30 at 224 px, scaled)")
 
 
 def _add_data_args(p: argparse.ArgumentParser, default: str | None = "elpv") -> None:
@@ -86,7 +86,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="with torchrun: none = --lr is for the global batch; linear = --lr x processes")
     g.add_argument("--augment", action="store_true", default=None, help="the paper's train augmentation")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    g.add_argument("--workers", dest="num_workers", type=int, default=0, help="data-loading worker processes")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -125,24 +125,6 @@ def _add_precision_arg(p) -> None:
                         "the choice is printed and recorded")
     p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="alias of --precision bf16")
     p.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="alias of --precision fp32")
-
-
-def _precision(args, device: str, say: bool = True) -> str:
-    """``--precision`` resolved for ``device`` once, and said (on the main process) unless ``say`` is False."""
-    from ..precision import describe, resolve
-
-    chosen = resolve(args.precision, device)
-    if say and _is_main():
-        why = " (auto)" if args.precision == "auto" else ""
-        print(f"precision {describe(chosen)}{why} on {device}")
-    return chosen
-
-
-def _device(args) -> str:
-    """``--device``, checked against this machine, or the default (CUDA when there is one)."""
-    from ..devices import check_device, default_device
-
-    return check_device(args.device) if args.device else default_device()
 
 
 def _add_backbone_override(p: argparse.ArgumentParser) -> None:
@@ -317,18 +299,6 @@ def _dataset(args, name: str, img_size: int, mean, std, augment: bool = False, t
 
 
 
-def _train_config(args, device: str, precision: str):
-    from ..training import TrainConfig
-
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
-                       backbone_lr=args.backbone_lr,
-                       optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                       grad_clip=args.grad_clip or None, head_init=args.head_init, precision=precision, seed=args.seed,
-                       num_workers=args.workers,
-                       progress=not args.no_progress and _is_main(), lr_scaling=args.lr_scaling,
-                       device=device)
-
-
 def _is_main() -> bool:
     """Rank 0 of a torchrun job (or a plain single process): the one that prints."""
     return os.environ.get("RANK", "0") == "0"
@@ -338,93 +308,53 @@ def _is_main() -> bool:
 
 # --------------------------------------------------------------------------- commands
 
-# Model flags, by argparse dest; each goes to the method config's field of the same name unless named here.
-_METHOD_DESTS = ("num_prompts", "library_size", "generator", "generator_size", "generator_widths", "mixing",
-                 "library_space", "layout", "head", "head_norm", "vp_pad")
-_METHOD_FIELDS = {"generator": "arch", "generator_widths": "widths", "vp_pad": "pad"}
-
-
-def _method_config(args):
-    """The method config (pgn.methods) of ``--method`` from its flags; a flag the method has not is refused."""
-    from dataclasses import fields
-
-    from ..methods import get_method, method_config_of
-
-    own = {f.name for f in fields(get_method(args.method).config)}
-    options = {}
-    for dest in _METHOD_DESTS:
-        value, name = getattr(args, dest, None), _METHOD_FIELDS.get(dest, dest)
-        if value is None:
-            continue
-        if name in own:
-            options[name] = value
-        elif dest in args.given:
-            raise PGNError(f"--{dest.replace('_', '-')} does not apply to --method {args.method}; it takes "
-                           f"{', '.join(sorted(own)) or 'no options'}")
-    return method_config_of(args.method, **options)
-
-
-
-
-# Options a resumed run may be given again with another value; every other one must match the run's.
-_RESUME_FREE = {"epochs", "device", "workers", "no_progress", "out", "resume"}
-_RESUME_NAMES = {"workers": "num_workers", **_METHOD_FIELDS}  # CLI dest -> the library's name, where they differ
+# Options a resumed run may be given again with another value; every other one given must match the run's.
+_RESUME_FREE = {"epochs", "device", "num_workers", "no_progress", "out", "resume"}
 
 
 def cmd_train(args) -> int:
-    from ..api import train_run
+    """``pgn train``: a new run (pgn.api.train_run), or with ``--resume`` the rest of one (pgn.api.resume)."""
+    from ..api import resume, train_run
+    from ..methods import method_config_of, method_options
+    from ..training import TrainConfig
 
     if args.method == "zeroshot":
         raise PGNError("zero-shot CLIP needs no training: run `pgn eval --method zeroshot --backbone clip-vit-b32 --dataset NAME`")
-    if args.out:
-        from ..files import check_not_in_use
-
-        check_not_in_use(args.out)  # a second writer is refused now, not after anything is parsed further
+    if args.resume and not args.out:
+        raise PGNError("--resume needs --out RUN_DIR naming the run to continue")
     if args.resume:
-        return _resume(args)
-    device = _device(args)
-    config = _train_config(args, device, _precision(args, device))
-    row, out = train_run(args.backbone, _method_config(args), args.dataset, config, args.out, weights=args.weights,
-                         img_size=args.img_size, augment=bool(args.augment), train_limit=args.train_limit,
-                         test_limit=args.test_limit, root=args.data_root, download=args.download,
-                         log=print if _is_main() else (lambda *_: None))
+        out = args.out
+        row = resume(out, args.epochs if "epochs" in args.given else None, device=args.device,
+                     changes={dest: getattr(args, dest) for dest in sorted(args.given - _RESUME_FREE)},
+                     num_workers=args.num_workers if "num_workers" in args.given else None,
+                     progress=not args.no_progress)
+    else:
+        names = method_options()  # typed ones must belong to --method; the preset's sizes apply where they do
+        method = method_config_of(args.method, {n: getattr(args, n, None) for n in names},
+                                  **{n: getattr(args, n) for n in sorted(args.given & names)})
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
+                             backbone_lr=args.backbone_lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
+                             warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip or None,
+                             head_init=args.head_init, precision=args.precision, seed=args.seed,
+                             num_workers=args.num_workers, progress=not args.no_progress,
+                             lr_scaling=args.lr_scaling, device=args.device)
+        row, out = train_run(args.backbone, method, args.dataset, config, args.out, weights=args.weights,
+                             img_size=args.img_size, augment=bool(args.augment), train_limit=args.train_limit,
+                             test_limit=args.test_limit, root=args.data_root, download=args.download)
     if _is_main():
         print(json.dumps({"run": str(out), **row}))
     return 0
 
 
-def _resume(args) -> int:
-    """``--resume``: the run continues with its own settings; options given again must agree with them."""
-    from ..api import resume
-
-    if not args.out:
-        raise PGNError("--resume needs --out RUN_DIR naming the run to continue")
-    device = _device(args)
-    changes = {}
-    for dest in sorted(args.given - _RESUME_FREE):
-        value = getattr(args, dest, None)
-        if dest == "precision":
-            value = _precision(args, device, say=False)
-        changes[_RESUME_NAMES.get(dest, dest)] = value
-    try:
-        row = resume(args.out, args.epochs if "epochs" in args.given else None, changes=changes, device=device,
-                     num_workers=args.workers if "workers" in args.given else None,
-                     progress=not args.no_progress and _is_main(), log=print if _is_main() else (lambda *_: None))
-    except ResumeMismatch as e:  # the library names its setting; the command line says the flag
-        flag = {v: k for k, v in _RESUME_NAMES.items()}.get(e.key, e.key)
-        raise PGNError(e.describe("--" + flag.replace("_", "-"))) from None
-    if _is_main():
-        print(json.dumps({"run": str(args.out), **row}))
-    return 0
-
-
 def cmd_eval(args) -> int:
     from ..api import evaluate
+    from ..devices import resolve_device
+    from ..precision import resolve as resolve_precision
 
     if args.api:
         return _eval_api(args)
-    device = _device(args)
-    precision = _precision(args, device, say=False)  # the JSON it prints names it
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)  # the JSON it prints names it
     if args.method == "zeroshot":
         model, cfg = _zero_shot_model(args)
     elif not args.run:
@@ -477,13 +407,14 @@ def _eval_api(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    if args.api:
+    from ..devices import resolve_device
 
+    if args.api:
         with _remote(args, args.adapter) as remote:
             preds = remote.predict(args.images, top_k=args.top_k)
     else:
         model, _ = _load(args.adapter, args)
-        model.to(_device(args))
+        model.to(resolve_device(args.device))
         preds = model.predict(args.images, top_k=args.top_k)
     for path, top in zip(args.images, preds):
         if args.json:
@@ -544,12 +475,14 @@ def cmd_compose(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from ..devices import resolve_device
+    from ..precision import resolve as resolve_precision
     from ..serving import serve
 
-    device = _device(args)
+    device = resolve_device(args.device)
     serve(args.backbone, args.weights, host=args.host, port=args.port,
           max_upload_bytes=int(args.max_upload_mb * 2**20), max_side=args.max_side,
-          device=device, classes_file=args.classes, precision=_precision(args, device, say=False),  # logged by serve
+          device=device, classes_file=args.classes, precision=resolve_precision(args.precision, device),  # logged by serve
           forward_batch=args.forward_batch,
           max_wait_ms=args.max_wait_ms, max_request_pixels=args.max_request_pixels)
     return 0
@@ -648,8 +581,7 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "expor
 
 
 # Library names of settings whose flag is named otherwise (the library's messages use its own names).
-_FLAG_OF = {"root": "data_root", "num_workers": "workers", "arch": "generator", "widths": "generator_widths",
-            "pad": "vp_pad", "model": "api_model", "backbone_weights": "weights"}
+_FLAG_OF = {"root": "data_root", "model": "api_model", "backbone_weights": "weights"}
 
 
 def as_flags(message: str, parser: argparse.ArgumentParser) -> str:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..adapter import AdapterConfig, save_adapter
 from ..data import DataSpec
 from ..data.base import check_classes
+from ..devices import resolve_device
 from ..errors import DivergedError, PGNError
 from ..files import LOCK_FILE, check_owned, run_lock
 from ..model import PromptedClassifier
@@ -126,6 +127,7 @@ def train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec,
     """
     # Joins the process group on the first call; it then lives as long as the process (a group
     # cannot be re-created in the same torchrun job), so ``train`` can be called again.
+    cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))
     ctx = init_distributed(cfg.device)
     check_classes(data)
     run_dir = Path(run_dir)
