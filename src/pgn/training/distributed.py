@@ -50,6 +50,48 @@ class DistContext:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    # What the training loop asks of the job. With one process each is nothing: the input comes back
+    # as it went in, so the loop reads the same either way and never branches on the process count.
+
+    def shard(self, dataset):
+        """This rank's evaluation samples, ``r, r + W, ...`` without padding (every sample counted once)."""
+        if not self.distributed:
+            return dataset
+        from torch.utils.data import Subset
+
+        return Subset(dataset, range(self.rank, len(dataset), self.world_size))
+
+    def sum(self, values: list) -> list:
+        """``values`` (numbers) summed over the ranks in float64; the values themselves with one process."""
+        if not self.distributed:
+            return list(values)
+        return all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=self.device)).tolist()
+
+    def mean(self, stats: dict[str, float]) -> dict[str, float]:
+        """Each of ``stats`` averaged over the ranks (the same keys on every rank)."""
+        if not self.distributed or not stats:
+            return stats
+        keys = sorted(stats)
+        return {k: v / self.world_size for k, v in zip(keys, self.sum([stats[k] for k in keys]))}
+
+    def sampler(self, dataset, seed: int):
+        """The training order: one seeded permutation per epoch (``set_epoch``), of which rank r takes
+        ``perm[r], perm[r + W], ...`` padded by repetition so that every rank takes the same number of steps.
+        With one process, the shuffle ``DataLoader(shuffle=True)`` draws, from ``seed + epoch``."""
+        if not self.distributed:
+            return EpochShuffle(dataset, seed)
+        from torch.utils.data import DistributedSampler
+
+        return DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed,
+                                  drop_last=False)
+
+    def seed_ranks(self, seed: int) -> None:
+        """Different random streams per rank (augmentation) once the weights agree; nothing with one process."""
+        if self.distributed:
+            from .config import seed_everything
+
+            seed_everything(seed + self.rank)
+
     @classmethod
     def from_env(cls, device_pref: str = "cpu") -> DistContext:
         """The context torchrun's ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` describe (one process without them)."""
@@ -71,6 +113,18 @@ class DistContext:
                                f"start torchrun with --nproc_per_node {count} or fewer")
             device = f"cuda:{local}"  # one GPU per process
         return cls(rank=rank, local_rank=local, world_size=world, device=device)
+
+
+class EpochShuffle(torch.utils.data.RandomSampler):
+    """A one-process shuffle drawn afresh from ``seed + epoch`` at each ``set_epoch`` (as DistributedSampler's
+    is), so a resumed run sees the same order. Its ``generator`` is also the loader's: it seeds the workers."""
+
+    def __init__(self, dataset, seed: int):
+        super().__init__(dataset, generator=torch.Generator().manual_seed(seed))
+        self.seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed + epoch)
 
 
 def timeout_seconds() -> float:

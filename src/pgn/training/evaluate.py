@@ -15,10 +15,14 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
     return int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
 
 
+SUMS = ("loss_sum", "correct1", "correct5", "n")  # what evaluation adds up; pooled over ranks as they are
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, device: str = "cpu", precision: str = "fp32",
-             progress: bool = True, desc: str = "eval") -> dict:
-    """Mean loss, top-1 and top-5 accuracy of ``model`` over ``loader``, in a resolved ``precision``."""
+def evaluation_sums(model: nn.Module, loader, device: str = "cpu", precision: str = "fp32",
+                    progress: bool = True, desc: str = "eval") -> dict:
+    """Summed loss, top-1 and top-5 hits and the count over ``loader`` (the :data:`SUMS`), in a resolved
+    ``precision``: what :func:`metrics_of` turns into means, after adding up the shards of several ranks."""
     was_training = model.training
     model.eval()
     n = correct1 = correct5 = 0
@@ -33,8 +37,19 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", precision: str = "fp
         correct5 += topk_correct(logits, labels, 5)
         n += labels.numel()
     model.train(was_training)
-    n = max(n, 1)
-    return {"loss": loss_sum / n, "top1": correct1 / n, "top5": correct5 / n, "n": n}
+    return {"loss_sum": loss_sum, "correct1": correct1, "correct5": correct5, "n": n}
+
+
+def metrics_of(sums: dict) -> dict:
+    """Mean loss, top-1 and top-5 accuracy (and ``n``) from :func:`evaluation_sums`' sums."""
+    n = max(int(sums["n"]), 1)
+    return {"loss": sums["loss_sum"] / n, "top1": sums["correct1"] / n, "top5": sums["correct5"] / n, "n": n}
+
+
+def evaluate(model: nn.Module, loader, device: str = "cpu", precision: str = "fp32",
+             progress: bool = True, desc: str = "eval") -> dict:
+    """Mean loss, top-1 and top-5 accuracy of ``model`` over ``loader``, in a resolved ``precision``."""
+    return metrics_of(evaluation_sums(model, loader, device, precision, progress, desc))
 
 
 def has_mixtures(model: nn.Module) -> bool:

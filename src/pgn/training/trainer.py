@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorDataset
 from tqdm.auto import tqdm
 
 from ..adapter import AdapterConfig, save_adapter
@@ -33,12 +34,11 @@ from .distributed import (
     DataParallelModel,
     DistContext,
     all_gather,
-    all_reduce_sum,
     barrier,
     broadcast_object,
     init_distributed,
 )
-from .evaluate import evaluate, has_mixtures, mixture_ablation, topk_correct
+from .evaluate import SUMS, evaluation_sums, has_mixtures, metrics_of, mixture_ablation, topk_correct
 from .monitor import OptimizerMonitor
 from .resume import restore, trainer_state
 from .run_dir import check_run_dir, remove_new_run, write_run_config
@@ -97,15 +97,10 @@ def _gather_features(model: PromptedClassifier, ds, cfg: TrainConfig, ctx: DistC
     return TensorDataset(feats, labels)
 
 
-def _loader(ds, cfg: TrainConfig, shuffle: bool) -> DataLoader:
-    # The shuffle generator is re-seeded every epoch (seed + epoch) so a resumed run sees the same order.
-    # It also seeds the worker processes (their augmentation RNGs): each epoch's iterator draws the workers'
-    # base seed from it, so training workers must start afresh every epoch (not persistent). Persistent
-    # workers would carry RNG states from epoch to epoch that no checkpoint holds, and a resumed augmented
-    # run would draw other crops. Test loaders draw nothing random and may keep theirs.
-    g = torch.Generator().manual_seed(cfg.seed) if shuffle else None
-    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, generator=g,
-                      num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0 and not shuffle)
+def _eval_loader(ds, cfg: TrainConfig) -> DataLoader:
+    """In order; evaluation draws nothing random, so its workers may live from epoch to epoch."""
+    return DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                      persistent_workers=cfg.num_workers > 0)
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -186,8 +181,11 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
         nn.init.zeros_(model.head.fc.bias)
     monitor = OptimizerMonitor(optimizer, model.prompts)
     parts = DataParallelModel(batches.net, model, ctx)  # one DDP wrapper + SyncBatchNorm; nothing with one process
-    if ctx.distributed and not resume:
-        seed_everything(cfg.seed + ctx.rank)  # weights are identical by now; augmentation differs per rank
+    if not resume:
+        ctx.seed_ranks(cfg.seed)  # weights are identical by now; augmentation differs per rank
+    # The last epoch: would the same library, with every image given the mean (or another image's)
+    # mixture, do as well? Measured on the whole test split, so in a one-process run.
+    ablate_after = cfg.epochs if has_mixtures(model) and not ctx.distributed else None
     row: dict = {}
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -203,9 +201,8 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
                    "train_images_per_s": round(seen / train_time, 2), **_monitor_stats(monitor, ctx)}
             if batches.use_cache:
                 row["features_cached"] = True  # images/s counts the head alone
-            if epoch + 1 == cfg.epochs and has_mixtures(model) and not ctx.distributed:
-                # The last epoch: would the same library, with every image given the mean (or another
-                # image's) mixture, do as well? The drop is what the prompts' input dependence adds.
+            if epoch + 1 == ablate_after:
+                # The drop from top-1 is what the prompts' input dependence adds.
                 ablation = mixture_ablation(model, batches.test, ctx.device, cfg.precision, seed=cfg.seed)
                 row.update({f"test_{k}": v for k, v in ablation.items()})
             top5 = f" top5 {row['test_top5']:.4f}" if len(data.class_names) > 5 else ""
@@ -232,7 +229,7 @@ class _Batches:
     net: nn.Module        # the model, or its head alone when the frozen features are cached
     train: DataLoader
     test: DataLoader
-    sampler: DistributedSampler | None
+    sampler: Sampler       # the epoch order: set_epoch(epoch) before each pass (DistContext.sampler)
     n_test: int           # test samples of this rank
     use_cache: bool
     augment: bool
@@ -241,41 +238,32 @@ class _Batches:
 
 def _prepare_data(model: PromptedClassifier, data: DataSpec, cfg: TrainConfig, ctx: DistContext,
                   progress: bool) -> _Batches:
-    device, world = ctx.device, ctx.world_size
     frozen_features = model.prompts is None and model.input_prompt is None and not model.finetune
     augment = getattr(data, "augmented", False)  # the dataset decides (DataSpec.augmented)
     use_cache = frozen_features and not augment and cfg.cache_features
     # Evaluation is sharded without padding (rank r takes test samples r, r + W, ...), so every
     # test sample is counted exactly once; the sums are added up over the ranks.
-    test_set = Subset(data.test, range(ctx.rank, len(data.test), world)) if ctx.distributed else data.test
+    test_set = ctx.shard(data.test)
     n_test = len(test_set)
+    train_set = data.train
     if use_cache:
         # Linear probe: the frozen features never change, so compute them once.
-        if ctx.distributed:
-            train_set = _gather_features(model, data.train, cfg, ctx, progress)
-        else:
-            train_set = _extract_features(model, _loader(data.train, cfg, False), device, cfg.precision, progress,
-                                          "features train")
-        if len(test_set) or not ctx.distributed:  # a rank may hold no test sample
-            test_set = _extract_features(model, _loader(test_set, cfg, False), device, cfg.precision, progress,
+        train_set = _gather_features(model, data.train, cfg, ctx, progress)
+        if n_test:  # a rank may hold no test sample
+            test_set = _extract_features(model, _eval_loader(test_set, cfg), ctx.device, cfg.precision, progress,
                                          "features test")
         # Features already sit on the device: worker processes could neither use nor speed them.
         cfg = dataclasses.replace(cfg, num_workers=0)
-    else:
-        train_set = data.train
-    sampler = None
-    if ctx.distributed:
-        # Rank r trains on samples perm[r], perm[r + W], ... of one seeded permutation per epoch (set_epoch),
-        # padded by repetition so that every rank takes the same number of steps.
-        sampler = DistributedSampler(train_set, num_replicas=world, rank=ctx.rank, shuffle=True, seed=cfg.seed,
-                                     drop_last=False)
-        # Workers restart every epoch, seeded from the (checkpointed, per-rank) torch RNG: see _loader.
-        train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
-                                  num_workers=cfg.num_workers, persistent_workers=False)
-    else:
-        train_loader = _loader(train_set, cfg, shuffle=True)
+    sampler = ctx.sampler(train_set, cfg.seed)
+    # The workers' base seed (their augmentation RNGs) is drawn by each epoch's iterator: from the shuffle's
+    # generator with one process (re-seeded by set_epoch), from the checkpointed per-rank torch RNG with
+    # several. So training workers start afresh every epoch (not persistent): persistent workers would carry
+    # RNG states from epoch to epoch that no checkpoint holds, and a resumed augmented run would draw other crops.
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
+                              generator=getattr(sampler, "generator", None), num_workers=cfg.num_workers,
+                              persistent_workers=False)
     return _Batches(net=model.head if use_cache else model, train=train_loader,
-                    test=_loader(test_set, cfg, shuffle=False), sampler=sampler, n_test=n_test,
+                    test=_eval_loader(test_set, cfg), sampler=sampler, n_test=n_test,
                     use_cache=use_cache, augment=augment, cfg=cfg)
 
 
@@ -285,10 +273,7 @@ def _train_epoch(model: PromptedClassifier, batches: _Batches, parts: DataParall
     """One pass over the training data; (images seen, summed loss, correct top-1), summed over ranks."""
     device = ctx.device
     batches.net.train()
-    if batches.sampler is not None:
-        batches.sampler.set_epoch(epoch)
-    else:
-        batches.train.generator.manual_seed(cfg.seed + epoch)
+    batches.sampler.set_epoch(epoch)  # this epoch's order, from the seed and the epoch alone
     seen = correct = 0
     loss_sum = 0.0
     # disable=None: tqdm draws bars on a terminal and stays quiet in a redirected log.
@@ -318,19 +303,13 @@ def _train_epoch(model: PromptedClassifier, batches: _Batches, parts: DataParall
         correct += topk_correct(logits.detach().float(), y, 1)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                         lr=f"{optimizer.param_groups[-1]['lr']:.3g}")
-    if ctx.distributed:
-        totals = all_reduce_sum(torch.tensor([seen, loss_sum, correct], dtype=torch.float64, device=device))
-        seen, loss_sum, correct = int(totals[0]), float(totals[1]), int(totals[2])
-    return seen, loss_sum, correct
+    seen, loss_sum, correct = ctx.sum([seen, loss_sum, correct])  # over the ranks
+    return int(seen), float(loss_sum), int(correct)
 
 
 def _monitor_stats(monitor: OptimizerMonitor, ctx: DistContext) -> dict:
     """The epoch's optimiser statistics, to 5 significant digits; mixture statistics averaged over ranks."""
-    stats = monitor.epoch_summary()
-    if ctx.distributed and stats:  # gradients already agree across ranks; mixtures are per rank
-        keys = sorted(stats)
-        total = all_reduce_sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=ctx.device))
-        stats = dict(zip(keys, (total / ctx.world_size).tolist()))
+    stats = ctx.mean(monitor.epoch_summary())  # gradients already agree across ranks; mixtures are per rank
     return {k: float(f"{v:.5g}") for k, v in stats.items()}
 
 
@@ -352,15 +331,10 @@ def _check_finite(loss: torch.Tensor, ctx: DistContext, epoch: int, step: int, r
     else:
         kept = "no epoch had finished, so no checkpoint was written"
     hint = f"{kept}; lower the learning rate or set a gradient clip (`lr`, `grad_clip`)"
-    if not ctx.distributed:
-        if not torch.isfinite(loss):
-            raise DivergedError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; {hint}")
-        return
-    # The sum is non-finite as soon as one rank's loss is.
-    total = all_reduce_sum(loss.detach().float().reshape(1).clone())
-    if not torch.isfinite(total).all():
-        raise DivergedError(f"loss became {total.item()} at epoch {epoch + 1} step {step + 1} (on at least one of "
-                       f"{ctx.world_size} processes); {hint}")
+    (total,) = ctx.sum([loss.item()])  # non-finite as soon as one rank's loss is
+    if not math.isfinite(total):
+        where = f" (on at least one of {ctx.world_size} processes)" if ctx.distributed else ""
+        raise DivergedError(f"loss became {total} at epoch {epoch + 1} step {step + 1}{where}; {hint}")
 
 
 def _check_weights_finite(model: PromptedClassifier, epoch: int, run_dir: Path) -> None:
@@ -378,15 +352,7 @@ def _check_weights_finite(model: PromptedClassifier, epoch: int, run_dir: Path) 
 
 
 def _evaluate(net, loader, n_local: int, cfg: TrainConfig, ctx: DistContext, progress: bool) -> dict:
-    """Test metrics; with several processes, the sums of every rank's shard divided by the total count."""
-    if not ctx.distributed:
-        return evaluate(net, loader, ctx.device, cfg.precision, progress, desc="test")
-    sums = [0.0, 0.0, 0.0, 0.0]
-    if n_local:
-        r = evaluate(net, loader, ctx.device, cfg.precision, progress, desc="test")
-        n = r["n"]  # == n_local
-        sums = [r["loss"] * n, round(r["top1"] * n), round(r["top5"] * n), n]
-    totals = all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=ctx.device)).tolist()
-    n = max(int(totals[3]), 1)
-    return {"loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n, "n": int(totals[3])}
-
+    """Test metrics over the whole test set: every rank's sums over its shard, added up, then divided."""
+    sums = (evaluation_sums(net, loader, ctx.device, cfg.precision, progress, desc="test") if n_local
+            else dict.fromkeys(SUMS, 0))
+    return metrics_of(dict(zip(SUMS, ctx.sum([sums[k] for k in SUMS]))))
