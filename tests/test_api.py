@@ -107,6 +107,29 @@ def test_method_configs_are_the_typed_form_of_method_names():
     assert pgn.create_model(bb, pgn.PGNConfig(num_prompts=5), classes=["a", "b"], img_size=64).prompts.num_prompts == 5
 
 
+def test_img_size_defaults_to_the_backbones_native_input_and_says_so():
+    import logging
+
+    bb = make_tiny_vit()
+    native, patch = bb.preprocessing.input_size, bb.patch_size
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    log = logging.getLogger("pgn")
+    log.addHandler(handler)
+    level, log_level = log.level, logging.INFO
+    log.setLevel(log_level)
+    try:
+        model = pgn.create_model(bb, "linear", classes=["a", "b"])
+        chosen = pgn.create_model(bb, "linear", classes=["a", "b"], img_size=native - patch)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert model.config.img_size == native and chosen.config.img_size == native - patch
+    assert [line for line in lines if line.startswith("`img_size`")] == [
+        f"`img_size` {native}: {bb.name}'s native input (a smaller one trains faster on a CPU)"]  # said once, not for the chosen one
+
+
 def test_the_seed_builds_the_model_whatever_ran_before():
     bb = make_tiny_vit()
     kw = dict(classes=["a", "b"], img_size=32, num_prompts=2, library_size=4, widths=(4, 4, 4, 4))

@@ -46,9 +46,12 @@ def deployed(tmp_path_factory):
     with BackgroundServer(create_app(served_model(clip, CLASSES), scores_only=True)) as model_server:
         remote = RemoteClassifier(export, model_server.url)
         offered = [(p.name, p.read_bytes()) for p in samples]
-        with BackgroundServer(create_page_app(remote, offered)) as page:
+        with BackgroundServer(create_page_app(remote, offered, max_upload_bytes=PAGE_MAX_UPLOAD)) as page:
             yield export, model_server.url, page.url, samples
         remote.close()
+
+
+PAGE_MAX_UPLOAD = 200_000
 
 
 def expected_label(export, url, path) -> str:
@@ -67,10 +70,23 @@ def test_page_endpoint_answers_with_and_without_the_adapter(deployed):
     plain = torch.tensor(np.array(Image.open(io.BytesIO(base64.b64decode(out["image"].split(",", 1)[1])))))
     assert not torch.equal(plain, torch.tensor(np.array(canvas)))  # the prompts are in the canvas
     # Bad uploads: one-line 4xx, and the page keeps working.
+    # The page shares the model server's upload handling (pgn.serving.uploads): status, one line of JSON.
     r = httpx.post(page + "/classify", files={"file": ("x.png", b"not an image", "image/png")}, timeout=60)
-    assert r.status_code == 422 and "not an image" in r.json()["detail"]
+    assert r.status_code == 415 and "not an image" in r.json()["detail"]
     r = httpx.post(page + "/classify", data={"other": "1"}, timeout=60)
-    assert r.status_code == 422
+    assert r.status_code == 422 and "field 'file'" in r.json()["detail"]
+    r = httpx.post(page + "/classify", files={"file": ("big.png", b"0" * (PAGE_MAX_UPLOAD + 1), "image/png")},
+                   timeout=60)
+    assert r.status_code == 413 and f"limit of {PAGE_MAX_UPLOAD} bytes" in r.json()["detail"]
+
+    def streamed():  # no Content-Length: the cap applies as the body arrives
+        yield b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"s.png\"\r\n\r\n"
+        for _ in range(4):
+            yield b"0" * (PAGE_MAX_UPLOAD // 2)
+
+    r = httpx.post(page + "/classify", content=streamed(), headers={"content-type": "multipart/form-data; boundary=x"},
+                   timeout=60)
+    assert r.status_code == 413 and "\n" not in r.json()["detail"], r.text
     assert httpx.get(page + "/samples").json()["samples"] == [p.name for p in samples]
     assert httpx.get(page + "/samples/7").status_code == 404
 

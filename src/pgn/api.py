@@ -2,7 +2,7 @@
 
     import pgn
 
-    model = pgn.create_model("dinov2-s14-imgfocus", method="pgn", classes=["functional", "defective"])
+    model = pgn.create_model("dinov2-s14-imgfocus", method="pgn", classes=["functional", "defective"], img_size=112)
     pgn.train(model, "elpv", epochs=3, lr=0.01, out="runs/elpv")  # a dataset name or a DataSpec
     model.save_pretrained("adapters/elpv")
     model = pgn.load("adapters/elpv")
@@ -36,14 +36,15 @@ _TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"epochs"}
 
 
 def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str | MethodConfig = "pgn",
-                 classes: Sequence[str] = (), *, img_size: int = 112, weights: str | None = None,
+                 classes: Sequence[str] = (), *, img_size: int | None = None, weights: str | None = None,
                  dataset: str | None = None, seed: int = 0, **options) -> PromptedClassifier:
     """A freshly initialised classifier of ``method`` on a frozen ``backbone`` (a name or a built backbone).
 
     ``method``: a method config of :mod:`pgn.methods` (``PGNConfig(library_size=256)``), or its name
     with the config's fields as ``options`` (``"pgn", library_size=256``). ``classes`` are the class
     names (for the zero-shot head, the text it reads); left out, they come from ``dataset``.
-    Preprocessing comes from the backbone.
+    Preprocessing comes from the backbone; ``img_size`` (the backbone's input resolution) defaults to the
+    one it was made for (224 for the paper's ViTs; the ``cpu`` preset of the command line uses 112).
     ``seed``: the trainable parts' initialisation (the same seed builds the same model, whatever
     ran before); ``pgn.train``'s ``seed`` then sets the data order.
     """
@@ -52,6 +53,8 @@ def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str 
     elif options:
         raise PGNError(f"options ({', '.join(sorted(options))}) go into the method config itself, e.g. "
                        f"{type(method).__name__}({next(iter(options))}=...)")
+    bb = create_backbone(backbone, weights) if isinstance(backbone, str) else backbone
+    img_size = _native_size(bb, img_size)
     if dataset is not None and (not classes or _reads_template(method)):
         data = build_dataset(dataset, img_size=img_size)
         classes = classes or data.class_names  # the data names its classes
@@ -59,9 +62,17 @@ def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str 
     if not classes:
         raise PGNError("classes is empty; pass the class names, e.g. classes=['cat', 'dog'], or dataset=NAME "
                        "to take them from the data")
-    bb = create_backbone(backbone, weights) if isinstance(backbone, str) else backbone
     cfg = adapter_config(bb, method, classes, img_size=img_size, dataset=dataset, backbone_weights=weights)
     return build_classifier(cfg, bb, seed=seed)
+
+
+def _native_size(backbone: FrozenBackbone, img_size: int | None) -> int:
+    """``img_size``, or where it is None the backbone's native input resolution (logged, so it is seen)."""
+    if img_size is not None:
+        return img_size
+    native = backbone.preprocessing.input_size
+    logger.info(f"`img_size` {native}: {backbone.name}'s native input (a smaller one trains faster on a CPU)")
+    return native
 
 
 def _reads_template(method: MethodConfig) -> bool:
@@ -129,14 +140,15 @@ def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out
 
 
 def train_run(backbone: str, method: str | MethodConfig, datasets: str | Sequence[str], config: TrainConfig,
-              out: str | Path | None = None, *, weights: str | None = None, img_size: int = 112,
+              out: str | Path | None = None, *, weights: str | None = None, img_size: int | None = None,
               augment: bool = False, train_limit: int | None = None, test_limit: int | None = None,
               root: str | None = None, download: bool = False, log=None) -> tuple[dict, Path]:
     """A new run from its settings, as ``pgn train`` starts one: the backbone by name, the data (one dataset
     or several combined, ``"elpv,digits"``), the model of ``method`` (a name, or its config) drawn from
     ``config.seed``, then training into ``out`` (default ``runs/<method>-<dataset>-<time>``) on
-    ``config.device`` (None: CUDA when there is a GPU) in ``config.precision`` (``"auto"``: bf16 where the
-    device runs it natively; the choice is logged). Returns (the last epoch's metrics, the run).
+    ``config.device`` (None: CUDA when there is a GPU) at ``img_size`` (None: the backbone's native input)
+    in ``config.precision`` (``"auto"``: bf16 where the device runs it natively; the choice is logged).
+    Returns (the last epoch's metrics, the run).
 
     The ``train_limit``/``test_limit`` subsets are drawn with ``config.seed``, as :func:`train` draws them.
     ``log``: where progress lines go (default: the ``pgn`` logger, on the main process of a torchrun job).
@@ -157,6 +169,7 @@ def train_run(backbone: str, method: str | MethodConfig, datasets: str | Sequenc
     config = dataclasses.replace(config, device=device, precision=resolve(asked, device))
     log(f"precision {describe(config.precision)}{' (auto)' if asked == 'auto' else ''} on {device}")
     bb = create_backbone(backbone, weights)
+    img_size = _native_size(bb, img_size)
     patch = bb.patch_size
     if img_size < patch or img_size % patch:
         raise PGNError(f"`img_size` {img_size} must be a positive multiple of the backbone's patch size {patch}")

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, File, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import PGNError
+from ..serving.uploads import BodySizeLimit, Reject, error, install_error_handlers, read_image
 from .remote import RemoteClassifier
 
 log = logging.getLogger(__name__)
@@ -58,22 +59,12 @@ def create_page_app(remote: RemoteClassifier, samples: list[tuple[str, bytes]] |
     server = remote.client.info()
     app = FastAPI(title="pgn: input-space adaptation", version="1")
 
+    # The model server's own upload handling: the body cap, one-line JSON errors, the header-first decode.
+    app.add_middleware(BodySizeLimit, max_bytes=max_upload_bytes)
+    install_error_handlers(app, max_upload_bytes, fields="'file'")
+
     def classify(data: bytes) -> dict:
-        from PIL import Image
-
-        from ..data.base import check_pixels, pixel_budget, to_rgb
-
-        try:
-            with pixel_budget():
-                img = Image.open(io.BytesIO(data))
-            with img:
-                check_pixels(*img.size, "the upload")
-                img.load()
-                pil = to_rgb(img, "the upload")
-        except PGNError:
-            raise
-        except Exception as e:
-            raise PGNError(f"the upload is not an image this page can read ({type(e).__name__}); send a PNG or JPEG")
+        pil = read_image(data, "the upload", formats=None)  # any format Pillow reads: the page resizes it
         x = tf(pil).unsqueeze(0)  # (1, 3, S, S) normalised, the adapter's preprocessing
         canvas = remote.canvases(x)
         plain = composer.to_uint8(x)  # what the model would receive without the adapter
@@ -96,33 +87,20 @@ def create_page_app(remote: RemoteClassifier, samples: list[tuple[str, bytes]] |
     @app.get("/samples/{index}")
     def sample(index: int) -> Response:
         if not 0 <= index < len(samples):
-            return JSONResponse({"detail": f"no sample {index}; there are {len(samples)}"}, status_code=404)
+            return error(404, f"no sample {index}; there are {len(samples)}")
         name, data = samples[index]
         return Response(data, media_type="image/jpeg" if name.lower().endswith((".jpg", ".jpeg")) else "image/png")
 
     @app.post("/classify")
-    async def classify_upload(request: Request):
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_upload_bytes:
-            return JSONResponse({"detail": f"upload over {max_upload_bytes} bytes; send a smaller image"},
-                                status_code=413)
-        try:
-            form = await request.form(max_files=1, max_fields=5)
-        except Exception as e:
-            return JSONResponse({"detail": f"send multipart/form-data with one field 'file' ({e})"}, status_code=400)
-        up = form.get("file")
-        if up is None or isinstance(up, str):
-            return JSONResponse({"detail": "no image: send multipart/form-data with field 'file'"}, status_code=422)
-        data = await up.read()
-        await form.close()
-        if len(data) > max_upload_bytes:
-            return JSONResponse({"detail": f"upload over {max_upload_bytes} bytes; send a smaller image"},
-                                status_code=413)
+    async def classify_upload(file: UploadFile | None = File(None, description="one image")):
+        if file is None:
+            raise Reject(422, "no image: send multipart/form-data with field 'file'")
+        data = await file.read()
         try:
             return JSONResponse(await run_in_threadpool(classify, data))
-        except PGNError as e:
+        except PGNError as e:  # the model's API failed or refused: the page says which
             status = 502 if "server at" in str(e) or "not reachable" in str(e) else 422
-            return JSONResponse({"detail": str(e)}, status_code=status)
+            return error(status, str(e))
 
     return app
 
