@@ -104,13 +104,14 @@ def load(directory: str | Path, backbone: str | FrozenBackbone | None = None, we
 
 def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out: str | Path | None = None, *,
           train_limit: int | None = None, test_limit: int | None = None, augment: bool = False,
-          resume: bool = False, **options) -> dict:
+          data_root: str | None = None, download: bool = False, resume: bool = False, **options) -> dict:
     """Train ``model`` on ``data`` (a dataset name, see ``pgn.data.DATASETS``, or a DataSpec).
 
     ``options`` are :class:`~pgn.training.TrainConfig` fields (``lr``, ``precision``, ``seed``, ``device``...);
     the rest is the ``cpu`` preset of :mod:`pgn.presets` (the paper's recipe at lr 0.01), as on the command
     line. ``seed`` (default 0) sets the data order and draws the ``train_limit``/``test_limit`` subsets,
     as ``pgn train --seed`` does. ``precision`` is ``"fp32"`` unless given (``"auto"``: bf16 where native).
+    ``data_root`` / ``download``: where a named dataset's files are, as for :func:`evaluate`.
     Writes the run into ``out`` (default ``runs/<dataset>-<method>-<time>``) and returns the last epoch's
     metrics.
     """
@@ -124,7 +125,8 @@ def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out
         raise PGNError(f"unknown training option(s) {', '.join(unknown)}; choose from {', '.join(sorted(_TRAIN_FIELDS))}")
     if isinstance(data, str):
         data = build_dataset(data, img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, augment=augment,
-                             train_limit=train_limit, test_limit=test_limit, seed=options.get("seed", 0))
+                             train_limit=train_limit, test_limit=test_limit, seed=options.get("seed", 0),
+                             root=data_root, download=download)
     if list(data.class_names) != list(cfg.class_names):
         raise PGNError(f"the model was created for classes {cfg.class_names[:5]}..., the dataset {data.name} has "
                        f"{list(data.class_names)[:5]}...; create the model with classes=data.class_names")
