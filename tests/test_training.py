@@ -316,3 +316,27 @@ def test_the_monitor_copies_a_large_group_only_on_the_steps_it_measures():
     assert monitor.counts["update/head"] == 20 and monitor.counts["update/backbone"] == 2
     row = monitor.epoch_summary()
     assert row["update/backbone"] > 0 and row["update/head"] > 0 and row["grad_norm/backbone"] > 0
+
+
+@pytest.mark.parametrize("method", ["pgn", "linear"])
+def test_preprocessing_on_the_device_trains_the_same_run(tmp_path, method):
+    """Stored pixels resized where the model runs (pgn.data.device) give the run that CPU preprocessing gives,
+    bit for bit (fp32): the trained loop, the linear probe's feature cache and evaluation all go through it."""
+    from pgn.data import build_dataset
+
+    weights, rows = [], []
+    for on_device in (False, True):
+        bb = make_tiny_vit()
+        data = build_dataset("digits", img_size=32, mean=bb.preprocessing.mean, std=bb.preprocessing.std,
+                             train_limit=48, test_limit=24, on_device=on_device)
+        cfg = AdapterConfig(method_config=(PGNConfig(num_prompts=2, library_size=8, generator_size=32)
+                                           if method == "pgn" else LinearConfig()),
+                            backbone=bb.name, backbone_width=bb.width, class_names=data.class_names, img_size=32,
+                            dataset="digits")
+        model = build_classifier(cfg, bb, seed=1)
+        rows.append(train(model, cfg, data, quiet(epochs=2, lr=0.05, seed=2), tmp_path / f"{method}-{on_device}"))
+        weights.append(model.trainable_modules().state_dict())
+    for key, value in weights[0].items():
+        assert torch.equal(weights[1][key], value), key
+    assert {k: v for k, v in rows[0].items() if "seconds" not in k and "per_s" not in k} == \
+           {k: v for k, v in rows[1].items() if "seconds" not in k and "per_s" not in k}

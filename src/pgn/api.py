@@ -144,7 +144,8 @@ def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out
 def train_run(backbone: str, method: str | MethodConfig, datasets: str | Sequence[str], config: TrainConfig,
               out: str | Path | None = None, *, weights: str | None = None, img_size: int | None = None,
               augment: bool = False, train_limit: int | None = None, test_limit: int | None = None,
-              root: str | None = None, download: bool = False, log=None) -> tuple[dict, Path]:
+              root: str | None = None, download: bool = False, on_device: bool = False,
+              log=None) -> tuple[dict, Path]:
     """A new run from its settings, as ``pgn train`` starts one: the backbone by name, the data (one dataset
     or several combined, ``"elpv,digits"``), the model of ``method`` (a name, or its config) drawn from
     ``config.seed``, then training into ``out`` (default ``runs/<method>-<dataset>-<time>``) on
@@ -153,6 +154,7 @@ def train_run(backbone: str, method: str | MethodConfig, datasets: str | Sequenc
     Returns (the last epoch's metrics, the run).
 
     The ``train_limit``/``test_limit`` subsets are drawn with ``config.seed``, as :func:`train` draws them.
+    ``on_device``: the loader ships stored pixels and the device resizes them (:mod:`pgn.data.device`).
     ``log``: where progress lines go (default: the ``pgn`` logger, on the main process of a torchrun job).
     """
     from .devices import resolve_device
@@ -178,7 +180,7 @@ def train_run(backbone: str, method: str | MethodConfig, datasets: str | Sequenc
     pre = bb.preprocessing
     data, parts = build_data(datasets, img_size=img_size, mean=pre.mean, std=pre.std, augment=augment,
                              train_limit=train_limit, test_limit=test_limit, seed=config.seed, root=root,
-                             download=download)
+                             download=download, on_device=on_device)
     method = _with_data_template(method, data)
     cfg = adapter_config(bb, method, data.class_names, img_size=img_size, dataset=data.name, backbone_weights=weights,
                          extra={"datasets": parts} if parts else None)  # several datasets: a head each
@@ -201,15 +203,20 @@ def _main_log(line: str) -> None:
 
 def build_data(names: str | Sequence[str], *, img_size: int, mean: Sequence[float], std: Sequence[float],
                augment: bool = False, train_limit: int | None = None, test_limit: int | None = None, seed: int = 0,
-               root: str | None = None, download: bool = False) -> tuple[DataSpec, list[dict] | None]:
+               root: str | None = None, download: bool = False,
+               on_device: bool = False) -> tuple[DataSpec, list[dict] | None]:
     """The data of a run: one dataset, or several combined (``"elpv,digits"``: one PGN, a head each).
 
     ``train_limit``/``test_limit`` draw stratified subsets with ``seed``. Returns the spec and, for several
     datasets, their parts (``[{name, classes, offset}]``, what the multi-dataset head is built from).
+    ``on_device``: stored pixels, resized on the training device (one dataset; :mod:`pgn.data.device`).
     """
     names = names.split(",") if isinstance(names, str) else list(names)
     kw = dict(img_size=img_size, mean=mean, std=std, augment=bool(augment), root=root,
-              train_limit=train_limit, test_limit=test_limit, seed=seed, download=download)
+              train_limit=train_limit, test_limit=test_limit, seed=seed, download=download, on_device=on_device)
+    if on_device and len(names) > 1:
+        raise PGNError("`on_device` preprocessing takes one dataset (their stored sizes differ); combine them "
+                       "without it")
     if len(names) == 1:
         return build_dataset(names[0], **kw), None
     from .multi import combine
@@ -312,7 +319,8 @@ def _data_of_run(acfg, config: dict, recipe: dict) -> DataSpec:
         first = parts[0]
         data, _ = build_data([p["name"] for p in parts], **sizes, augment=first.get("augment", False),
                              train_limit=first.get("train_limit"), test_limit=first.get("test_limit"),
-                             seed=first.get("seed", 0), root=first.get("root"))
+                             seed=first.get("seed", 0), root=first.get("root"),
+                             on_device=bool(first.get("on_device", False)))
     else:
         sizes = config.get("dataset", {})
         data, _ = build_data(acfg.dataset, **sizes, augment=config.get("augment", False),
@@ -341,6 +349,7 @@ def evaluate(model: PromptedClassifier, data: str | DataSpec | None = None, *, t
     """
     from torch.utils.data import DataLoader
 
+    from .data.device import on_device
     from .multi import DatasetView
     from .precision import resolve
     from .training import evaluate as evaluate_loop
@@ -356,7 +365,7 @@ def evaluate(model: PromptedClassifier, data: str | DataSpec | None = None, *, t
     def split(name):
         spec = build_dataset(name, img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, test_limit=test_limit,
                              root=data_root) if isinstance(name, str) else name
-        return DataLoader(spec.test, batch_size=batch_size), spec
+        return on_device(DataLoader(spec.test, batch_size=batch_size), spec, device), spec
 
     if cfg.extra.get("datasets") and data is None:
         out = {}

@@ -43,6 +43,9 @@ class DataSpec:
     # How it was built (``build_dataset``'s arguments: name, limits, subset seed, augment, root), recorded
     # in a run's config.json so that a resumed run rebuilds exactly these images; empty when built by hand.
     recipe: dict = field(default_factory=dict)
+    # Set where the splits yield stored uint8 pixels (``build_dataset(on_device=True)``): the module that
+    # turns a batch of them into the backbone's input on the training device (pgn.data.device).
+    device_transform: Callable | None = None
 
     @property
     def num_classes(self) -> int:

@@ -221,6 +221,7 @@ def build_dataset(
     test_limit: int | None = None,
     seed: int = 0,
     download: bool = False,
+    on_device: bool = False,
 ) -> DataSpec:
     """Build train and test datasets yielding (tensor (3, img_size, img_size), label int).
 
@@ -232,15 +233,23 @@ def build_dataset(
     ``augment`` applies the training augmentation to the train split only.
     ``train_limit``/``test_limit`` keep a stratified subset of that many items, chosen
     by ``seed`` (the train/test split itself is fixed, so the test set does not depend
-    on ``seed``).
+    on ``seed``). ``on_device``: the splits yield the images as stored ((C, h, w) uint8) and
+    ``spec.device_transform`` resizes and normalises a batch of them where the model runs
+    (:mod:`pgn.data.device`); for in-memory datasets of one image size, without augmentation.
     """
     if not isinstance(img_size, int) or img_size < 1:
         raise PGNError(f"image size must be a positive integer, got {img_size!r}")
     for what, limit in (("train_limit", train_limit), ("test_limit", test_limit)):
         if limit is not None and limit < 1:
             raise PGNError(f"{what} must be a positive number of images, got {limit}")
+    if on_device and augment:
+        raise PGNError("`on_device` preprocessing has no augmentation; leave `augment` off, or preprocess on the CPU")
     train_tf = train_transform(img_size, mean, std) if augment else eval_transform(img_size, mean, std)
     test_tf = eval_transform(img_size, mean, std)
+    if on_device:
+        from .device import StoredPixels
+
+        train_tf = test_tf = StoredPixels()
 
     raw = name.strip()
     if raw.lower().startswith("folder:"):
@@ -268,4 +277,18 @@ def build_dataset(
     spec.augmented = bool(augment)
     spec.recipe = {"name": raw, "train_limit": train_limit, "test_limit": test_limit, "seed": seed,
                    "augment": bool(augment), "root": None if root is None else str(root)}
+    if on_device:
+        from .device import DeviceTransform
+
+        _check_one_size(spec)
+        spec.device_transform = DeviceTransform(img_size, mean, std)
+        spec.recipe["on_device"] = True
     return spec
+
+
+def _check_one_size(spec: DataSpec) -> None:
+    """A batch of stored pixels needs one image size: in-memory arrays have it, files may not."""
+    bases = {id(split.base): split.base for split in (spec.train, spec.test)}
+    if not all(isinstance(getattr(b, "images", None), np.ndarray) for b in bases.values()):
+        raise PGNError(f"`on_device` preprocessing needs images of one stored size held in memory; {spec.name}'s "
+                       "are files of any size: preprocess them on the CPU (leave `on_device` off)")

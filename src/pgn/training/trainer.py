@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..adapter import AdapterConfig, save_adapter
 from ..data import DataSpec
 from ..data.base import check_classes
+from ..data.device import on_device
 from ..devices import resolve_device
 from ..errors import DivergedError, PGNError
 from ..files import LOCK_FILE, check_owned, run_lock
@@ -85,12 +86,15 @@ def _extract_features(model: PromptedClassifier, loader, device: str, precision:
     return TensorDataset(torch.cat(feats), torch.cat(labels))
 
 
-def _gather_features(model: PromptedClassifier, ds, cfg: TrainConfig, ctx: DistContext, progress: bool) -> TensorDataset:
-    """Frozen features of all of ``ds`` on every process, each process computing one shard of them."""
+def _gather_features(model: PromptedClassifier, data: DataSpec, cfg: TrainConfig, ctx: DistContext,
+                     progress: bool) -> TensorDataset:
+    """Frozen features of all of ``data.train`` on every process, each process computing one shard of them."""
+    ds = data.train
     # Without shuffling, rank r's shard is positions r, r + W, ... of the dataset padded (by repeating
     # its first samples) to a multiple of W, so stacking the shards rank-minor restores the order.
     sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False, drop_last=False)
-    loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers)
+    loader = on_device(DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers),
+                       data, ctx.device)
     feats, labels = _extract_features(model, loader, ctx.device, cfg.precision, progress, "features train").tensors
     feats = torch.stack(all_gather(feats), dim=1).flatten(0, 1)[:len(ds)]
     labels = torch.stack(all_gather(labels), dim=1).flatten(0, 1)[:len(ds)]
@@ -161,7 +165,7 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
     if not resume:  # a frozen classifier's frequency label mapping, from the model as built (a resumed run has it)
         from .label_map import fit_label_map
 
-        fit_label_map(model, data.train, cfg.batch_size, ctx.device, cfg.precision)
+        fit_label_map(model, data.train, cfg.batch_size, ctx.device, cfg.precision, data.device_transform)
     batches = _prepare_data(model, data, cfg, ctx, progress)
     cfg = batches.cfg
     scale = cfg.lr_scale(world)
@@ -248,10 +252,10 @@ def _prepare_data(model: PromptedClassifier, data: DataSpec, cfg: TrainConfig, c
     train_set = data.train
     if use_cache:
         # Linear probe: the frozen features never change, so compute them once.
-        train_set = _gather_features(model, data.train, cfg, ctx, progress)
+        train_set = _gather_features(model, data, cfg, ctx, progress)
         if n_test:  # a rank may hold no test sample
-            test_set = _extract_features(model, _eval_loader(test_set, cfg), ctx.device, cfg.precision, progress,
-                                         "features test")
+            test_set = _extract_features(model, on_device(_eval_loader(test_set, cfg), data, ctx.device), ctx.device,
+                                         cfg.precision, progress, "features test")
         # Features already sit on the device: worker processes could neither use nor speed them.
         cfg = dataclasses.replace(cfg, num_workers=0)
     sampler = ctx.sampler(train_set, cfg.seed)
@@ -262,8 +266,11 @@ def _prepare_data(model: PromptedClassifier, data: DataSpec, cfg: TrainConfig, c
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler,
                               generator=getattr(sampler, "generator", None), num_workers=cfg.num_workers,
                               persistent_workers=False)
+    test_loader = _eval_loader(test_set, cfg)
+    if not use_cache:  # stored pixels become the backbone's input on the device (cached features already are)
+        train_loader, test_loader = on_device(train_loader, data, ctx.device), on_device(test_loader, data, ctx.device)
     return _Batches(net=model.head if use_cache else model, train=train_loader,
-                    test=_eval_loader(test_set, cfg), sampler=sampler, n_test=n_test,
+                    test=test_loader, sampler=sampler, n_test=n_test,
                     use_cache=use_cache, augment=augment, cfg=cfg)
 
 
