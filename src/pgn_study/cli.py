@@ -13,8 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from pgn.cli.main import _add_precision_arg, _device, _Parser, _precision, as_flags
+from pgn.cli.main import _add_precision_arg, _Parser, as_flags
+from pgn.devices import resolve_device
 from pgn.errors import PGNError
+from pgn.precision import describe, resolve
 
 from . import comparison
 from .comparison import METHODS
@@ -49,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--preprocess-on-device", dest="on_device", action="store_true",
+                   help="ship stored pixels and resize them on --device (in-memory datasets; pgn.data.device)")
     p.add_argument("--render-only", action="store_true", help="write the report from the cache; train nothing")
     p.add_argument("--report-command", default=None, help=argparse.SUPPRESS)
 
@@ -82,9 +86,12 @@ def run(args) -> int:
         subsets = {"elpv": (400, 200)}
     base = comparison.QUICK_CANDIDATES if args.quick else comparison.CANDIDATES
     rates = {**base, **dict(_parse_rate(r) for r in args.rate or [])}
+    device = resolve_device(args.device)
+    precision = resolve(args.precision, device)
+    print(f"precision {describe(precision)}{' (auto)' if args.precision == 'auto' else ''} on {device}", flush=True)
     cfg = comparison.ComparisonConfig(methods=args.methods or comparison.METHODS, epochs=epochs, seeds=seeds,
                                       val_epochs=None if args.quick else args.val_epochs,
-                                      img_size=args.img_size, precision=_precision(args, _device(args)),
+                                      img_size=args.img_size, precision=precision,
                                       runs=Path(runs), candidates=rates, batch_size=args.batch_size,
                                       device=args.device, num_workers=args.workers, render_only=args.render_only,
                                       record=args.record)
@@ -92,7 +99,8 @@ def run(args) -> int:
     command = args.report_command or "pgn-bench " + " ".join(args.argv)
     res = comparison.benchmark(datasets, cfg, out, command=command, backbone=args.backbone, weights=args.weights,
                                subsets=subsets, data_root=args.data_root, throughput=args.throughput,
-                               log=lambda line: print(line, flush=True))  # progress shows up in a redirected log
+                               log=lambda line: print(line, flush=True),  # progress shows up in a redirected log
+                               on_device=args.on_device)
     print("\n".join(comparison.accuracy_table(res["results"])))
     print(f"report: {out.with_suffix('.md')}, raw: {out.with_suffix('.json')}")
     return 0

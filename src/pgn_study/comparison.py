@@ -162,7 +162,7 @@ def validation_split(data: DataSpec, fraction: float = VAL_FRACTION) -> DataSpec
                        f"{-(-classes // fraction):.0f}")
     tr, va = train_test_split(range(len(targets)), test_size=fraction, stratify=targets, random_state=0)
     return DataSpec(name=data.name, class_names=data.class_names, train=Subset(data.train, tr),
-                    test=Subset(data.train, va))
+                    test=Subset(data.train, va), device_transform=data.device_transform)
 
 
 def run_key(root: Path, method: str, split: str, lr: float, seed: int | None = None, head_lr: float | None = None,
@@ -431,11 +431,14 @@ def write_report(path: Path, comparison: dict, meta: dict, throughput: dict | No
 def benchmark(datasets: Sequence[str], cfg: ComparisonConfig, out: Path, *, command: str,
               backbone: str = "dinov2-s14-imgfocus", weights: str | None = None,
               subsets: dict[str, tuple[int, int]] | None = None, data_root: str | None = None,
-              throughput: Path | None = None, log: Callable[[str], None] | None = None) -> dict:
+              throughput: Path | None = None, log: Callable[[str], None] | None = None,
+              on_device: bool = False) -> dict:
     """Build the backbone and datasets, compare, write ``out.json`` (raw) and ``out.md`` (report).
 
     ``subsets`` maps a dataset name to (train, test) sizes of a stratified seed-0 subset;
     ``throughput`` is a JSON file of ``benchmarks/throughput.py`` to summarise next to the accuracy.
+    ``on_device``: the loaders ship stored pixels and the training device resizes them (pgn.data.device;
+    the same inputs to the bit, so the same cache).
     """
     import platform
 
@@ -451,7 +454,7 @@ def benchmark(datasets: Sequence[str], cfg: ComparisonConfig, out: Path, *, comm
     for name in datasets:
         train_limit, test_limit = subsets.get(name, (None, None))
         specs[name] = build_dataset(name, img_size=cfg.img_size, mean=pre.mean, std=pre.std, root=data_root,
-                                    train_limit=train_limit, test_limit=test_limit)
+                                    train_limit=train_limit, test_limit=test_limit, on_device=on_device)
     comparison = compare(model, specs, cfg, log)
     if not comparison["results"]:
         raise PGNError(f"nothing to report: no run of {', '.join(cfg.methods)} is in {cfg.runs}")

@@ -87,6 +87,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--augment", action="store_true", default=None, help="the paper's train augmentation")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--workers", dest="num_workers", type=int, default=0, help="data-loading worker processes")
+    g.add_argument("--preprocess-on-device", dest="on_device", action="store_true",
+                   help="ship stored pixels and resize them on --device (in-memory datasets, no --augment)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -309,7 +311,7 @@ def _is_main() -> bool:
 # --------------------------------------------------------------------------- commands
 
 # Options a resumed run may be given again with another value; every other one given must match the run's.
-_RESUME_FREE = {"epochs", "device", "num_workers", "no_progress", "out", "resume"}
+_RESUME_FREE = {"epochs", "device", "num_workers", "no_progress", "out", "resume", "on_device"}
 
 
 def cmd_train(args) -> int:
@@ -340,7 +342,8 @@ def cmd_train(args) -> int:
                              lr_scaling=args.lr_scaling, device=args.device)
         row, out = train_run(args.backbone, method, args.dataset, config, args.out, weights=args.weights,
                              img_size=args.img_size, augment=bool(args.augment), train_limit=args.train_limit,
-                             test_limit=args.test_limit, root=args.data_root, download=args.download)
+                             test_limit=args.test_limit, root=args.data_root, download=args.download,
+                             on_device=args.on_device)
     if _is_main():
         print(json.dumps({"run": str(out), **row}))
     return 0
