@@ -28,9 +28,12 @@ from pgn.data import build_dataset
 from pgn.demo import DATASET, EPOCHS, LR, TRAIN_IMAGES
 from pgn.files import atomic_path, write_json
 from pgn.precision import native_bf16
-from pgn_study.comparison import ComparisonConfig, NotCached, Runner, finished_result, run_key, run_root
+from pgn_study.comparison import ComparisonConfig, NotCached, Runner, Variant, finished_result, run_key, run_root
 
 METHODS = ("pgn", "linear")
+# Candidate changes to PGN's recipe for the tail (benchmarks/demo_tail_candidates.py trains them): read from
+# their records and shown beside the recipe over the same seeds; never trained here.
+CANDIDATES = {"pgn+clip1": Variant("clip1", train={"grad_clip": 1.0})}
 IMG = 112
 DOCS = Path("docs")
 
@@ -56,6 +59,9 @@ def collect(args, backbone, data) -> dict:
                     out[p][method][seed] = runners[p](key, method, data, LR, seed)
                 except NotCached:
                     out[p][method][seed] = finished_result(cfg, key)
+            for name, variant in CANDIDATES.items():
+                key = run_key(root, "pgn", "test", LR, seed, variant=variant)
+                out[p].setdefault(name, [None] * args.seeds)[seed] = finished_result(cfg, key)
     return out
 
 
@@ -107,10 +113,10 @@ def strip_plot(results: dict, path: Path) -> None:
 def diagnostics(results: dict) -> list[str]:
     """Per PGN seed, from its recorded epoch rows: where the train loss rose, and how large the library's steps
     were. A run that falls shows it here (the warm-up ends at epoch EPOCHS / 2, the peak rate)."""
-    lines = ["| precision | seed | test top-1 | test top-1 by epoch | largest train-loss rise (epoch) | "
-             "largest library update (epoch) | largest library grad norm |", "|---|---|---|---|---|---|---|"]
+    lines = ["| precision | run | seed | test top-1 | test top-1 by epoch | largest train-loss rise (epoch) | "
+             "largest library update (epoch) | largest library grad norm |", "|---|---|---|---|---|---|---|---|"]
     for p, by_method in results.items():
-        for seed, r in enumerate(by_method.get("pgn", [])):
+        for name, seed, r in ((n, s, r) for n in ("pgn", *CANDIDATES) for s, r in enumerate(by_method.get(n, []))):
             if not r or not r.get("epochs"):
                 continue
             rows = r["epochs"]
@@ -118,9 +124,29 @@ def diagnostics(results: dict) -> list[str]:
             rise, at = max(rises) if rises else (0.0, 1)
             upd = max((row.get("update/library", 0.0), i + 1) for i, row in enumerate(rows))
             grad = max(row.get("grad_norm/library", 0.0) for row in rows)
-            lines.append(f"| {p} | {seed} | {100 * r['top1']:.2f} | "
+            lines.append(f"| {p} | {name} | {seed} | {100 * r['top1']:.2f} | "
                          + ", ".join(f"{100 * row['test_top1']:.1f}" for row in rows)
                          + f" | {rise:+.3f} ({at}) | {upd[0]:.4f} ({upd[1]}) | {grad:.2f} |")
+    return lines
+
+
+def paired(results: dict) -> list[str]:
+    """Each candidate against the recipe on the seeds both have run: per seed, and median / worst of each."""
+    lines = []
+    for name in CANDIDATES:
+        rows = ["| precision | seeds run by both | recipe: median / worst | candidate: median / worst | "
+                "per seed (recipe -> candidate) |", "|---|---|---|---|---|"]
+        for p, by_method in results.items():
+            pairs = [(seed, a["top1"], b["top1"]) for seed, (a, b) in
+                     enumerate(zip(by_method.get("pgn", []), by_method.get(name, []))) if a and b]
+            if not pairs:
+                continue
+            recipe, cand = [a for _, a, _ in pairs], [b for _, _, b in pairs]
+            rows.append(f"| {p} | {len(pairs)} | {100 * statistics.median(recipe):.2f} / {100 * min(recipe):.2f} | "
+                        f"{100 * statistics.median(cand):.2f} / {100 * min(cand):.2f} | "
+                        + ", ".join(f"{seed}: {100 * a:.2f} -> {100 * b:.2f}" for seed, a, b in pairs) + " |")
+        if len(rows) > 2:
+            lines += [f"### `{name}`: {CANDIDATES[name].train}", ""] + rows + [""]
     return lines
 
 
@@ -133,7 +159,7 @@ def render(table: dict, meta: dict, out: Path, results: dict | None = None) -> N
              "the model's initialisation and the data order; the images are the same in every run. Raw numbers "
              "and every epoch's metrics: [demo-seeds.json](demo-seeds.json) and docs/records/demo-seeds/. Run "
              "seconds include time when other jobs shared the two cores.", ""]
-    done = min(s["seeds"] for by_m in table.values() for s in by_m.values())
+    done = min(s["seeds"] for by_m in table.values() for m, s in by_m.items() if m in METHODS)
     if done < meta["seeds_asked"]:
         lines += [f"**Incomplete: {done} of the {meta['seeds_asked']} seeds have finished in every row so far.** "
                   "The study resumes from its records (the same command); a median, worst and best of so few "
@@ -157,6 +183,12 @@ def render(table: dict, meta: dict, out: Path, results: dict | None = None) -> N
                   f"at epoch {EPOCHS / 2:g}; a seed that falls shows the train loss rising there and the token "
                   "library taking steps several times larger than in the other seeds (relative update size, "
                   "`update/library`).", ""] + diagnostics(results) + [""]
+        candidates = paired(results)
+        if candidates:
+            lines += ["## Candidates for the tail, on the same seeds", "",
+                      "Trained by `python benchmarks/demo_tail_candidates.py --precision P --seeds ... --grad-clip "
+                      "1.0` (the same runs with one change to the recipe), recorded beside them under "
+                      "docs/records/demo-seeds/.../pgn@clip1/.", ""] + candidates
     with atomic_path(out) as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")
 
