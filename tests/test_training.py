@@ -340,3 +340,19 @@ def test_preprocessing_on_the_device_trains_the_same_run(tmp_path, method):
         assert torch.equal(weights[1][key], value), key
     assert {k: v for k, v in rows[0].items() if "seconds" not in k and "per_s" not in k} == \
            {k: v for k, v in rows[1].items() if "seconds" not in k and "per_s" not in k}
+
+
+def test_an_epoch_opens_one_iterator_over_its_loader(tiny_vit, tmp_path, monkeypatch):
+    """tqdm.auto would open a second one (with workers: a second set of processes prefetching batches that
+    nobody reads); pgn.training.progress draws the bar itself."""
+    from torch.utils.data import DataLoader
+
+    opened = []
+    real_iter = DataLoader.__iter__
+    monkeypatch.setattr(DataLoader, "__iter__", lambda self: opened.append(self) or real_iter(self))
+    model = build_classifier(adapter_cfg("pgn", tiny_vit), tiny_vit)
+    train(model, adapter_cfg("pgn", tiny_vit), spec(), quiet(epochs=2), tmp_path / "run")
+    shuffled = [loader for loader in opened if loader.generator is not None]  # the training loader
+    assert len(shuffled) == 2 and len(set(map(id, shuffled))) == 1  # one iterator per epoch
+    # the test loader: an evaluation per epoch, and the last epoch's two passes of the mixture ablation
+    assert len(opened) - len(shuffled) == 2 + 2

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..precision import autocast
+from .progress import Progress
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
@@ -27,7 +27,7 @@ def evaluation_sums(model: nn.Module, loader, device: str = "cpu", precision: st
     model.eval()
     n = correct1 = correct5 = 0
     loss_sum = 0.0
-    for images, labels in tqdm(loader, desc=desc, leave=False, disable=None if progress else True, dynamic_ncols=True):
+    for images, labels in Progress(loader, desc, progress):
         images, labels = images.to(device), labels.to(device)
         with autocast(device, precision):
             logits = model(images)
@@ -80,7 +80,7 @@ def mixture_ablation(model: nn.Module, loader, device: str = "cpu", precision: s
     was_training = model.training
     model.eval()
     coeffs = []
-    for images, _ in tqdm(loader, desc="mixtures", leave=False, disable=None if progress else True):
+    for images, _ in Progress(loader, "mixtures", progress):
         with autocast(device, precision):
             coeffs.append(model.prompts.coefficients(images.to(device)).float())
     if not coeffs:

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorDataset
-from tqdm.auto import tqdm
 
 from ..adapter import AdapterConfig, save_adapter
 from ..data import DataSpec
@@ -41,6 +40,7 @@ from .distributed import (
 )
 from .evaluate import SUMS, evaluation_sums, has_mixtures, metrics_of, mixture_ablation, topk_correct
 from .monitor import OptimizerMonitor
+from .progress import Progress
 from .resume import restore, trainer_state
 from .run_dir import check_run_dir, remove_new_run, write_run_config
 from .schedule import warmup_cosine
@@ -79,7 +79,7 @@ def _optimizer(model: PromptedClassifier, cfg: TrainConfig, scale: int = 1) -> t
 def _extract_features(model: PromptedClassifier, loader, device: str, precision: str, progress: bool,
                       desc: str) -> TensorDataset:
     feats, labels = [], []
-    for images, y in tqdm(loader, desc=desc, leave=False, disable=None if progress else True, dynamic_ncols=True):
+    for images, y in Progress(loader, desc, progress):
         with autocast(device, precision):
             feats.append(model.backbone(images.to(device)).float())
         labels.append(y.to(device))
@@ -284,8 +284,7 @@ def _train_epoch(model: PromptedClassifier, batches: _Batches, parts: DataParall
     seen = correct = 0
     loss_sum = 0.0
     # disable=None: tqdm draws bars on a terminal and stays quiet in a redirected log.
-    bar = tqdm(batches.train, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if progress else True,
-               leave=False, dynamic_ncols=True)
+    bar = Progress(batches.train, f"epoch {epoch + 1}/{cfg.epochs}", progress)
     # A head may define its own loss (pgn.multi: each sample sees only its dataset's classes).
     loss_fn = getattr(model.head, "loss", None) or F.cross_entropy
     forward = parts.forward  # the DDP wrapper, when distributed
