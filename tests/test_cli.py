@@ -337,3 +337,14 @@ def test_corrupt_or_foreign_weights_files_are_one_line(tmp_path, tiny_weights, b
     r = pgn("info", "--backbone", backbone, "--weights", path)
     line = one_line_error(r)
     assert r.returncode == 2 and "Traceback" not in r.stderr and (str(path) in line or "weights" in line), line
+
+
+def test_zero_shot_eval_is_one_library_call_and_says_its_size():
+    r = pgn("eval", "--method", "zeroshot", "--backbone", "test-vit-clip", "--dataset", "digits", "--test-limit", 8,
+            "--precision", "fp32")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == "--img-size 96: test-vit-clip's native input (a smaller one trains faster on a CPU)"
+    out = json.loads(lines[-1])
+    assert (out["dataset"], out["method"], out["n"], out["precision"]) == ("digits", "zeroshot", 8, "fp32")
+    assert 0 <= out["top1"] <= 1 and out["top5"] >= out["top1"]

@@ -37,12 +37,14 @@ _TRAIN_FIELDS = {f.name for f in fields(TrainConfig)} - {"epochs"}
 
 def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str | MethodConfig = "pgn",
                  classes: Sequence[str] = (), *, img_size: int | None = None, weights: str | None = None,
-                 dataset: str | None = None, seed: int = 0, **options) -> PromptedClassifier:
+                 dataset: str | None = None, data_root: str | None = None, download: bool = False, seed: int = 0,
+                 **options) -> PromptedClassifier:
     """A freshly initialised classifier of ``method`` on a frozen ``backbone`` (a name or a built backbone).
 
     ``method``: a method config of :mod:`pgn.methods` (``PGNConfig(library_size=256)``), or its name
     with the config's fields as ``options`` (``"pgn", library_size=256``). ``classes`` are the class
-    names (for the zero-shot head, the text it reads); left out, they come from ``dataset``.
+    names (for the zero-shot head, the text it reads); left out, they come from ``dataset`` (its files in
+    ``data_root`` where it needs them; ``download`` lets torchvision fetch the ones it knows).
     Preprocessing comes from the backbone; ``img_size`` (the backbone's input resolution) defaults to the
     one it was made for (224 for the paper's ViTs; the ``cpu`` preset of the command line uses 112).
     ``seed``: the trainable parts' initialisation (the same seed builds the same model, whatever
@@ -56,7 +58,7 @@ def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str 
     bb = create_backbone(backbone, weights) if isinstance(backbone, str) else backbone
     img_size = _native_size(bb, img_size)
     if dataset is not None and (not classes or _reads_template(method)):
-        data = build_dataset(dataset, img_size=img_size)
+        data = build_dataset(dataset, img_size=img_size, root=data_root, download=download)
         classes = classes or data.class_names  # the data names its classes
         method = _with_data_template(method, data)
     if not classes:
@@ -340,8 +342,11 @@ def _data_of_run(acfg, config: dict, recipe: dict) -> DataSpec:
 
 def evaluate(model: PromptedClassifier, data: str | DataSpec | None = None, *, test_limit: int | None = None,
              batch_size: int = 32, device: str | None = None, precision: str = "fp32", data_root: str | None = None,
-             progress: bool = True) -> dict:
+             img_size: int | None = None, download: bool = False, progress: bool = True) -> dict:
     """Test metrics of ``model`` (loss, top-1, top-5, n) on ``data`` (default: the dataset it records).
+
+    A dataset named here is built at the model's input size, or at ``img_size`` (a backbone that takes
+    any multiple of its patch, at another resolution than it was trained at).
 
     A model trained on several datasets at once (``pgn.multi``) is scored per dataset:
     ``{"datasets": {name: metrics}}``. ``device``: where to run (default: where the model is).
@@ -363,8 +368,8 @@ def evaluate(model: PromptedClassifier, data: str | DataSpec | None = None, *, t
                        "images first (pgn.training.fit_label_map(model, data.train))")
 
     def split(name):
-        spec = build_dataset(name, img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, test_limit=test_limit,
-                             root=data_root) if isinstance(name, str) else name
+        spec = build_dataset(name, img_size=img_size or cfg.img_size, mean=cfg.mean, std=cfg.std,
+                             test_limit=test_limit, root=data_root, download=download) if isinstance(name, str) else name
         return on_device(DataLoader(spec.test, batch_size=batch_size), spec, device), spec
 
     if cfg.extra.get("datasets") and data is None:
@@ -375,7 +380,7 @@ def evaluate(model: PromptedClassifier, data: str | DataSpec | None = None, *, t
         return {"datasets": out}
     name = data if data is not None else cfg.dataset
     if name is None:
-        raise PGNError("the model does not record its dataset; pass data=NAME")
+        raise PGNError("the model does not record its dataset; pass `data=NAME`")
     loader, spec = split(name)
     if list(spec.class_names) != list(cfg.class_names):
         raise PGNError(f"{spec.name} has classes {list(spec.class_names)[:5]}..., but the model was trained on "

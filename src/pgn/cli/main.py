@@ -350,46 +350,28 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..api import evaluate
+    from ..api import create_model, evaluate
     from ..devices import resolve_device
     from ..precision import resolve as resolve_precision
 
     if args.api:
         return _eval_api(args)
+    if args.method == "zeroshot" and not args.dataset:
+        raise PGNError("zero-shot evaluation needs --dataset")
+    if args.method != "zeroshot" and not args.run:
+        raise PGNError("pass a run directory to evaluate, or --method zeroshot with a clip-* --backbone")
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)  # the JSON it prints names it
-    if args.method == "zeroshot":
-        model, cfg = _zero_shot_model(args)
-    elif not args.run:
-        raise PGNError("pass a run directory to evaluate, or --method zeroshot with a clip-* --backbone")
+    if args.method == "zeroshot":  # CLIP's zero-shot head over the dataset's classes, nothing trained
+        model = create_model(args.backbone or "clip-vit-b32", "zeroshot", dataset=args.dataset, weights=args.weights,
+                             img_size=args.img_size, data_root=args.data_root, download=args.download)
     else:
-        model, cfg = _load(args.run, args)
-    if cfg.extra.get("datasets"):  # one PGN over several datasets: each scored
-        metrics = evaluate(model, test_limit=args.test_limit, batch_size=args.batch_size, device=device,
-                           precision=precision, data_root=args.data_root)
-        print(json.dumps({"run": args.run, "method": cfg.method, **metrics}))
-        return 0
-    name = args.dataset or cfg.dataset
-    if not name:
-        raise PGNError(f"{args.run} does not record its dataset; pass --dataset")
-    data = _dataset(args, name, args.img_size or cfg.img_size, cfg.mean, cfg.std, test_limit=args.test_limit)
-    metrics = evaluate(model, data, batch_size=args.batch_size, device=device, precision=precision)
-    print(json.dumps({"run": args.run, "dataset": name, "method": cfg.method, **metrics}))
+        model, _ = _load(args.run, args)
+    metrics = evaluate(model, args.dataset, test_limit=args.test_limit, batch_size=args.batch_size, device=device,
+                       precision=precision, data_root=args.data_root, img_size=args.img_size, download=args.download)
+    shown = {} if "datasets" in metrics else {"dataset": args.dataset or model.config.dataset}
+    print(json.dumps({"run": args.run, **shown, "method": model.config.method, **metrics}))
     return 0
-
-
-def _zero_shot_model(args):
-    from ..adapter import adapter_config, build_classifier
-    from ..backbones import create_backbone
-
-    if not args.dataset:
-        raise PGNError("zero-shot evaluation needs --dataset")
-    backbone = create_backbone(args.backbone or "clip-vit-b32", args.weights)
-    img_size = args.img_size or backbone.preprocessing.input_size
-    data = _dataset(args, args.dataset, img_size, backbone.preprocessing.mean, backbone.preprocessing.std)
-    cfg = adapter_config(backbone, "zeroshot", data.class_names, img_size=img_size, dataset=data.name,
-                         backbone_weights=args.weights, template=getattr(data, "template", None))
-    return build_classifier(cfg, backbone), cfg
 
 
 def _eval_api(args) -> int:
@@ -584,7 +566,7 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "expor
 
 
 # Library names of settings whose flag is named otherwise (the library's messages use its own names).
-_FLAG_OF = {"root": "data_root", "model": "api_model", "backbone_weights": "weights"}
+_FLAG_OF = {"root": "data_root", "model": "api_model", "backbone_weights": "weights", "data": "dataset"}
 
 
 def as_flags(message: str, parser: argparse.ArgumentParser) -> str:
