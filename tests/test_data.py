@@ -257,3 +257,22 @@ def test_preprocessing_on_the_device_refuses_what_it_cannot_do(tmp_path):
             Image.fromarray(np.full((8 + i, 8, 3), i, np.uint8)).save(tmp_path / c / f"{i}.png")
     with pytest.raises(PGNError, match="one stored size held in memory"):
         build_dataset(f"folder:{tmp_path}", img_size=32, on_device=True)
+
+
+def test_pillow_resize_is_pillows_on_many_sizes():
+    """The coefficients against Pillow itself: square images enlarged and shrunk by awkward ratios, and one
+    axis alone, grey and RGB (the shapes the in-memory datasets make; see pillow_resize on others)."""
+    from pgn.data.device import pillow_resize
+
+    rng = np.random.default_rng(0)
+    sizes = [((28, 28), (224, 224)), ((300, 300), (112, 112)), ((8, 8), (33, 33)), ((5, 5), (2, 2)),
+             ((101, 7), (101, 95)), ((101, 7), (13, 7)), ((224, 200), (224, 97))]
+    sizes += [((int(a), int(a)), (int(b), int(b))) for a, b in rng.integers(1, 160, (10, 2))]
+    sizes += [((int(a), int(c)), (int(b), int(c))) for a, b, c in rng.integers(1, 120, (5, 3))]
+    for (h, w), (oh, ow) in sizes:
+        for channels in (1, 3):
+            arr = rng.integers(0, 256, (h, w) if channels == 1 else (h, w, 3), dtype=np.uint8)
+            want = np.asarray(Image.fromarray(arr).resize((ow, oh), Image.BICUBIC), dtype=np.float32)
+            x = torch.from_numpy(arr.copy()).reshape(1, h, w, channels).permute(0, 3, 1, 2)
+            got = pillow_resize(x, (oh, ow))[0].permute(1, 2, 0).numpy().reshape(want.shape)
+            assert np.array_equal(got, want), ((h, w), (oh, ow), channels, np.abs(got - want).max())

@@ -62,3 +62,19 @@ def test_token_sharing_overlap(tmp_path):
     coeffs[2:, 0, :2] = 0.5  # dataset b splits between tokens 0 and 1
     out = dataset_token_sharing(coeffs, torch.tensor([0, 0, 1, 1]), parts, tmp_path / "t.png")
     assert abs(out["overlap"]["a~b"] - 0.5) < 1e-6 and (tmp_path / "t.png").is_file()
+
+
+def test_a_model_over_several_datasets_is_scored_on_each_or_on_the_one_named(tmp_path):
+    import pgn
+    from pgn.api import train_run
+    from pgn.errors import PGNError
+
+    _, run = train_run("test-vit-timm", "pgn", "digits,elpv", TrainConfig(epochs=1, batch_size=16, progress=False),
+                       tmp_path / "r", img_size=32, train_limit=32, test_limit=16, log=lambda *_: None)
+    model = pgn.load(run, device="cpu")
+    both = pgn.evaluate(model, test_limit=16, progress=False)["datasets"]
+    assert sorted(both) == ["digits", "elpv"] and all(m["n"] == 16 for m in both.values())
+    one = pgn.evaluate(model, "elpv", test_limit=16, progress=False)["datasets"]
+    assert list(one) == ["elpv"] and one["elpv"] == both["elpv"]
+    with pytest.raises(PGNError, match="trained on digits, elpv at once"):
+        pgn.evaluate(model, "fashion-mnist", progress=False)

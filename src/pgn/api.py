@@ -138,7 +138,8 @@ def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out
     from .presets import PRESETS
 
     # The command line's default budget (pgn.presets "cpu"), with the caller's epochs and options; the
-    # device defaults as on the command line (CUDA when there is a GPU: TrainConfig.device None).
+    # device defaults as on the command line (None: CUDA when there is a GPU, resolved by the trainer).
+    options.setdefault("device", None)
     recipe = dataclasses.replace(PRESETS["cpu"].train, epochs=epochs, **options)
     return _train_loop(model, cfg, data, recipe, out, resume=resume)
 
@@ -348,8 +349,8 @@ def evaluate(model: PromptedClassifier, data: str | DataSpec | None = None, *, t
     A dataset named here is built at the model's input size, or at ``img_size`` (a backbone that takes
     any multiple of its patch, at another resolution than it was trained at).
 
-    A model trained on several datasets at once (``pgn.multi``) is scored per dataset:
-    ``{"datasets": {name: metrics}}``. ``device``: where to run (default: where the model is).
+    A model trained on several datasets at once (``pgn.multi``) is scored per dataset (or on the one of
+    them named): ``{"datasets": {name: metrics}}``. ``device``: where to run (default: where the model is).
     ``precision``: ``fp32`` (default), ``bf16`` or ``auto``; the metrics name the one that ran.
     """
     from torch.utils.data import DataLoader
@@ -372,9 +373,16 @@ def evaluate(model: PromptedClassifier, data: str | DataSpec | None = None, *, t
                              test_limit=test_limit, root=data_root, download=download) if isinstance(name, str) else name
         return on_device(DataLoader(spec.test, batch_size=batch_size), spec, device), spec
 
-    if cfg.extra.get("datasets") and data is None:
+    parts = cfg.extra.get("datasets")
+    if parts:  # one model over several datasets: each part scored by its own head (or the one named)
+        names = [part["name"] for part in parts]
+        if data is not None and data not in names:
+            raise PGNError(f"this model was trained on {', '.join(names)} at once; pass one of them as `data=NAME`, "
+                           "or none to score each")
         out = {}
-        for i, part in enumerate(cfg.extra["datasets"]):
+        for i, part in enumerate(parts):
+            if data is not None and part["name"] != data:
+                continue
             loader, _ = split(part["name"])
             out[part["name"]] = dict(evaluate_loop(DatasetView(model, i), loader, device, precision, progress), precision=precision)
         return {"datasets": out}

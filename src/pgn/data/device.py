@@ -7,7 +7,8 @@ tensor (28x28x1 for Fashion-MNIST: 64x fewer bytes than the float 224 px image),
 :class:`DeviceTransform` turns a whole batch into the backbone's input where the model runs, with the
 same operations as :func:`pgn.data.transforms.eval_transform`: Pillow's bicubic resize of the shorter
 side (its own fixed-point coefficients, applied as matrix products, so the 8-bit result is Pillow's), a
-centre crop, grey to RGB, ``x / 255`` and the normalisation. torch's own ``interpolate(mode="bicubic",
+centre crop, grey to RGB, ``x / 255`` and the normalisation (to the bit for square stored images, which
+every in-memory dataset here has; see :func:`pillow_resize` on other shapes). torch's own ``interpolate(mode="bicubic",
 antialias=True)`` matches Pillow when shrinking but not when enlarging (28 px to 224 px: up to 19 8-bit
 steps apart), which is why it is not used.
 
@@ -65,25 +66,32 @@ def pillow_weights(in_size: int, out_size: int) -> np.ndarray:
     shrinking, each row normalised to sum 1, then rounded to ``2**22`` steps), so that applying them as
     :func:`pillow_resize` does gives Pillow's own 8-bit result.
     """
+    # In Resample.c's order of operations (double precision, the taps summed one by one), so that no
+    # coefficient lands on the other side of a rounding step.
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support = 2.0 * filterscale
+    ss = 1.0 / filterscale
+    one = 1 << _PRECISION_BITS
     out = np.zeros((out_size, in_size), dtype=np.int64)
     for xx in range(out_size):
         center = (xx + 0.5) * scale
         xmin = max(int(center - support + 0.5), 0)
         xmax = min(int(center + support + 0.5), in_size)
-        k = np.array([_bicubic((x - center + 0.5) / filterscale) for x in range(xmin, xmax)])
-        total = k.sum()
-        k = k / total if total != 0 else k
-        one = 1 << _PRECISION_BITS
-        out[xx, xmin:xmax] = np.where(k < 0, np.trunc(-0.5 + k * one), np.trunc(0.5 + k * one)).astype(np.int64)
+        k = [_bicubic((x - center + 0.5) * ss) for x in range(xmin, xmax)]
+        total = 0.0
+        for w in k:
+            total += w
+        if total != 0.0:
+            k = [w / total for w in k]
+        out[xx, xmin:xmax] = [int(-0.5 + w * one) if w < 0 else int(0.5 + w * one) for w in k]  # C's (int) truncates
     return out
 
 
 def pillow_resize(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, C, h, w) 8-bit values (any dtype) -> (B, C, H, W) float of 8-bit values, as Pillow's bicubic
-    ``Image.resize((W, H))`` gives them: the horizontal pass, rounded and clipped to 8 bits, then the vertical.
+    ``Image.resize((W, H))`` gives them: the rows, rounded and clipped to 8 bits, then the columns. Exact to the
+    bit where both axes scale by the same factor, or one axis only (tested); see the note on other shapes.
 
     The fixed-point sums are exact in float64 (below 2**53), so the result is Pillow's to the bit.
     """
@@ -95,12 +103,19 @@ def pillow_resize(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     def rounded(v: torch.Tensor) -> torch.Tensor:  # Pillow's clip8: (sum + half) >> bits, clipped to 0..255
         return torch.floor((v + half) / one).clamp_(0, 255)
 
-    if out_w != w:
-        kw = torch.from_numpy(pillow_weights(w, out_w)).to(x.device, torch.float64)
-        x = rounded(x @ kw.T)
-    if out_h != h:
-        kh = torch.from_numpy(pillow_weights(h, out_h)).to(x.device, torch.float64)
-        x = rounded((x.transpose(-1, -2) @ kh.T).transpose(-1, -2))
+    def horizontal(v: torch.Tensor) -> torch.Tensor:
+        kw = torch.from_numpy(pillow_weights(w, out_w)).to(v.device, torch.float64)
+        return rounded(v @ kw.T)
+
+    def vertical(v: torch.Tensor) -> torch.Tensor:
+        kh = torch.from_numpy(pillow_weights(h, out_h)).to(v.device, torch.float64)
+        return rounded((v.transpose(-1, -2) @ kh.T).transpose(-1, -2))
+
+    # Pillow 13 resizes the rows first when both axes scale alike (every square image made square, as the
+    # in-memory datasets here are); for other shapes its C code sometimes takes the columns first, by a rule
+    # this does not reproduce (measured: then pixels may differ by a few 8-bit steps).
+    for resample in [horizontal] * (out_w != w) + [vertical] * (out_h != h):
+        x = resample(x)
     return x.float()
 
 
@@ -139,7 +154,8 @@ class DeviceTransform(nn.Module):
 class DeviceLoader:
     """A DataLoader of stored pixels seen as one of device batches: ``(transform(x on device), y on device)``.
 
-    ``len``, ``sampler`` and ``dataset`` are the wrapped loader's; pinned memory lets the copy overlap.
+    ``len``, ``sampler`` and ``dataset`` are the wrapped loader's. On CUDA the copy is asynchronous (it
+    overlaps only where the loader pins its memory, ``pin_memory=True``).
     """
 
     def __init__(self, loader, transform: DeviceTransform, device: str | torch.device):

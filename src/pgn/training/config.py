@@ -40,7 +40,7 @@ class TrainConfig:
     precision: str = "fp32"           # "fp32", "bf16" (autocast) or "auto" (bf16 where native), resolved at the start
     seed: int = 0
     num_workers: int = 0
-    device: str | None = None         # None: cuda:LOCAL_RANK where a GPU is visible, else cpu (resolved at the start)
+    device: str | None = "cpu"        # None: cuda:LOCAL_RANK where a GPU is visible, else cpu (pgn.train's default)
     progress: bool = True
     cache_features: bool = True       # linear probe on un-augmented data: run the frozen ViT once
     # Data-parallel runs (torchrun): ``batch_size`` is per process, the global batch is batch_size x processes.

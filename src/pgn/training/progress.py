@@ -32,8 +32,11 @@ class Progress:
     def __init__(self, loader, desc: str, enabled: bool, leave: bool = False):
         spend_unused_draw(loader)
         self.loader = loader
-        self.bar = tqdm(total=len(loader), desc=desc, leave=leave, disable=None if enabled else True,
-                        dynamic_ncols=True)
+        try:
+            total = len(loader)
+        except TypeError:  # an iterable-style dataset: a bar without an end
+            total = None
+        self.bar = tqdm(total=total, desc=desc, leave=leave, disable=None if enabled else True, dynamic_ncols=True)
 
     def __iter__(self):
         try:
@@ -42,9 +45,6 @@ class Progress:
                 self.bar.update()
         finally:
             self.bar.close()
-
-    def __len__(self) -> int:
-        return len(self.loader)
 
     def set_postfix(self, **values) -> None:
         self.bar.set_postfix(**values)
