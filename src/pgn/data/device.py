@@ -163,8 +163,8 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # The wrapped loader's iterator is made now, as iter(DataLoader) makes one (drawing the workers' base
-        # seed from the loader's generator), not at the first batch: tqdm.auto makes an iterator it never
-        # reads, and the draws, so the run, must be the same whichever side preprocesses.
+        # seed from the loader's generator), not at the first batch: the draws, so the run, are then the same
+        # whichever side preprocesses, whatever wraps the loader.
         batches = iter(self.loader)
         blocking = self.device.type != "cuda"
         return ((self.transform(x.to(self.device, non_blocking=not blocking)),
