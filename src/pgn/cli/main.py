@@ -291,12 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------- helpers
 
-def _dataset(args, name: str, img_size: int, mean, std, augment: bool = False, train_limit=None, test_limit=None):
+def _dataset(args, name: str, img_size: int, mean, std, test_limit=None):
+    """The test data an API evaluation or an analysis reads (``--data-root``, ``--download``)."""
     from ..data import build_dataset
 
-    return build_dataset(name, img_size=img_size, mean=mean, std=std, augment=bool(augment), root=args.data_root,
-                         train_limit=train_limit, test_limit=test_limit, seed=getattr(args, "seed", 0),
-                         download=getattr(args, "download", False))
+    return build_dataset(name, img_size=img_size, mean=mean, std=std, root=args.data_root, test_limit=test_limit,
+                         seed=getattr(args, "seed", 0), download=getattr(args, "download", False))
 
 
 
