@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- helpers
 
 def _dataset(args, name: str, img_size: int, mean, std, test_limit=None):
-    """The test data an API evaluation or an analysis reads (``--data-root``, ``--download``)."""
+    """A dataset for `eval --api` and `import-official` (``--data-root``, ``--download``)."""
     from ..data import build_dataset
 
     return build_dataset(name, img_size=img_size, mean=mean, std=std, root=args.data_root, test_limit=test_limit,
