@@ -64,7 +64,7 @@ def import_official(checkpoint: str | Path, backbone: FrozenBackbone, class_name
     g = gen.config
     method = PGNConfig(num_prompts=g.num_prompts, library_size=g.library_size, library_space=g.library_space,
                        arch=g.arch, widths=g.widths, mixing=g.mixing, generator_size=g.input_size,
-                       library_init_std=g.library_init_std, output_init=g.output_init,
+                       library_init_std=g.library_init_std, output_init=g.output_init, output_init_scale=g.output_init_scale,
                        head="zeroshot" if zero_shot else "linear", template=template)
     cfg = adapter_config(backbone, method, class_names, img_size=img_size, dataset=dataset,
                          extra={"imported_from": Path(checkpoint).name, "head_trained": zero_shot})

@@ -75,6 +75,7 @@ class PGNConfig:
     generator_size: int | None = None   # the generator's input resolution (None: the model's img_size)
     library_init_std: float | None = None
     output_init: str = "default"
+    output_init_scale: float = 1.0      # the generator's last layer at init x this (mixture sharpness at step 0)
     head: str = "linear"                # or "zeroshot" (CLIP's frozen text head)
     head_norm: str = "batchnorm"
     template: str | None = None         # the zero-shot head's prompt
@@ -93,7 +94,7 @@ class PGNConfig:
         return GeneratorConfig(num_prompts=self.num_prompts, library_size=self.library_size, arch=self.arch,
                                widths=self.widths, input_size=self.generator_size or img_size, mixing=self.mixing,
                                library_space=self.library_space, library_init_std=self.library_init_std,
-                               output_init=self.output_init)
+                               output_init=self.output_init, output_init_scale=self.output_init_scale)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--head-lr", type=float, default=None, help="head learning rate (default: --lr, as in the paper)")
     g.add_argument("--backbone-lr", type=float, default=None, help="backbone learning rate for finetune (default: --lr)")
     g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
+    g.add_argument("--prompt-optimizer", default=None, choices=("sgd", "adamw"),
+                   help="the prompts' own optimiser (e.g. adamw beside an sgd head; default: --optimizer)")
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--warmup-epochs", type=float, default=None, help="default: half the run (paper: 50 of 100)")
     g.add_argument("--grad-clip", type=float, default=None, help="max gradient norm; 0 disables (default and paper: off)")
@@ -335,7 +337,8 @@ def cmd_train(args) -> int:
         method = method_config_of(args.method, {n: getattr(args, n, None) for n in names},
                                   **{n: getattr(args, n) for n in sorted(args.given & names)})
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
-                             backbone_lr=args.backbone_lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
+                             backbone_lr=args.backbone_lr, optimizer=args.optimizer,
+                             prompt_optimizer=args.prompt_optimizer, weight_decay=args.weight_decay,
                              warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip or None,
                              head_init=args.head_init, precision=args.precision, seed=args.seed,
                              num_workers=args.num_workers, progress=not args.no_progress,

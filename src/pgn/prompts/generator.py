@@ -1,6 +1,7 @@
 """The Prompt Generation Network: a small CNN that maps an image to K library mixtures."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,9 @@ class GeneratorConfig:
     # Initialisation (ablations in docs/ablations.md; the defaults are the paper's):
     library_init_std: float | None = None  # None: N(0, 0.02) latent tokens (paper), N(0, 1) pixel-patch logits
     output_init: str = "default"   # "default" (PyTorch's Linear init) or "zero": uniform mixtures at step 0
+    # The last layer's initial weight and bias times this: the inverse temperature of the mixtures at step 0
+    # (> 1: sharper, < 1: nearer uniform). An ablation of how fast the mixtures can leave uniform.
+    output_init_scale: float = 1.0
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
@@ -43,6 +47,8 @@ class GeneratorConfig:
             raise PGNError("a pixel-space library needs softmax mixing (coefficients must sum to 1)")
         if self.output_init not in ("default", "zero"):
             raise PGNError(f"unknown output_init {self.output_init!r}; choose default or zero")
+        if not (math.isfinite(self.output_init_scale) and self.output_init_scale > 0):
+            raise PGNError(f"output_init_scale must be a positive number, got {self.output_init_scale}")
         if self.library_init_std is not None and not self.library_init_std >= 0:
             raise PGNError(f"library_init_std must be >= 0, got {self.library_init_std}")
         if len(self.widths) != 4 or min(self.widths) < 1:
@@ -116,10 +122,14 @@ class PromptGenerator(nn.Module):
         self.config = config
         out = config.num_prompts * config.library_size
         self.net = ResNet10(out, config.widths) if config.arch == "resnet10" else _resnet18(out)
+        last = self.net.head[-1] if config.arch == "resnet10" else self.net.fc
         if config.output_init == "zero":
-            last = self.net.head[-1] if config.arch == "resnet10" else self.net.fc
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
+        elif config.output_init_scale != 1.0:
+            with torch.no_grad():
+                last.weight.mul_(config.output_init_scale)
+                last.bias.mul_(config.output_init_scale)
         init = {} if config.library_init_std is None else {"init_std": config.library_init_std}
         if config.library_space == "pixel":
             if backbone is None:

@@ -31,6 +31,7 @@ class TrainConfig:
     head_lr: float | None = None      # linear head; None: tied to ``lr`` (paper)
     backbone_lr: float | None = None  # full fine-tuning only; defaults to ``lr``
     optimizer: str = "sgd"            # "sgd" (momentum 0.9, paper) or "adamw"
+    prompt_optimizer: str | None = None  # the prompt groups' own ("adamw" prompts beside an SGD head); None: `optimizer`
     momentum: float = 0.9
     weight_decay: float = 0.0
     warmup_epochs: float | None = None  # None: half the run (paper: 50 of 100 epochs)
@@ -53,8 +54,10 @@ class TrainConfig:
             raise PGNError(f"epochs and batch size must be >= 1 (got {self.epochs}, {self.batch_size})")
         if not (self.lr > 0) or (self.head_lr is not None and not self.head_lr > 0):
             raise PGNError(f"learning rates must be positive (got lr={self.lr}, head_lr={self.head_lr})")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise PGNError(f"unknown optimizer {self.optimizer!r}; choose sgd or adamw")
+        for name in ("optimizer", "prompt_optimizer"):
+            value = getattr(self, name)
+            if value not in ("sgd", "adamw") and not (name == "prompt_optimizer" and value is None):
+                raise PGNError(f"unknown {name} {value!r}; choose sgd or adamw")
         if self.lr_scaling not in LR_SCALINGS:
             raise PGNError(f"unknown lr scaling {self.lr_scaling!r}; choose none or linear")
         if self.head_init not in ("default", "zero"):

@@ -40,39 +40,13 @@ from .distributed import (
 )
 from .evaluate import SUMS, evaluation_sums, has_mixtures, metrics_of, mixture_ablation, topk_correct
 from .monitor import OptimizerMonitor
+from .optimizers import build_optimizer
 from .progress import Progress
 from .resume import restore, trainer_state
 from .run_dir import check_run_dir, remove_new_run, write_run_config
 from .schedule import warmup_cosine
 
 logger = logging.getLogger(__name__)
-
-
-def _param_groups(model: PromptedClassifier) -> dict[str, nn.Module]:
-    """The trained parts, named as they are logged: a PGN's prompts split into generator and library."""
-    parts = {}
-    for name, module in model.trainable_modules().items():
-        if name == "prompts" and hasattr(module, "net") and hasattr(module, "library"):
-            parts["generator"], parts["library"] = module.net, module.library
-        else:
-            parts[name] = module
-    return parts
-
-
-def _optimizer(model: PromptedClassifier, cfg: TrainConfig, scale: int = 1) -> torch.optim.Optimizer:
-    base = cfg.lr * scale if scale != 1 else cfg.lr
-    lrs = {name: (lr * scale if scale != 1 else lr) for name, lr in
-           (("head", cfg.head_lr or cfg.lr), ("backbone", cfg.backbone_lr or cfg.lr))}
-    groups = []
-    for name, module in _param_groups(model).items():
-        params = [p for p in module.parameters() if p.requires_grad]
-        if params:
-            groups.append({"params": params, "lr": lrs.get(name, base), "name": name})
-    if not groups:
-        raise PGNError("nothing to train: this method has no trainable parameters (zero-shot needs only `pgn eval`)")
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=base, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=base, weight_decay=cfg.weight_decay)
 
 
 @torch.inference_mode()
@@ -169,7 +143,7 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
     batches = _prepare_data(model, data, cfg, ctx, progress)
     cfg = batches.cfg
     scale = cfg.lr_scale(world)
-    optimizer = _optimizer(model, cfg, scale)
+    optimizer = build_optimizer(model, cfg, scale)
     steps_per_epoch = len(batches.train)  # per process
     scheduler = warmup_cosine(optimizer, cfg.epochs * steps_per_epoch,
                               round(cfg.warmup * steps_per_epoch), cfg.final_lr_ratio)
