@@ -27,7 +27,6 @@ from pgn.backbones import DEFAULT_BACKBONE, create_backbone
 from pgn.data import build_dataset
 from pgn.demo import DATASET, EPOCHS, LR, TRAIN_IMAGES
 from pgn.files import atomic_path, write_json
-from pgn.precision import native_bf16
 from pgn_study.comparison import ComparisonConfig, NotCached, Runner, Variant, finished_result, run_key, run_root
 
 METHODS = ("pgn", "linear")
@@ -114,7 +113,8 @@ def diagnostics(results: dict) -> list[str]:
     """Per PGN seed, from its recorded epoch rows: where the train loss rose, and how large the library's steps
     were. A run that falls shows it here (the warm-up ends at epoch EPOCHS / 2, the peak rate)."""
     lines = ["| precision | run | seed | test top-1 | test top-1 by epoch | largest train-loss rise (epoch) | "
-             "largest library update (epoch) | largest library grad norm |", "|---|---|---|---|---|---|---|---|"]
+             "largest library update (epoch) | largest library grad norm | drop with the mean mixture / shuffled "
+             "(points) |", "|---|---|---|---|---|---|---|---|---|"]
     for p, by_method in results.items():
         for name, seed, r in ((n, s, r) for n in ("pgn", *CANDIDATES) for s, r in enumerate(by_method.get(n, []))):
             if not r or not r.get("epochs"):
@@ -126,8 +126,17 @@ def diagnostics(results: dict) -> list[str]:
             grad = max(row.get("grad_norm/library", 0.0) for row in rows)
             lines.append(f"| {p} | {name} | {seed} | {100 * r['top1']:.2f} | "
                          + ", ".join(f"{100 * row['test_top1']:.1f}" for row in rows)
-                         + f" | {rise:+.3f} ({at}) | {upd[0]:.4f} ({upd[1]}) | {grad:.2f} |")
+                         + f" | {rise:+.3f} ({at}) | {upd[0]:.4f} ({upd[1]}) | {grad:.2f} | {_drops(r)} |")
     return lines
+
+
+def _drops(r: dict) -> str:
+    """Test top-1 minus the top-1 with the mean mixture, and with shuffled mixtures, in points (what the
+    image-specific prompts add); "n/a" for runs recorded before the mixture ablation existed."""
+    last = r["epochs"][-1]
+    if "test_top1_mean_mixture" not in last:
+        return "n/a"
+    return " / ".join(f"{100 * (r['top1'] - last[f'test_top1_{k}']):+.2f}" for k in ("mean_mixture", "shuffled"))
 
 
 def paired(results: dict) -> list[str]:
@@ -182,7 +191,9 @@ def render(table: dict, meta: dict, out: Path, results: dict | None = None) -> N
                   "Computed from each PGN run's recorded epoch rows (docs/records/demo-seeds). The warm-up peaks "
                   f"at epoch {EPOCHS / 2:g}; a seed that falls shows the train loss rising there and the token "
                   "library taking steps several times larger than in the other seeds (relative update size, "
-                  "`update/library`).", ""] + diagnostics(results) + [""]
+                  "`update/library`). The last column is the input dependence (docs/results.md): what each "
+                  "image's own mixtures add over the test split's mean mixture and over another image's.",
+                  ""] + diagnostics(results) + [""]
         candidates = paired(results)
         if candidates:
             lines += ["## Candidates for the tail, on the same seeds", "",
@@ -215,8 +226,7 @@ def main() -> int:
     args_shown = [a for a in sys.argv[1:] if a != "--render-only"]  # the runs' command, not the rendering's
     meta = {"command": " ".join(["python benchmarks/demo_seeds.py", *args_shown]), "seeds_asked": args.seeds,
             "rendered_only": args.render_only,
-            "machine": " and ".join(devices) + f", torch {torch.__version__}, this CPU native bf16: "
-                       f"{native_bf16('cpu')}",
+            "machine": " and ".join(devices) + f", torch {torch.__version__}",
             "seconds_of_all_runs": round(sum(s["seconds"] for by_m in table.values() for s in by_m.values())),
             "seconds_this_call": round(time.perf_counter() - t0)}
     out = Path(args.out)

@@ -6,6 +6,9 @@ finished one re-renders in seconds) and each writing its page in docs/:
     python benchmarks/recipe_study.py perturbation   # docs/perturbation.json: prompts' effect at step 0
     python benchmarks/recipe_study.py ablations      # docs/ablations.md + .json: ELPV, 3 seeds per variant
     python benchmarks/recipe_study.py convergence    # docs/convergence.md + .json + .png: top-1 vs epochs
+    python benchmarks/recipe_study.py generator --epochs 10 --precision fp32
+                                                     # docs/ablations-generator.json, a section of ablations.md:
+                                                     # what makes the generator learn (ELPV, Fashion-MNIST)
 
 Protocol (``pgn_study.comparison``): ELPV at 112 px, bf16 autocast where native, batch 32, SGD momentum
 0.9, warm-up over half the run then cosine to lr/100, no gradient clipping. The recipe's rate is
@@ -62,6 +65,20 @@ def _variants(lr: float) -> list[tuple[Variant, str]]:
         (Variant("head-lr-div10", train={"head_lr": lr / 10}), f"head at lr/10 = {lr / 10:g} (separate rate)"),
         (Variant("library-std0.2", generator={"library_init_std": 0.2}), "library init N(0, 0.2) instead of 0.02"),
         (Variant("gen-out-zero", generator={"output_init": "zero"}), "generator's last layer zero: uniform mixtures"),
+    ]
+
+
+def _generator_variants(lr: float) -> list[tuple[Variant, str]]:
+    """The generator-learning ablations: each changes how fast or how far the mixtures can leave uniform."""
+    return [
+        (RECIPE, "the recipe: one rate for everything trained"),
+        (Variant("prompt-lr-x3", train={"lr": 3 * lr, "head_lr": lr}), f"prompts at 3x the head's rate ({3 * lr:g})"),
+        (Variant("prompt-lr-x10", train={"lr": 10 * lr, "head_lr": lr}), f"prompts at 10x the head's rate ({10 * lr:g})"),
+        (Variant("adamw-prompts", train={"prompt_optimizer": "adamw", "lr": 1e-3, "head_lr": lr}),
+         "AdamW at 1e-3 for the generator and library; the head stays SGD"),
+        (Variant("out-scale4", generator={"output_init_scale": 4.0}),
+         "generator's last layer x4 at init: sharper mixtures at step 0"),
+        (Variant("gen-size56", generator={"generator_size": 56}), "the generator sees the image at 56 px (not 112)"),
     ]
 
 
@@ -124,7 +141,7 @@ def ablations(args) -> None:
     lr = recipe["lr"]
     rows = []
     for variant, what in _variants(lr):
-        if variant.name not in args.variants:
+        if variant.name not in (args.variants or DEFAULT_VARIANTS):
             continue
         s = recipe if variant is RECIPE else select_and_test(runner, root, "pgn", data, val, [lr], cfg.seeds,
                                                              variant=variant)
@@ -141,6 +158,77 @@ def ablations(args) -> None:
             "recipe_lr": lr, "recipe_val_top1_by_lr": recipe["val_top1_by_lr"]}
     write_json(DOCS / "ablations.json", {"meta": meta, "rows": rows})
     _render_ablations(meta, rows)
+
+
+def generator(args) -> None:
+    """Each variant over ``--datasets`` at the recipe's rate, 3 seeds: test top-1 and the input dependence."""
+    t0 = time.time()
+    backbone, pre, cfg = _setup(args)
+    cfg.render_only = args.render_only
+    runner = Runner(backbone, cfg, lambda line: print(line, flush=True))
+    lr = json.loads((DOCS / "ablations.json").read_text())["meta"]["recipe_lr"]
+    rows = []
+    for name in args.datasets:
+        data = _data(name, pre)
+        root = run_root(cfg, name, data)
+        for variant, what in _generator_variants(lr):
+            if variant is not RECIPE and args.variants is not None and variant.name not in args.variants:
+                continue
+            keys = [run_key(root, "pgn", "test", lr, seed, None, variant) for seed in range(cfg.seeds)]
+            done = [finished_result(cfg, k) for k in keys]
+            # render-only: the seeds finished so far (0, 1, ...)
+            seeds = next((i for i, d in enumerate(done) if d is None), cfg.seeds) if args.render_only else cfg.seeds
+            if seeds == 0:
+                continue
+            s = select_and_test(runner, root, "pgn", data, None, [lr], seeds, variant=variant)
+            results = [finished_result(cfg, k) for k in keys[:seeds]]
+            drops = {}
+            for ablation in ("mean_mixture", "shuffled"):
+                values = [r["top1"] - r["epochs"][-1][f"test_top1_{ablation}"] for r in results
+                          if r and r["top1"] is not None and f"test_top1_{ablation}" in r["epochs"][-1]]
+                drops[ablation] = values
+            rows.append({"dataset": name, "variant": variant.name, "what": what, **s,
+                         "lr": variant.train.get("lr", lr), "head_lr": variant.train.get("head_lr", lr),
+                         "optimizer_name": variant.train.get("prompt_optimizer", "sgd"),
+                         "input_dependence": drops, "optimizer": _optimizer_stats(keys[:seeds])})
+    meta = {**_meta(args, cfg, t0), "epochs": cfg.epochs, "seeds": cfg.seeds, "recipe_lr": lr, "record": args.record,
+            "splits": {name: list(SUBSETS[name]) for name in args.datasets}}
+    write_json(DOCS / "ablations-generator.json", {"meta": meta, "rows": rows})
+    ablation = json.loads((DOCS / "ablations.json").read_text())
+    _render_ablations(ablation["meta"], ablation["rows"])
+
+
+def _generator_section() -> list[str]:
+    path = DOCS / "ablations-generator.json"
+    if not path.is_file():
+        return []
+    g = json.loads(path.read_text())
+    meta, rows = g["meta"], g["rows"]
+    lines = ["", "## What makes the generator learn (issue: show that the prompts depend on the image)", "",
+             f"Command: `{meta['command']}` ({meta['machine']}, {meta['precision']}, {meta['seconds']:,} s for this "
+             f"call; finished runs come from the cache and {meta.get('record') or 'no record'}). Embedded backbone at "
+             f"{meta['img_size']} px, {meta['epochs']} epochs (warm-up over half, cosine), batch 32, the recipe's "
+             f"rate {meta['recipe_lr']:g} for the head in every row, up to {meta['seeds']} seeds. Subsets (train, "
+             "test; None: all): " + ", ".join(f"{n} {tuple(v)}" for n, v in meta["splits"].items()) + ". "
+             "**Input dependence** is what the image-specific mixtures add: test top-1 minus the top-1 with every "
+             "image given the test split's mean mixture (`top1_mean_mixture`), and minus the top-1 with the "
+             "mixtures shuffled across images (`top1_shuffled`), in points, mean over seeds. Zero means PGN acts "
+             "as an input-independent prompt. Rows with fewer seeds than the header's are runs still to come.", "",
+             "| dataset | variant | what changes | prompts: optimiser, lr | test top-1 | per seed | vs recipe | "
+             "drop, mean mixture | drop, shuffled | mixture entropy (last epoch) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    base = {r["dataset"]: r for r in rows if r["variant"] == "recipe"}
+    for r in rows:
+        seeds = ", ".join("div." if a is None else f"{100 * a:.1f}" for a in r["test_top1"])
+        b = base.get(r["dataset"])
+        diff = (f"{100 * (r['mean'] - b['mean']):+.2f}" if b is not None and r is not b and r["mean"] is not None
+                and b["mean"] is not None else "")
+        drop = {k: (f"{100 * statistics.mean(v):+.2f}" if v else "n/a") for k, v in r["input_dependence"].items()}
+        entropy = (r.get("optimizer") or {}).get("mixture_entropy@last")
+        lines.append(f"| {r['dataset']} | {r['variant']} | {r['what']} | {r['optimizer_name']} {r['lr']:g} | "
+                     f"{_cell(r, meta['seeds'])} | {seeds} | {diff} | {drop['mean_mixture']} | {drop['shuffled']} | "
+                     + ("n/a" if entropy is None else f"{entropy:.3f}") + " |")
+    return lines
 
 
 def _optimizer_stats(runs: list[Path]) -> dict:
@@ -226,6 +314,7 @@ def _render_ablations(meta: dict, rows: list[dict]) -> None:
                   "| setup | cosine to the plain feature | relative change |", "|---|---|---|"]
         for name, v in p["results"].items():
             lines.append(f"| {name} | {v['cosine']:.3f} | {v['relative_change']:.3f} |")
+    lines += _generator_section()
     with atomic_path(DOCS / "ablations.md") as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")
 
@@ -299,24 +388,31 @@ def _render_convergence(meta: dict, results: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=("perturbation", "ablations", "convergence"))
+    p.add_argument("phase", choices=("perturbation", "ablations", "convergence", "generator"))
     p.add_argument("--epochs", type=int, default=3, help="ablation budget (default 3)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--grid", type=float, nargs="+", default=[0.01, 0.1])
-    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS,
-                   help="ablations to run (default: %(default)s; also head-lr-div10 library-std0.2 gen-out-zero)")
+    p.add_argument("--variants", nargs="+", default=None,
+                   help=f"ablations to run (default: {' '.join(DEFAULT_VARIANTS)}; also head-lr-div10 gen-out-zero); "
+                        "generator: all of prompt-lr-x3 prompt-lr-x10 adamw-prompts out-scale4 gen-size56")
     p.add_argument("--datasets", nargs="+", default=["elpv", "fashion-mnist"])
     p.add_argument("--methods", nargs="+", default=["linear", "pgn"])
     p.add_argument("--budgets", type=int, nargs="+", default=[1, 3, 10])
-    p.add_argument("--runs", default="runs/recipe-study")
-    p.add_argument("--record", default="docs/records/recipe-study",
+    # The generator phase keeps its own runs: every one of them is seeded and scores the mixture ablation,
+    # which the recipe study's older records (drawn from the process's RNG) do not.
+    p.add_argument("--runs", default=None, help="default runs/recipe-study (generator: runs/generator-study)")
+    p.add_argument("--record", default=None,
                    help="committed copy of every finished run's result, so the study resumes from a fresh clone "
-                        "('' for none)")
+                        "('' for none; default docs/records/recipe-study, generator: docs/records/generator-study)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto: bf16 where the CPU runs it natively (part of every run's cache key)")
-    p.add_argument("--render-only", action="store_true", help="convergence: only what is cached, train nothing")
+    p.add_argument("--render-only", action="store_true", help="convergence, generator: only what is finished, train nothing")
     args = p.parse_args()
-    {"perturbation": perturbation, "ablations": ablations, "convergence": convergence}[args.phase](args)
+    study = "generator-study" if args.phase == "generator" else "recipe-study"
+    args.runs = args.runs or f"runs/{study}"
+    args.record = f"docs/records/{study}" if args.record is None else args.record
+    {"perturbation": perturbation, "ablations": ablations, "convergence": convergence,
+     "generator": generator}[args.phase](args)
 
 
 if __name__ == "__main__":

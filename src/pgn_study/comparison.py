@@ -200,7 +200,18 @@ def device_name(device: str) -> str:
         return torch.cuda.get_device_name(torch.device(device))
     import platform
 
-    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"CPU ({_cpu_model()}{platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _cpu_model() -> str:
+    """The CPU's model name and ", " (Linux), or "": bf16 arithmetic differs between kinds of CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + ", "
+    except OSError:
+        pass
+    return ""
 
 
 class Runner:
