@@ -32,7 +32,9 @@ from pgn_study.comparison import ComparisonConfig, NotCached, Runner, Variant, f
 METHODS = ("pgn", "linear")
 # Candidate changes to PGN's recipe for the tail (benchmarks/demo_tail_candidates.py trains them): read from
 # their records and shown beside the recipe over the same seeds; never trained here.
-CANDIDATES = {"pgn+clip1": Variant("clip1", train={"grad_clip": 1.0})}
+CANDIDATES = {"pgn+clip1": Variant("clip1", train={"grad_clip": 1.0}),
+              # the prompts (generator and library) at half the peak rate, the head at the recipe's
+              "pgn+prompts-half": Variant("prompts-half", train={"lr": LR / 2, "head_lr": LR})}
 IMG = 112
 DOCS = Path("docs")
 
@@ -197,9 +199,9 @@ def render(table: dict, meta: dict, out: Path, results: dict | None = None) -> N
         candidates = paired(results)
         if candidates:
             lines += ["## Candidates for the tail, on the same seeds", "",
-                      "Trained by `python benchmarks/demo_tail_candidates.py --precision P --seeds ... --grad-clip "
-                      "1.0` (the same runs with one change to the recipe), recorded beside them under "
-                      "docs/records/demo-seeds/.../pgn@clip1/.", ""] + candidates
+                      "Trained by `python benchmarks/demo_tail_candidates.py --precision P --seeds ... --candidate "
+                      "NAME` (the same runs with one change to the recipe), recorded beside them under "
+                      "docs/records/demo-seeds/.../pgn@VARIANT/.", ""] + candidates
     with atomic_path(out) as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")
 
