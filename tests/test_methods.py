@@ -24,7 +24,7 @@ SMALL = {"pgn": dict(num_prompts=2, library_size=4, widths=(4, 4, 4, 4)), "iip":
 # Cases beyond each method's defaults: the layouts that place prompts as patches.
 CASES = [(m, {}) for m in list_methods()] + [
     ("pgn", dict(layout="frame", library_space="pixel")), ("pgn", dict(layout="extend", library_space="pixel")),
-    ("iip", dict(layout="extend"))]
+    ("iip", dict(layout="extend")), ("vp", dict(bounded=True))]
 
 
 def _backbone(method: str) -> str:
@@ -172,3 +172,23 @@ def test_a_format_1_config_becomes_the_methods_own_config():
     assert AdapterConfig.from_dict({**common, "method": "iip"}, "v1").method_config == pgn.IIPConfig(num_prompts=8)
     old_head = {k: v for k, v in common.items() if k != "head_norm"}  # before the normalised head: raw features
     assert AdapterConfig.from_dict({**old_head, "method": "linear"}, "v1").head_norm == "none"
+
+
+def test_a_bounded_vp_trains_on_what_an_8_bit_canvas_carries():
+    """Bahng's frame is added without bounds, so a large one leaves the pixel range and the 8-bit canvas a
+    server receives clips it; bounded, the prompted image is what the canvas carries (up to rounding)."""
+    from pgn.pixels import from_uint8, to_uint8
+
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for bounded, exact in ((False, False), (True, True)):
+        model, _ = _create("vp", {"pad": 4, "bounded": bounded})
+        pre = model.backbone.preprocessing
+        x = from_uint8(to_uint8((images - torch.tensor(pre.mean).view(1, 3, 1, 1)) / torch.tensor(pre.std).view(1, 3, 1, 1),
+                                pre.mean, pre.std), pre.mean, pre.std)
+        with torch.no_grad():
+            model.input_prompt.top.fill_(5.0)  # far past white in every channel
+            model.input_prompt.left.fill_(-5.0)  # far past black
+        canvas = model.canvas(x)
+        sent = from_uint8(to_uint8(canvas, pre.mean, pre.std), pre.mean, pre.std)
+        step = 1 / (255 * min(pre.std))  # half an 8-bit step, normalised, is below this
+        assert ((canvas - sent).abs().max().item() <= step) == exact

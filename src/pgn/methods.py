@@ -121,6 +121,7 @@ class VPConfig:
 
     method: ClassVar[str] = "vp"
     pad: int | None = None
+    bounded: bool = False               # clamp the prompted image to valid pixels: deployable in 8 bits exactly
     head: str = "linear"
     head_norm: str = "batchnorm"
     template: str | None = None
@@ -275,7 +276,9 @@ def build_iip(cfg: IIPConfig, backbone, img_size: int) -> MethodParts:
 
 @register_method(VPConfig)
 def build_vp(cfg: VPConfig, backbone, img_size: int) -> MethodParts:
-    return MethodParts(input_prompt=PaddingPrompt(img_size, cfg.resolved(img_size).pad))
+    pre = backbone.preprocessing
+    return MethodParts(input_prompt=PaddingPrompt(img_size, cfg.resolved(img_size).pad,
+                                                  bounded_by=(pre.mean, pre.std) if cfg.bounded else None))
 
 
 @register_method(LinearConfig)

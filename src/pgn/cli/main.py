@@ -52,6 +52,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layout", default=None, choices=LAYOUTS,
                    help="append (default): extra tokens (paper, white-box); extend/frame: prompts as image patches")
     g.add_argument("--vp-pad", dest="pad", type=int, default=None, help="VP frame width in pixels (default: 30 at 224 px, scaled)")
+    g.add_argument("--vp-bounded", dest="bounded", action="store_const", const=True, default=None,
+                   help="VP: clamp the prompted image to valid pixels, so what an 8-bit canvas carries is what trained")
 
 
 def _add_data_args(p: argparse.ArgumentParser, default: str | None = "elpv") -> None:

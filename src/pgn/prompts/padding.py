@@ -14,7 +14,10 @@ class PaddingPrompt(nn.Module):
     paper's VP baseline. ``forward``: (B, 3, S, S) -> (B, 3, S, S).
     """
 
-    def __init__(self, image_size: int, pad: int = 30):
+    def __init__(self, image_size: int, pad: int = 30, bounded_by: tuple | None = None):
+        """``bounded_by``: the images' normalisation (mean, std), three values each. With it the prompted
+        image is clamped to valid pixels (0 to 1 before normalising), what an 8-bit canvas can carry, so
+        training sees the deployed input (a deviation from Bahng et al., whose frame is unbounded)."""
         super().__init__()
         if not 0 < 2 * pad < image_size:
             raise PGNError(f"VP padding {pad} does not fit a {image_size} px image; choose 0 < pad < {image_size // 2}")
@@ -24,6 +27,11 @@ class PaddingPrompt(nn.Module):
         self.bottom = nn.Parameter(torch.zeros(1, 3, pad, image_size))
         self.left = nn.Parameter(torch.zeros(1, 3, inner, pad))
         self.right = nn.Parameter(torch.zeros(1, 3, inner, pad))
+        self.bounded = bounded_by is not None
+        if self.bounded:
+            mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in bounded_by)
+            self.register_buffer("low", -mean / std, persistent=False)  # pixel 0, normalised
+            self.register_buffer("high", (1 - mean) / std, persistent=False)  # pixel 1
 
     def frame(self) -> torch.Tensor:
         """(1, 3, S, S) additive prompt, zero in the centre."""
@@ -35,4 +43,7 @@ class PaddingPrompt(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             raise PGNError(f"VP was built for {self.image_size} px images, got {tuple(images.shape[-2:])}")
-        return images + self.frame().to(images.dtype)
+        prompted = images + self.frame().to(images.dtype)
+        if self.bounded:  # the exact gradient of the clamp: a pixel pushed past black or white stops there
+            prompted = torch.maximum(torch.minimum(prompted, self.high.to(images.dtype)), self.low.to(images.dtype))
+        return prompted
