@@ -9,7 +9,9 @@ task's C classes from those scores through the frequency label mapping (FLM, Bah
 takes the source class the model predicts most often on its training images at the start, one-to-one):
 
     zeroshot   no prompt: the label mapping alone
-    vp         Bahng et al.'s padding: a learned pixel frame (30 px at 224, scaled)
+    vp         Bahng et al.'s padding: a learned pixel frame (30 px at 224, scaled), added without bounds
+    vp-bounded the same frame, the prompted image clamped to valid pixels while training (what the 8-bit
+               canvas carries; a deviation from Bahng et al.)
     iip-frame  input-independent prompts: K learned RGB patches in the frame cells
     pgn-frame  PGN: a generator mixes K patches per image from a library of N RGB patches (the same cells)
 
@@ -52,10 +54,11 @@ TASKS = {"elpv": (500, None), "fashion-mnist": (500, 500)}  # (training images, 
 METHODS = {
     "zeroshot": ("zeroshot", {}),
     "vp": ("vp", {}),
+    "vp-bounded": ("vp", {"bounded": True}),
     "iip-frame": ("iip", {"layout": "frame", "library_space": "pixel"}),
     "pgn-frame": ("pgn", {"layout": "frame", "library_space": "pixel", "generator_size": 64}),
 }
-RATES = {"vp": [1.0, 10.0], "iip-frame": [0.1, 1.0], "pgn-frame": [0.1, 1.0]}
+RATES = {"vp": [1.0, 10.0], "vp-bounded": [1.0, 10.0], "iip-frame": [0.1, 1.0], "pgn-frame": [0.1, 1.0]}
 SEEDS = 3
 SERVER = Path(__file__).resolve().parent.parent / "tests" / "servers" / "kserve_vit.py"
 DOC = Path("docs/hosted-classifier.md")
@@ -234,7 +237,10 @@ def render(results: dict, wall: float, majority: dict | None = None) -> str:
              "32, fp32.",
              "- PGN and IIP use the frame layout with K = 16 prompt patches of 16 px in the border cells; PGN's "
              "generator sees the image at 64 px and mixes a library of N = 128 RGB patches. VP learns a "
-             f"{max(1, round(30 * IMG / 224))} px pixel frame (Bahng et al.'s 30 px at 224, scaled).",
+             f"{max(1, round(30 * IMG / 224))} px pixel frame (Bahng et al.'s 30 px at 224, scaled), added to "
+             "the image without bounds as in their code, so the 8-bit canvas clips what leaves the pixel range; "
+             "vp-bounded is the same frame with the prompted image clamped to valid pixels while training "
+             "(`bounded=True`, a deviation), so what trains is what the canvas carries.",
              "- Rates chosen by the top-1 through the endpoint on a stratified 20 % validation split (seed 0) "
              f"from {', '.join(f'{m}: {r}' for m, r in RATES.items())}; "
              f"test top-1 over {SEEDS} seeds (mean ± sample std), through the endpoint.", ""]
