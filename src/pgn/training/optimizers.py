@@ -89,7 +89,9 @@ def build_optimizer(model: PromptedClassifier, cfg: TrainConfig, scale: int = 1)
     prompts_with = cfg.prompt_optimizer or cfg.optimizer
     prompt_groups = [g for g in groups if g["name"] not in NOT_PROMPTS]
     others = [g for g in groups if g["name"] in NOT_PROMPTS]
-    if prompts_with == cfg.optimizer or not prompt_groups or not others:
-        return _make(prompts_with if not others else cfg.optimizer, groups, base, cfg)
+    if not others:  # prompts only (a frozen head): the prompts' algorithm
+        return _make(prompts_with, groups, base, cfg)
+    if prompts_with == cfg.optimizer or not prompt_groups:
+        return _make(cfg.optimizer, groups, base, cfg)
     return PerGroupOptimizer([_make(cfg.optimizer, others, base, cfg), _make(prompts_with, prompt_groups, base, cfg)],
                              order=groups)
