@@ -266,8 +266,9 @@ def render(results: dict, wall: float, majority: dict | None = None) -> str:
             lines.append(f"| {method} | {params} | {chosen} | {_mean_std([s['top1'] for s in seeds])} | "
                          f"{_mean_std([s['top1_local'] for s in seeds])} | {agree} | {len(seeds)} |")
         lines.append("")
-    lines += [f"Wall time of the runs recorded: {wall / 60:.0f} min of training and evaluation on this machine "
-              "(2 CPU cores, shared with other jobs).", ""]
+    lines += [f"Wall time of the runs recorded: {wall / 60:.0f} min of training and evaluation on the machines that "
+              "ran them (2 CPU cores each, shared with other jobs; ELPV's first four methods on an AMD EPYC, the rest "
+              "on an Intel Xeon, December 2026).", ""]
     return "\n".join(lines)
 
 
