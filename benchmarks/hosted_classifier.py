@@ -46,6 +46,7 @@ from pgn.deployment.endpoints import OpenInferenceEndpoint
 from pgn.files import write_json
 from pgn.pixels import to_uint8
 from pgn.training import fit_label_map, read_metrics
+from pgn_study.comparison import device_name
 
 BACKBONE = "efficientnet-lite0"
 IMG = 128                 # a CNN takes any size; 128 px keeps a run to minutes on 2 cores (native: 224)
@@ -175,7 +176,7 @@ class Study:
         scores = self.endpoint.evaluate(model, data.test)
         out = {**scores, "lr": lr, "seed": seed, "trainable_parameters": model.num_trainable(),
                "label_map": model.head.mapping.tolist(), "seconds": round(time.perf_counter() - t0, 1),
-               "train_images": len(data.train), "epochs": epochs}
+               "train_images": len(data.train), "epochs": epochs, "device": device_name("cpu")}
         write_json(record, out)
         self.log(f"{key}: top-1 through the endpoint {out['top1']:.4f} (local {out['top1_local']:.4f}, "
                  f"agreement {out['agreement']:.4f}, {out['seconds']} s)")
@@ -266,9 +267,10 @@ def render(results: dict, wall: float, majority: dict | None = None) -> str:
             lines.append(f"| {method} | {params} | {chosen} | {_mean_std([s['top1'] for s in seeds])} | "
                          f"{_mean_std([s['top1_local'] for s in seeds])} | {agree} | {len(seeds)} |")
         lines.append("")
-    lines += [f"Wall time of the runs recorded: {wall / 60:.0f} min of training and evaluation on the machines that "
-              "ran them (2 CPU cores each, shared with other jobs; ELPV's first four methods on an AMD EPYC, the rest "
-              "on an Intel Xeon, December 2026).", ""]
+    devices = sorted({s.get("device", "not recorded (before December 2, 2026)") for methods in results.values()
+                      for r in methods.values() for s in r.get("seeds") or []})
+    lines += [f"Wall time of the runs recorded: {wall / 60:.0f} min of training and evaluation (2 CPU cores, shared "
+              f"with other jobs). Machines, as the records name them: {'; '.join(devices)}.", ""]
     return "\n".join(lines)
 
 
