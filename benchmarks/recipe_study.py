@@ -181,16 +181,16 @@ def generator(args) -> None:
             if seeds == 0:
                 continue
             s = select_and_test(runner, root, "pgn", data, None, [lr], seeds, variant=variant)
-            results = [finished_result(cfg, k) for k in keys[:seeds]]
-            drops = {}
-            for ablation in ("mean_mixture", "shuffled"):
-                values = [r["top1"] - r["epochs"][-1][f"test_top1_{ablation}"] for r in results
-                          if r and r["top1"] is not None and f"test_top1_{ablation}" in r["epochs"][-1]]
-                drops[ablation] = values
+            # From the records (a fresh clone has no run folders): each finished seed's last epoch row.
+            last = [r["epochs"][-1] for k in keys[:seeds]
+                    if (r := finished_result(cfg, k)) and r["top1"] is not None and r.get("epochs")]
+            drops = {a: [row["test_top1"] - row[f"test_top1_{a}"] for row in last if f"test_top1_{a}" in row]
+                     for a in ("mean_mixture", "shuffled")}
+            entropy = [row["mixture_entropy"] for row in last if "mixture_entropy" in row]
             rows.append({"dataset": name, "variant": variant.name, "what": what, **s,
                          "lr": variant.train.get("lr", lr), "head_lr": variant.train.get("head_lr", lr),
-                         "optimizer_name": variant.train.get("prompt_optimizer", "sgd"),
-                         "input_dependence": drops, "optimizer": _optimizer_stats(keys[:seeds])})
+                         "optimizer_name": variant.train.get("prompt_optimizer", "sgd"), "input_dependence": drops,
+                         "mixture_entropy_last": statistics.mean(entropy) if entropy else None})
     meta = {**_meta(args, cfg, t0), "epochs": cfg.epochs, "seeds": cfg.seeds, "recipe_lr": lr, "record": args.record,
             "splits": {name: list(SUBSETS[name]) for name in args.datasets}}
     write_json(DOCS / "ablations-generator.json", {"meta": meta, "rows": rows})
@@ -224,7 +224,7 @@ def _generator_section() -> list[str]:
         diff = (f"{100 * (r['mean'] - b['mean']):+.2f}" if b is not None and r is not b and r["mean"] is not None
                 and b["mean"] is not None else "")
         drop = {k: (f"{100 * statistics.mean(v):+.2f}" if v else "n/a") for k, v in r["input_dependence"].items()}
-        entropy = (r.get("optimizer") or {}).get("mixture_entropy@last")
+        entropy = r.get("mixture_entropy_last")
         lines.append(f"| {r['dataset']} | {r['variant']} | {r['what']} | {r['optimizer_name']} {r['lr']:g} | "
                      f"{_cell(r, meta['seeds'])} | {seeds} | {diff} | {drop['mean_mixture']} | {drop['shuffled']} | "
                      + ("n/a" if entropy is None else f"{entropy:.3f}") + " |")
