@@ -27,7 +27,16 @@ from pgn.backbones import DEFAULT_BACKBONE, create_backbone
 from pgn.data import build_dataset
 from pgn.demo import DATASET, EPOCHS, LR, TRAIN_IMAGES
 from pgn.files import atomic_path, write_json
-from pgn_study.comparison import ComparisonConfig, NotCached, Runner, Variant, finished_result, run_key, run_root
+from pgn_study.comparison import (
+    ComparisonConfig,
+    NotCached,
+    Runner,
+    Variant,
+    finished_result,
+    input_dependence,
+    run_key,
+    run_root,
+)
 
 METHODS = ("pgn", "linear")
 # Candidate changes to PGN's recipe for the tail (benchmarks/demo_tail_candidates.py trains them): read from
@@ -133,12 +142,9 @@ def diagnostics(results: dict) -> list[str]:
 
 
 def _drops(r: dict) -> str:
-    """Test top-1 minus the top-1 with the mean mixture, and with shuffled mixtures, in points (what the
-    image-specific prompts add); "n/a" for runs recorded before the mixture ablation existed."""
-    last = r["epochs"][-1]
-    if "test_top1_mean_mixture" not in last:
-        return "n/a"
-    return " / ".join(f"{100 * (r['top1'] - last[f'test_top1_{k}']):+.2f}" for k in ("mean_mixture", "shuffled"))
+    """The input dependence in points, mean mixture / shuffled; "n/a" for runs recorded before it existed."""
+    d = input_dependence(r)
+    return "n/a" if d is None else " / ".join(f"{100 * d[k]:+.2f}" for k in ("mean_mixture", "shuffled"))
 
 
 def paired(results: dict) -> list[str]:

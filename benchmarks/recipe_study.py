@@ -41,6 +41,7 @@ from pgn_study.comparison import (
     Runner,
     Variant,
     finished_result,
+    input_dependence,
     method_config,
     run_key,
     run_root,
@@ -175,18 +176,17 @@ def generator(args) -> None:
             if variant is not RECIPE and args.variants is not None and variant.name not in args.variants:
                 continue
             keys = [run_key(root, "pgn", "test", lr, seed, None, variant) for seed in range(cfg.seeds)]
-            done = [finished_result(cfg, k) for k in keys]
-            # render-only: the seeds finished so far (0, 1, ...)
-            seeds = next((i for i, d in enumerate(done) if d is None), cfg.seeds) if args.render_only else cfg.seeds
-            if seeds == 0:
-                continue
+            seeds = cfg.seeds
+            if args.render_only:  # the seeds finished so far (0, 1, ...)
+                seeds = next((i for i, k in enumerate(keys) if finished_result(cfg, k) is None), cfg.seeds)
+                if seeds == 0:
+                    continue
             s = select_and_test(runner, root, "pgn", data, None, [lr], seeds, variant=variant)
             # From the records (a fresh clone has no run folders): each finished seed's last epoch row.
-            last = [r["epochs"][-1] for k in keys[:seeds]
-                    if (r := finished_result(cfg, k)) and r["top1"] is not None and r.get("epochs")]
-            drops = {a: [row["test_top1"] - row[f"test_top1_{a}"] for row in last if f"test_top1_{a}" in row]
-                     for a in ("mean_mixture", "shuffled")}
-            entropy = [row["mixture_entropy"] for row in last if "mixture_entropy" in row]
+            results = [r for k in keys[:seeds] if (r := finished_result(cfg, k)) and r.get("epochs")]
+            dependence = [d for r in results if (d := input_dependence(r)) is not None]
+            drops = {a: [d[a] for d in dependence] for a in ("mean_mixture", "shuffled")}
+            entropy = [r["epochs"][-1]["mixture_entropy"] for r in results if "mixture_entropy" in r["epochs"][-1]]
             rows.append({"dataset": name, "variant": variant.name, "what": what, **s,
                          "lr": variant.train.get("lr", lr), "head_lr": variant.train.get("head_lr", lr),
                          "optimizer_name": variant.train.get("prompt_optimizer", "sgd"), "input_dependence": drops,

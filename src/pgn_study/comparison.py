@@ -190,6 +190,17 @@ def finished_result(cfg: ComparisonConfig, key: Path) -> dict | None:
     return None
 
 
+def input_dependence(result: dict | None) -> dict[str, float] | None:
+    """What a PGN run's image-specific mixtures add, from its recorded last epoch: test top-1 minus the top-1
+    with the mean mixture (``mean_mixture``) and with shuffled mixtures (``shuffled``), as fractions; None for a
+    run without them (not PGN, diverged, or recorded before the mixture ablation existed)."""
+    last = (result or {}).get("epochs") or [{}]
+    row = last[-1]
+    if "test_top1_mean_mixture" not in row or row.get("test_top1") is None:
+        return None
+    return {k: row["test_top1"] - row[f"test_top1_{k}"] for k in ("mean_mixture", "shuffled")}
+
+
 class NotCached(Exception):
     """A run that a render-only comparison would have had to train."""
 
