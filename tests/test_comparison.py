@@ -92,7 +92,35 @@ def test_report_tables(tmp_path, compared):
     assert f"| digits (60/30) | {100 * res['linear']['mean']:.2f} ± {100 * res['linear']['std']:.2f} |" in text
     assert f"| digits | {100 * (res['pgn']['mean'] - res['linear']['mean']):+.2f} |" in text
     assert "| 112 px | 40.0 | 1.05 | 1.00 % |" in text
+    # PGN's runs measured their input dependence: the table carries the mean drops, the others a dash
+    drops = res["pgn"]["input_dependence"]
+    assert len(drops["mean_mixture"]) == len(drops["shuffled"]) == 2 and res["linear"]["input_dependence"]["shuffled"] == []
+    means = " / ".join(f"{100 * sum(drops[k]) / 2:+.2f}" for k in ("mean_mixture", "shuffled"))
+    assert f"| input dependence, digits: drop with mean / shuffled mixtures (points) | - | {means} | - |" in text
+    assert "| pgn against | tasks ahead (mean) |" in text
     assert "took 1,234 s" in text and "trained 0 of them" in text  # a re-render reports the runs' time, not its own
+
+
+def _cell(mean, std):
+    return {"mean": mean, "std": std}
+
+
+def test_standing_counts_the_tasks_ahead_and_those_beyond_the_seeds_spread():
+    results = {
+        "a": {"pgn": _cell(0.80, 0.03), "linear": _cell(0.70, 0.04), "vp": _cell(0.79, 0.01)},  # +10 > 5; +1 < 3.2
+        "b": {"pgn": _cell(0.60, 0.00), "linear": _cell(0.65, 0.01), "vp": _cell(None, 0.0)},  # behind; vp diverged
+        "c": {"linear": _cell(0.9, 0.0)},  # no PGN cell: not compared
+    }
+    s = comparison.standing(results)
+    assert set(s) == {"linear", "vp"}  # iip was never run
+    assert (s["linear"]["tasks"], s["linear"]["ahead"], s["linear"]["ahead_beyond_spread"]) == (2, 1, 1)
+    assert (s["vp"]["tasks"], s["vp"]["ahead"], s["vp"]["ahead_beyond_spread"]) == (1, 1, 0)
+    assert s["linear"]["per_task"]["a"]["spread"] == pytest.approx(0.05)
+    assert s["linear"]["per_task"]["b"]["difference"] == pytest.approx(-0.05)
+    table = "\n".join(comparison.standing_table(results))
+    assert "| linear | 1 of 2 | 1 of 2 | +10.00 ± 5.00 | -5.00 ± 1.00 | n/a |" in table
+    assert "| vp | 1 of 1 | 0 of 1 | +1.00 ± 3.16 | n/a | n/a |" in table
+    assert comparison.standing(results, "pgn-frame") == {}
 
 
 def test_bad_requests_fail_clearly(tmp_path, capsys):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import statistics
 import time
@@ -345,6 +346,7 @@ def select_and_test(runner: "Runner", root: Path, method: str, data: DataSpec, v
              for s in range(seeds)]
     accs = [t["top1"] for t in tests]
     done = [a for a in accs if a is not None]
+    dependence = [d for t in tests if (d := input_dependence(t)) is not None]  # PGN runs that measured it
     return {"val_top1_by_lr": scores, "lr": best, "head_lr": head_lr if head_lr is not None else best,
             "lr_chosen_on": f"{data.name} validation split" if scores else "given",
             "test_top1": accs, "diverged_seeds": len(accs) - len(done),
@@ -355,7 +357,9 @@ def select_and_test(runner: "Runner", root: Path, method: str, data: DataSpec, v
             # Results recorded before precision was stored come from fp32 runs (their cache key has no suffix).
             "precision": ", ".join(sorted({t.get("precision", "fp32") for t in tests})) if tests else None,
             "seconds": round(sum(t["seconds"] for t in tests), 1),
-            "train_sizes": [len(data.train), len(data.test)]}
+            "train_sizes": [len(data.train), len(data.test)],
+            # per seed that measured it (fractions): what the image-specific mixtures add over the mean / shuffled
+            "input_dependence": {k: [d[k] for d in dependence] for k in ("mean_mixture", "shuffled")}}
 
 
 def _cell(summary: dict) -> str:
@@ -381,9 +385,68 @@ def accuracy_table(results: dict, methods: Sequence[str] = METHODS) -> list[str]
     for name, res in results.items():  # what each cell ran in, read from its own records
         lines.append(f"| precision, {name} | " + " | ".join(
             (res[m].get("precision") or "fp32") if m in res else "n/a" for m in methods) + " |")
+    for name, res in results.items():  # PGN's input dependence, where its runs measured it
+        if any((res[m].get("input_dependence") or {}).get("mean_mixture") for m in methods if m in res):
+            lines.append(f"| input dependence, {name}: drop with mean / shuffled mixtures (points) | " + " | ".join(
+                _dependence_cell(res[m]) if m in res else "n/a" for m in methods) + " |")
     first_name, first = next(iter(results.items()))
     lines.append(f"| trainable parameters ({first_name}) | " + " | ".join(
         f"{first[m]['trainable_parameters']:,}" if m in first else "n/a" for m in methods) + " |")
+    return lines
+
+
+def _dependence_cell(summary: dict) -> str:
+    """Mean drops in points over the seeds that measured them ('-' for a method without mixtures)."""
+    d = summary.get("input_dependence") or {}
+    if not d.get("mean_mixture"):
+        return "-"
+    n, seeds = len(d["mean_mixture"]), len(summary["test_top1"])
+    return (" / ".join(f"{100 * statistics.mean(d[k]):+.2f}" for k in ("mean_mixture", "shuffled"))
+            + ("" if n == seeds else f" ({n} of {seeds} seeds)"))
+
+
+# The baselines a PGN row is judged against, in the issue's and the paper's order.
+BASELINES = ("linear", "vp", "iip")
+
+
+def standing(results: dict, method: str = "pgn", baselines: Sequence[str] = BASELINES) -> dict:
+    """Where ``method`` is ahead of each baseline, over the tasks that have both.
+
+    Per task: the difference of mean test top-1 (fractions) and the combined spread
+    ``sqrt(std_a^2 + std_b^2)`` of the two seed sets; per baseline: the number of tasks compared, the number
+    where ``method``'s mean is higher, and the number where it is higher by more than the combined spread
+    (a lead the seeds do not explain away). Diverged cells (mean None) are not compared.
+    """
+    out = {}
+    for base in baselines:
+        per_task = {}
+        for name, res in results.items():
+            a, b = res.get(method), res.get(base)
+            if a is None or b is None or a["mean"] is None or b["mean"] is None:
+                continue
+            per_task[name] = {"difference": a["mean"] - b["mean"], "spread": math.hypot(a["std"], b["std"])}
+        if per_task:
+            out[base] = {"tasks": len(per_task),
+                         "ahead": sum(t["difference"] > 0 for t in per_task.values()),
+                         "ahead_beyond_spread": sum(t["difference"] > t["spread"] for t in per_task.values()),
+                         "per_task": per_task}
+    return out
+
+
+def standing_table(results: dict, method: str = "pgn") -> list[str]:
+    """Markdown rows of :func:`standing`: per baseline, tasks ahead, and each task's difference ± spread."""
+    table = standing(results, method)
+    if not table:
+        return []
+    names = list(results)
+    lines = [f"| {method} against | tasks ahead (mean) | ahead by more than the seeds' spread | "
+             + " | ".join(f"{n}: difference ± spread (points)" for n in names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    for base, s in table.items():
+        cells = [f"{100 * t['difference']:+.2f} ± {100 * t['spread']:.2f}" if (t := s["per_task"].get(n)) else "n/a"
+                 for n in names]
+        lines.append(f"| {base} | {s['ahead']} of {s['tasks']} | {s['ahead_beyond_spread']} of {s['tasks']} | "
+                     + " | ".join(cells) + " |")
     return lines
 
 
@@ -439,6 +502,9 @@ def write_report(path: Path, comparison: dict, meta: dict, throughput: dict | No
         if any(method in res for res in results.values()):
             lines += ["", f"{method} ({what}) against each other method, mean test top-1:", ""]
             lines += differences(results, method)
+            if rows := standing_table(results, method):
+                lines += ["", f"Where {method} is ahead (the spread is sqrt(std_a² + std_b²) of the two cells):", ""]
+                lines += rows
     notes = [f"{name}: {res[m]['lr_chosen_on']}" for name, res in results.items() for m in list(res)[:1]
              if not res[m]["lr_chosen_on"].startswith(name + " ")]
     if notes:
@@ -492,7 +558,9 @@ def benchmark(datasets: Sequence[str], cfg: ComparisonConfig, out: Path, *, comm
             "seconds_of_all_runs": round(sum(r["seconds"] for res in comparison["results"].values()
                                              for r in res.values()) + _validation_seconds(cfg, specs)),
             "json": out.with_suffix(".json").name}
-    write_json(out.with_suffix(".json"), {"meta": meta, **comparison})
+    # the summary a reader (or the README) quotes: per method with mixtures, where it is ahead of each baseline
+    summary = {m: st for m in ("pgn", "pgn-frame") if (st := standing(comparison["results"], m))}
+    write_json(out.with_suffix(".json"), {"meta": meta, **comparison, "standing": summary})
     speed = json.loads(Path(throughput).read_text()) if throughput and Path(throughput).is_file() else None
     write_report(out.with_suffix(".md"), comparison, meta, speed)
     return {"meta": meta, **comparison}
