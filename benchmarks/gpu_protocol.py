@@ -73,7 +73,7 @@ def speed(args, out: Path) -> dict:
     loader_s = time.perf_counter() - t0
     model = pgn.create_model(bb, "pgn", classes=data.class_names, img_size=args.img_size).to(dev)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    bf16 = dev.startswith("cuda")
+    bf16 = args.precision == "bf16"
 
     def step(x, y):
         with torch.autocast(torch.device(dev).type, dtype=torch.bfloat16, enabled=bf16):
@@ -110,7 +110,7 @@ def protocol(args, out: Path) -> None:
     common = ["--datasets", "fashion-mnist", "--subset", f"fashion-mnist={args.train_images}x{args.test_images}",
               "--img-size", str(args.img_size), "--epochs", str(args.epochs), "--val-epochs", str(args.val_epochs),
               "--batch-size", str(args.batch_size), "--device", args.device, "--workers", str(args.workers),
-              "--backbone", args.backbone, "--methods", *methods, "--preprocess-on-device",
+              "--backbone", args.backbone, "--methods", *methods, "--preprocess-on-device", "--precision", args.precision,
               "--runs", str(out / "runs"), "--record", str(out / "records"), "--out", str(out / "comparison")]
     if args.data_root:
         common += ["--data-root", args.data_root]
@@ -141,6 +141,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--speed-images", type=int, default=None, help="images the loader's speed is measured on "
                                                                      "(default: the whole training split)")
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                    help="of the step and of every run (default bf16 autocast, the GPU's; the dry run's is fp32)")
     ap.add_argument("--step-seconds", type=float, default=10.0)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--dry-run", action="store_true",
@@ -150,7 +152,7 @@ def main() -> None:
     if args.dry_run:
         args.device, args.backbone, args.img_size, args.batch_size, args.workers = "cpu", "test-vit-timm", 80, 16, 0
         args.train_images, args.test_images, args.epochs, args.val_epochs, args.seeds = 80, 32, 1, 1, 1
-        args.speed_images, args.step_seconds = 64, 0.0
+        args.speed_images, args.step_seconds, args.precision = 64, 0.0, "fp32"  # the same run on every CPU
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
