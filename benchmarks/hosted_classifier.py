@@ -46,7 +46,7 @@ from pgn.deployment.endpoints import OpenInferenceEndpoint
 from pgn.files import write_json
 from pgn.pixels import to_uint8
 from pgn.training import fit_label_map, read_metrics
-from pgn_study.comparison import device_name
+from pgn_study.comparison import device_name, input_dependence
 
 BACKBONE = "efficientnet-lite0"
 IMG = 128                 # a CNN takes any size; 128 px keeps a run to minutes on 2 cores (native: 224)
@@ -254,9 +254,10 @@ def render(results: dict, wall: float, majority: dict | None = None) -> str:
                   "same command; an n/a is a run not made yet, never a result.", ""]
     for task, methods in results.items():
         lines += [f"## {task}", "", "| method | trainable parameters | rate (validation top-1) | test top-1 through "
-                  "the endpoint, % | local top-1, % | endpoint = local | seeds |", "|---|---|---|---|---|---|---|"]
+                  "the endpoint, % | local top-1, % | endpoint = local | input dependence, local: drop with mean / "
+                  "shuffled mixtures (points) | seeds |", "|---|---|---|---|---|---|---|---|"]
         if majority and task in majority:
-            lines.append(f"| (always the majority class) | 0 | none | {100 * majority[task]:.2f} | | | |")
+            lines.append(f"| (always the majority class) | 0 | none | {100 * majority[task]:.2f} | | | | |")
         for method, r in methods.items():
             seeds = r.get("seeds") or []
             vals = ", ".join(f"{lr:g}: {100 * v:.1f}" if v is not None else f"{lr:g}: n/a"
@@ -264,8 +265,11 @@ def render(results: dict, wall: float, majority: dict | None = None) -> str:
             chosen = f"**{r['lr']:g}** ({vals})" if r.get("lr") is not None else vals
             params = f"{seeds[0]['trainable_parameters']:,}" if seeds else "n/a"
             agree = _mean_std([s["agreement"] for s in seeds])
+            drops = [d for s in seeds if (d := input_dependence(s)) is not None]  # PGN's seeds: the last epoch's
+            dependence = ("-" if not drops else " / ".join(
+                f"{100 * statistics.mean(d[k] for d in drops):+.2f}" for k in ("mean_mixture", "shuffled")))
             lines.append(f"| {method} | {params} | {chosen} | {_mean_std([s['top1'] for s in seeds])} | "
-                         f"{_mean_std([s['top1_local'] for s in seeds])} | {agree} | {len(seeds)} |")
+                         f"{_mean_std([s['top1_local'] for s in seeds])} | {agree} | {dependence} | {len(seeds)} |")
         lines.append("")
     devices = sorted({s.get("device", "not recorded (before December 2, 2026)") for methods in results.values()
                       for r in methods.values() for s in r.get("seeds") or []})
