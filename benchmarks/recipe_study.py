@@ -168,7 +168,7 @@ def generator(args) -> None:
     cfg.render_only = args.render_only
     runner = Runner(backbone, cfg, lambda line: print(line, flush=True))
     lr = json.loads((DOCS / "ablations.json").read_text())["meta"]["recipe_lr"]
-    rows = []
+    rows, devices, seconds = [], set(), 0.0
     for name in args.datasets:
         data = _data(name, pre)
         root = run_root(cfg, name, data)
@@ -184,6 +184,8 @@ def generator(args) -> None:
             s = select_and_test(runner, root, "pgn", data, None, [lr], seeds, variant=variant)
             # From the records (a fresh clone has no run folders): each finished seed's last epoch row.
             results = [r for k in keys[:seeds] if (r := finished_result(cfg, k)) and r.get("epochs")]
+            devices.update(r["device"] for r in results if r.get("device"))
+            seconds += sum(r["seconds"] for r in results)
             dependence = [d for r in results if (d := input_dependence(r)) is not None]
             drops = {a: [d[a] for d in dependence] for a in ("mean_mixture", "shuffled")}
             entropy = [r["epochs"][-1]["mixture_entropy"] for r in results if "mixture_entropy" in r["epochs"][-1]]
@@ -192,6 +194,9 @@ def generator(args) -> None:
                          "optimizer_name": variant.train.get("prompt_optimizer", "sgd"), "input_dependence": drops,
                          "mixture_entropy_last": statistics.mean(entropy) if entropy else None})
     meta = {**_meta(args, cfg, t0), "epochs": cfg.epochs, "seeds": cfg.seeds, "recipe_lr": lr, "record": args.record,
+            # what made the rows, from their records (a report rendered elsewhere names the machines that ran them)
+            "command": "python benchmarks/recipe_study.py " + " ".join(a for a in sys.argv[1:] if a != "--render-only"),
+            "machine": " and ".join(sorted(devices)) or "no run finished", "seconds_of_all_runs": round(seconds),
             "splits": {name: list(SUBSETS[name]) for name in args.datasets}}
     write_json(DOCS / "ablations-generator.json", {"meta": meta, "rows": rows})
     ablation = json.loads((DOCS / "ablations.json").read_text())
@@ -205,8 +210,10 @@ def _generator_section() -> list[str]:
     g = json.loads(path.read_text())
     meta, rows = g["meta"], g["rows"]
     lines = ["", "## What makes the generator learn (issue: show that the prompts depend on the image)", "",
-             f"Command: `{meta['command']}` ({meta['machine']}, {meta['precision']}, {meta['seconds']:,} s for this "
-             f"call; finished runs come from the cache and {meta.get('record') or 'no record'}). Embedded backbone at "
+             f"Command: `{meta['command']}` ({meta['machine']}, {meta['precision']}; "
+             f"{meta.get('seconds_of_all_runs', meta['seconds']):,} s of training and testing in all, each run on "
+             "1 thread beside another; `--render-only` re-renders from the cache and "
+             f"{meta.get('record') or 'no record'}, training nothing). Embedded backbone at "
              f"{meta['img_size']} px, {meta['epochs']} epochs (warm-up over half, cosine), batch 32, the recipe's "
              f"rate {meta['recipe_lr']:g} for the head in every row, up to {meta['seeds']} seeds. Subsets (train, "
              "test; None: all): " + ", ".join(f"{n} {tuple(v)}" for n, v in meta["splits"].items()) + ". "
