@@ -211,8 +211,8 @@ def _generator_section() -> list[str]:
     meta, rows = g["meta"], g["rows"]
     lines = ["", "## What makes the generator learn (issue: show that the prompts depend on the image)", "",
              f"Command: `{meta['command']}` ({meta['machine']}, {meta['precision']}; "
-             f"{meta.get('seconds_of_all_runs', meta['seconds']):,} s of training and testing in all, each run on "
-             "1 thread beside another; `--render-only` re-renders from the cache and "
+             f"{meta.get('seconds_of_all_runs', meta['seconds']):,} s of training and testing in all; "
+             "`--render-only` re-renders from the cache and "
              f"{meta.get('record') or 'no record'}, training nothing). Embedded backbone at "
              f"{meta['img_size']} px, {meta['epochs']} epochs (warm-up over half, cosine), batch 32, the recipe's "
              f"rate {meta['recipe_lr']:g} for the head in every row, up to {meta['seeds']} seeds. Subsets (train, "
