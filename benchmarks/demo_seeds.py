@@ -33,6 +33,7 @@ from pgn_study.comparison import (
     Runner,
     Variant,
     finished_result,
+    format_drops,
     input_dependence,
     run_key,
     run_root,
@@ -144,7 +145,7 @@ def diagnostics(results: dict) -> list[str]:
 def _drops(r: dict) -> str:
     """The input dependence in points, mean mixture / shuffled; "n/a" for runs recorded before it existed."""
     d = input_dependence(r)
-    return "n/a" if d is None else " / ".join(f"{100 * d[k]:+.2f}" for k in ("mean_mixture", "shuffled"))
+    return "n/a" if d is None else format_drops(d)
 
 
 def paired(results: dict) -> list[str]:

@@ -46,7 +46,7 @@ from pgn.deployment.endpoints import OpenInferenceEndpoint
 from pgn.files import write_json
 from pgn.pixels import to_uint8
 from pgn.training import fit_label_map, read_metrics
-from pgn_study.comparison import device_name, input_dependence
+from pgn_study.comparison import device_name, format_drops, input_dependence
 
 BACKBONE = "efficientnet-lite0"
 IMG = 128                 # a CNN takes any size; 128 px keeps a run to minutes on 2 cores (native: 224)
@@ -266,8 +266,7 @@ def render(results: dict, wall: float, majority: dict | None = None) -> str:
             params = f"{seeds[0]['trainable_parameters']:,}" if seeds else "n/a"
             agree = _mean_std([s["agreement"] for s in seeds])
             drops = [d for s in seeds if (d := input_dependence(s)) is not None]  # PGN's seeds: the last epoch's
-            dependence = ("-" if not drops else " / ".join(
-                f"{100 * statistics.mean(d[k] for d in drops):+.2f}" for k in ("mean_mixture", "shuffled")))
+            dependence = format_drops({k: statistics.mean(d[k] for d in drops) for k in drops[0]}) if drops else "-"
             lines.append(f"| {method} | {params} | {chosen} | {_mean_std([s['top1'] for s in seeds])} | "
                          f"{_mean_std([s['top1_local'] for s in seeds])} | {agree} | {dependence} | {len(seeds)} |")
         lines.append("")

@@ -202,6 +202,11 @@ def input_dependence(result: dict | None) -> dict[str, float] | None:
     return {k: row["test_top1"] - row[f"test_top1_{k}"] for k in ("mean_mixture", "shuffled")}
 
 
+def format_drops(means: dict[str, float]) -> str:
+    """Input-dependence drops (fractions, as from :func:`input_dependence`) in points: "mean mixture / shuffled"."""
+    return " / ".join(f"{100 * means[k]:+.2f}" for k in ("mean_mixture", "shuffled"))
+
+
 class NotCached(Exception):
     """A run that a render-only comparison would have had to train."""
 
@@ -401,8 +406,7 @@ def _dependence_cell(summary: dict) -> str:
     if not d.get("mean_mixture"):
         return "-"
     n, seeds = len(d["mean_mixture"]), len(summary["test_top1"])
-    return (" / ".join(f"{100 * statistics.mean(d[k]):+.2f}" for k in ("mean_mixture", "shuffled"))
-            + ("" if n == seeds else f" ({n} of {seeds} seeds)"))
+    return format_drops({k: statistics.mean(v) for k, v in d.items()}) + ("" if n == seeds else f" ({n} of {seeds} seeds)")
 
 
 # The baselines a PGN row is judged against, in the issue's and the paper's order.
