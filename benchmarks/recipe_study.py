@@ -162,22 +162,26 @@ def ablations(args) -> None:
 
 
 def generator(args) -> None:
-    """Each variant over ``--datasets`` at the recipe's rate, 3 seeds: test top-1 and the input dependence."""
+    """Each variant at the recipe's rate, 3 seeds: test top-1 and the input dependence.
+
+    ``--datasets`` and ``--variants`` say what this call *trains*; the report always covers every dataset
+    and variant of the study from what is finished, so a call that trains a part never drops the rest.
+    """
     t0 = time.time()
     backbone, pre, cfg = _setup(args)
-    cfg.render_only = args.render_only
     runner = Runner(backbone, cfg, lambda line: print(line, flush=True))
     lr = json.loads((DOCS / "ablations.json").read_text())["meta"]["recipe_lr"]
     rows, devices, seconds = [], set(), 0.0
-    for name in args.datasets:
+    for name in SUBSETS:
         data = _data(name, pre)
         root = run_root(cfg, name, data)
         for variant, what in _generator_variants(lr):
-            if variant is not RECIPE and args.variants is not None and variant.name not in args.variants:
-                continue
+            trains = not args.render_only and name in args.datasets and (
+                variant is RECIPE or args.variants is None or variant.name in args.variants)
+            cfg.render_only = not trains  # the runner reads it per run
             keys = [run_key(root, "pgn", "test", lr, seed, None, variant) for seed in range(cfg.seeds)]
             seeds = cfg.seeds
-            if args.render_only:  # the seeds finished so far (0, 1, ...)
+            if not trains:  # the seeds finished so far (0, 1, ...)
                 seeds = next((i for i, k in enumerate(keys) if finished_result(cfg, k) is None), cfg.seeds)
                 if seeds == 0:
                     continue
@@ -195,12 +199,23 @@ def generator(args) -> None:
                          "mixture_entropy_last": statistics.mean(entropy) if entropy else None})
     meta = {**_meta(args, cfg, t0), "epochs": cfg.epochs, "seeds": cfg.seeds, "recipe_lr": lr, "record": args.record,
             # what made the rows, from their records (a report rendered elsewhere names the machines that ran them)
-            "command": "python benchmarks/recipe_study.py " + " ".join(a for a in sys.argv[1:] if a != "--render-only"),
+            "command": _study_command(sys.argv[1:]),
             "machine": " and ".join(sorted(devices)) or "no run finished", "seconds_of_all_runs": round(seconds),
-            "splits": {name: list(SUBSETS[name]) for name in args.datasets}}
+            "splits": {name: list(SUBSETS[name]) for name in SUBSETS}}
     write_json(DOCS / "ablations-generator.json", {"meta": meta, "rows": rows})
     ablation = json.loads((DOCS / "ablations.json").read_text())
     _render_ablations(ablation["meta"], ablation["rows"])
+
+
+def _study_command(argv: list[str]) -> str:
+    """The command that makes the whole report: this call's, less what only narrows what it trains."""
+    kept, skipping = [], False
+    for a in argv:
+        if a.startswith("--"):
+            skipping = a in ("--datasets", "--variants", "--render-only")
+        if not skipping:
+            kept.append(a)
+    return " ".join(["python", "benchmarks/recipe_study.py", *kept])
 
 
 def _generator_section() -> list[str]:
@@ -402,7 +417,8 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=None,
                    help=f"ablations to run (default: {' '.join(DEFAULT_VARIANTS)}; also head-lr-div10 gen-out-zero); "
                         "generator: all of prompt-lr-x3 prompt-lr-x10 adamw-prompts out-scale4 gen-size56")
-    p.add_argument("--datasets", nargs="+", default=["elpv", "fashion-mnist"])
+    p.add_argument("--datasets", nargs="+", default=["elpv", "fashion-mnist"],
+                   help="generator: the datasets this call trains (the report covers every one with records)")
     p.add_argument("--methods", nargs="+", default=["linear", "pgn"])
     p.add_argument("--budgets", type=int, nargs="+", default=[1, 3, 10])
     # The generator phase keeps its own runs: every one of them is seeded and scores the mixture ablation,
