@@ -12,11 +12,13 @@ from a fresh clone: run the same command again. About a day of a 2-core CPU in a
 
 Writes docs/comparison-e10.md (per-task table, differences, and where PGN is ahead of each baseline) and
 docs/comparison-e10.json (raw, with the ``standing`` summary). Any option of ``pgn-bench`` can be added,
-e.g. ``--render-only`` (report what is finished, train nothing) or ``--methods linear pgn``.
+e.g. ``--render-only`` (report what is finished, train nothing) or ``--methods linear pgn`` /
+``--datasets fashion-mnist`` (train only those; the report still covers the whole protocol).
 
     python benchmarks/comparison_e10.py
 """
 import sys
+import tempfile
 
 from pgn_study.cli import main
 
@@ -28,7 +30,37 @@ PROTOCOL = ["--datasets", "elpv", "fashion-mnist", "elpv4",
             "--rate", "pgn-frame=0.01,0.1",
             "--methods", "linear", "pgn", "iip", "vp", "pgn-frame", "finetune",
             "--out", "docs/comparison-e10"]
+COMMAND = "python benchmarks/comparison_e10.py"
+NARROWING = ("--datasets", "--methods")  # what a call may train; the report always covers the protocol
+
+
+def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """``argv`` less the named options and their values."""
+    kept, skipping = [], False
+    for a in argv:
+        if a.startswith("--"):
+            skipping = a in flags
+        if not skipping:
+            kept.append(a)
+    return kept
+
+
+def run(argv: list[str]) -> int:
+    """Train what ``argv`` asks for, then write the report of the whole protocol from what is finished.
+
+    A call narrowed by ``--datasets`` or ``--methods`` trains only those, with its own partial report kept
+    out of docs/; the protocol's report is then rendered from the cache and the records, so it never loses
+    a task or a method that this call did not train.
+    """
+    if not any(a in NARROWING for a in argv):
+        return main([*PROTOCOL, "--report-command", " ".join([COMMAND, *argv]), *argv])
+    with tempfile.TemporaryDirectory() as tmp:
+        rc = main([*PROTOCOL, "--report-command", COMMAND, *argv, "--out", f"{tmp}/partial"])
+    if rc:
+        return rc
+    rest = _without(argv, (*NARROWING, "--render-only", "--out"))
+    return main([*PROTOCOL, "--report-command", " ".join([COMMAND, *rest]), *rest, "--render-only"])
+
 
 if __name__ == "__main__":
-    command = " ".join(["python", "benchmarks/comparison_e10.py", *sys.argv[1:]])
-    sys.exit(main([*PROTOCOL, "--report-command", command, *sys.argv[1:]]))
+    sys.exit(run(sys.argv[1:]))
