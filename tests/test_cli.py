@@ -212,6 +212,11 @@ def test_resume_takes_the_runs_own_settings_and_refuses_others(tmp_path, tiny_we
         # the library names its setting; the line names the flag that sets it
         assert r.returncode == 2 and "keeps its own settings" in line and f"with {named} " in line, line
     assert json.loads((part / "config.json").read_text())["train"]["epochs"] == 2  # nothing was rewritten
+    # How often the test split is scored changes nothing that is trained: a resume may set it.
+    r = pgn("train", "--out", part, "--resume", "--epochs", 4, "--eval-every", 0, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows if "test_top1" in row] == [1, 2, 4]
 
 
 def _foreign_dir(tmp_path):

@@ -352,7 +352,42 @@ def test_an_epoch_opens_one_iterator_over_its_loader(tiny_vit, tmp_path, monkeyp
     monkeypatch.setattr(DataLoader, "__iter__", lambda self: opened.append(self) or real_iter(self))
     model = build_classifier(adapter_cfg("pgn", tiny_vit), tiny_vit)
     train(model, adapter_cfg("pgn", tiny_vit), spec(), quiet(epochs=2), tmp_path / "run")
-    shuffled = [loader for loader in opened if loader.generator is not None]  # the training loader
+    from torch.utils.data import SequentialSampler
+
+    shuffled = [loader for loader in opened if not isinstance(loader.sampler, SequentialSampler)]  # training
     assert len(shuffled) == 2 and len(set(map(id, shuffled))) == 1  # one iterator per epoch
     # the test loader: an evaluation per epoch, and the last epoch's two passes of the mixture ablation
     assert len(opened) - len(shuffled) == 2 + 2
+
+
+def test_eval_every_scores_fewer_epochs_and_trains_the_same_run(tmp_path):
+    """Skipping the test pass of an epoch changes nothing else: on augmented data (drawn from the global torch RNG,
+    which an evaluation loader without its own generator would advance), the weights after 3 epochs and the last
+    epoch's metrics are the same, bit for bit, whether the test split is scored every epoch, every 2nd or last only."""
+    from pgn.data import build_dataset
+    from pgn.plots import plot_training_curves
+
+    with pytest.raises(PGNError, match="eval_every"):
+        TrainConfig(eval_every=-1)
+    weights, last, scored = [], [], []
+    for every in (1, 2, 0):
+        bb = make_tiny_vit()
+        data = build_dataset("digits", img_size=32, mean=bb.preprocessing.mean, std=bb.preprocessing.std,
+                             augment=True, train_limit=32, test_limit=16)
+        acfg = AdapterConfig(method_config=PGNConfig(num_prompts=2, library_size=8, generator_size=32),
+                             backbone=bb.name, backbone_width=bb.width, class_names=data.class_names, img_size=32,
+                             dataset="digits")
+        model = build_classifier(acfg, bb, seed=1)
+        run = tmp_path / f"every{every}"
+        train(model, acfg, data, quiet(epochs=3, lr=0.05, seed=2, eval_every=every), run)
+        weights.append(model.trainable_modules().state_dict())
+        rows = read_metrics(run)
+        scored.append([r["epoch"] for r in rows if "test_top1" in r])
+        last.append({k: v for k, v in rows[-1].items() if "seconds" not in k and "per_s" not in k})
+        plot_training_curves(rows, run / "curves.png")  # the test curve has only the scored epochs
+    assert scored == [[1, 2, 3], [2, 3], [3]]
+    for other in weights[1:]:
+        for key, value in weights[0].items():
+            assert torch.equal(other[key], value), key
+    assert last[1] == last[0] and last[2] == last[0]
+    assert "test_top1_mean_mixture" in last[0]  # the mixture ablation still runs after the last epoch

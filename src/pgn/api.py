@@ -228,7 +228,7 @@ def build_data(names: str | Sequence[str], *, img_size: int, mean: Sequence[floa
 
 
 # What a resumed run may change: everything else is the run's own (config.json).
-RESUMABLE = ("epochs", "device", "num_workers", "progress")
+RESUMABLE = ("epochs", "device", "num_workers", "progress", "eval_every")  # none changes what is trained
 
 
 def resume(run: str | Path, epochs: int | None = None, *, changes: dict | None = None,
@@ -236,7 +236,8 @@ def resume(run: str | Path, epochs: int | None = None, *, changes: dict | None =
     """Continue the run in ``run`` from its last finished epoch, exactly as it was configured.
 
     Its data (names, limits, subset seed, augmentation), batch, rates, seed and precision come from its
-    config.json; ``epochs`` may extend it, ``options`` may set ``device``, ``num_workers`` and ``progress``.
+    config.json; ``epochs`` may extend it, ``options`` may set ``device``, ``num_workers``, ``progress``
+    and ``eval_every``.
     ``changes``: settings a caller asks for again (``{"lr": 0.1}``); one that differs from the run's is a
     PGNError naming it, so a resume never silently trains another run. Returns the last epoch's metrics.
     """
@@ -284,8 +285,9 @@ def resume(run: str | Path, epochs: int | None = None, *, changes: dict | None =
             raise ResumeMismatch(key, value, settings[key])
     recorded.update(epochs=epochs or recorded.get("epochs", 1), device=device,
                     progress=options.get("progress", recorded.get("progress", True)))
-    if options.get("num_workers") is not None:
-        recorded["num_workers"] = options["num_workers"]
+    for key in ("num_workers", "eval_every"):
+        if options.get(key) is not None:
+            recorded[key] = options[key]
     cfg = validated(TrainConfig, recorded, f"{path} (train)")
     bb = (create_backbone(backbone or acfg.backbone, acfg.backbone_weights if backbone is None else None)
           if not isinstance(backbone, FrozenBackbone) else backbone)

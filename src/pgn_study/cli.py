@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--eval-every", type=int, default=0, metavar="N",
+                   help="score the test split every N epochs too (default 0: after the last only, all a report reads)")
     p.add_argument("--preprocess-on-device", dest="on_device", action="store_true",
                    help="ship stored pixels and resize them on --device (in-memory datasets; pgn.data.device)")
     p.add_argument("--render-only", action="store_true", help="write the report from the cache; train nothing")
@@ -94,6 +96,7 @@ def run(args) -> int:
                                       img_size=args.img_size, precision=precision,
                                       runs=Path(runs), candidates=rates, batch_size=args.batch_size,
                                       device=args.device, num_workers=args.workers, render_only=args.render_only,
+                                      eval_every=args.eval_every,
                                       record=args.record)
     out = Path(args.out) if args.out else Path(runs) / "results"
     command = args.report_command or "pgn-bench " + " ".join(args.argv)

@@ -91,6 +91,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--augment", action="store_true", default=None, help="the paper's train augmentation")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--workers", dest="num_workers", type=int, default=0, help="data-loading worker processes")
+    g.add_argument("--eval-every", type=int, default=1, metavar="N",
+                   help="score the test split every N epochs and after the last (0: after the last only; default 1)")
     g.add_argument("--preprocess-on-device", dest="on_device", action="store_true",
                    help="ship stored pixels and resize them on --device (in-memory datasets, no --augment)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -315,7 +317,7 @@ def _is_main() -> bool:
 # --------------------------------------------------------------------------- commands
 
 # Options a resumed run may be given again with another value; every other one given must match the run's.
-_RESUME_FREE = {"epochs", "device", "num_workers", "no_progress", "out", "resume", "on_device"}
+_RESUME_FREE = {"epochs", "device", "num_workers", "no_progress", "out", "resume", "on_device", "eval_every"}
 
 
 def cmd_train(args) -> int:
@@ -333,6 +335,7 @@ def cmd_train(args) -> int:
         row = resume(out, args.epochs if "epochs" in args.given else None, device=args.device,
                      changes={dest: getattr(args, dest) for dest in sorted(args.given - _RESUME_FREE)},
                      num_workers=args.num_workers if "num_workers" in args.given else None,
+                     eval_every=args.eval_every if "eval_every" in args.given else None,
                      progress=not args.no_progress)
     else:
         names = method_options()  # typed ones must belong to --method; the preset's sizes apply where they do
@@ -344,7 +347,7 @@ def cmd_train(args) -> int:
                              warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip or None,
                              head_init=args.head_init, precision=args.precision, seed=args.seed,
                              num_workers=args.num_workers, progress=not args.no_progress,
-                             lr_scaling=args.lr_scaling, device=args.device)
+                             lr_scaling=args.lr_scaling, device=args.device, eval_every=args.eval_every)
         row, out = train_run(args.backbone, method, args.dataset, config, args.out, weights=args.weights,
                              img_size=args.img_size, augment=bool(args.augment), train_limit=args.train_limit,
                              test_limit=args.test_limit, root=args.data_root, download=args.download,

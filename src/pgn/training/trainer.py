@@ -76,9 +76,18 @@ def _gather_features(model: PromptedClassifier, data: DataSpec, cfg: TrainConfig
 
 
 def _eval_loader(ds, cfg: TrainConfig) -> DataLoader:
-    """In order; evaluation draws nothing random, so its workers may live from epoch to epoch."""
+    """In order; evaluation draws nothing random, so its workers may live from epoch to epoch.
+
+    Its own generator: each iterator draws its workers' base seed, which without one comes from the global
+    torch RNG that augmentation also draws from, so how often the test split is scored would change the crops.
+    """
     return DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                      persistent_workers=cfg.num_workers > 0)
+                      persistent_workers=cfg.num_workers > 0, generator=torch.Generator().manual_seed(0))
+
+
+def evaluates(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether the test split is scored after ``epoch`` (0-based): every ``eval_every``-th and the last."""
+    return epoch + 1 == cfg.epochs or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -87,7 +96,8 @@ def _quiet(*args, **kwargs) -> None:
 
 def train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec, cfg: TrainConfig,
           run_dir: str | Path, resume: bool = False, log=None) -> dict:
-    """Train ``model``'s prompts and head on ``data.train``; evaluate on ``data.test`` every epoch.
+    """Train ``model``'s prompts and head on ``data.train``; evaluate on ``data.test`` every
+    ``cfg.eval_every`` epochs and after the last (an epoch's metrics row then has no ``test_*`` keys).
 
     Writes into ``run_dir``: ``config.json``, ``metrics.jsonl`` (one JSON row per epoch),
     the adapter after every epoch and ``trainer_state.pt`` for ``resume``.
@@ -172,20 +182,23 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
                                                    epoch, run_dir, progress)
             train_time = time.perf_counter() - t0
             _check_weights_finite(model, epoch, run_dir)  # before anything of this epoch is evaluated or saved
-            test = _evaluate(batches.net, batches.test, batches.n_test, cfg, ctx, progress)
-            row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
-                   "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
-                   "lr": optimizer.param_groups[-1]["lr"], "train_seconds": round(train_time, 2),
-                   "train_images_per_s": round(seen / train_time, 2), **_monitor_stats(monitor, ctx)}
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen}
+            if evaluates(cfg, epoch):
+                test = _evaluate(batches.net, batches.test, batches.n_test, cfg, ctx, progress)
+                row.update({"test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"]})
+            row.update({"lr": optimizer.param_groups[-1]["lr"], "train_seconds": round(train_time, 2),
+                        "train_images_per_s": round(seen / train_time, 2), **_monitor_stats(monitor, ctx)})
             if batches.use_cache:
                 row["features_cached"] = True  # images/s counts the head alone
             if epoch + 1 == ablate_after:
                 # The drop from top-1 is what the prompts' input dependence adds.
                 ablation = mixture_ablation(model, batches.test, ctx.device, cfg.precision, seed=cfg.seed)
                 row.update({f"test_{k}": v for k, v in ablation.items()})
-            top5 = f" top5 {row['test_top5']:.4f}" if len(data.class_names) > 5 else ""
+            top5 = f" top5 {row['test_top5']:.4f}" if len(data.class_names) > 5 and "test_top5" in row else ""
+            test = f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:.4f}{top5}" if "test_top1" in row \
+                else "test not scored this epoch"
             log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_top1']:.4f}  "
-                f"test loss {row['test_loss']:.4f} top1 {row['test_top1']:.4f}{top5}  ({train_time:.0f}s)")
+                f"{test}  ({train_time:.0f}s)")
             rows.append(row)
             state = trainer_state(optimizer, scheduler, epoch, ctx)
             if main:
