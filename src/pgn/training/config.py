@@ -46,7 +46,7 @@ class TrainConfig:
     cache_features: bool = True       # linear probe on un-augmented data: run the frozen ViT once
     # Score the test split after every Nth epoch and always after the last; 0: after the last only. A skipped
     # evaluation changes nothing else (evaluation draws no random number): the run, weights and final
-    # metrics are the same whatever N. It costs a test pass per epoch: 25-35 % of a CPU run at 1,000 images.
+    # metrics are the same whatever N. It costs a test pass per epoch: 25-38 % of a 10-epoch CPU run at 1,000 images (README, Speed).
     eval_every: int = 1
     # Data-parallel runs (torchrun): ``batch_size`` is per process, the global batch is batch_size x processes.
     # "none": the learning rates are used as given (they are for the global batch);
