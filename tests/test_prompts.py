@@ -40,6 +40,48 @@ def test_generator_is_input_dependent_and_iip_is_not():
     assert torch.equal(iip(torch.randn(2, 3, 8, 8))[0], iip(torch.randn(2, 3, 8, 8))[1])
 
 
+@pytest.mark.parametrize("widths", [(4, 4, 4, 4), (4, 8, 16, 32)])
+def test_generator_gradients_equal_the_reference_convolutions_on_every_cpu(widths):
+    """The generator's gradients match PyTorch's reference (non-oneDNN) convolutions, in fp32 to 1e-4.
+
+    Fails where the shortcut is a channels-last strided 1x1 convolution with fewer than 8 input channels
+    on a CPU without AVX-512 (oneDNN#6035: wrong weight gradients on two threads, a heap corruption on
+    one); the tests' tiny generators have 4 channels, so they took that path on AMD EPYC.
+    """
+    def grads(reference: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        gen = PromptGenerator(GeneratorConfig(num_prompts=2, library_size=4, widths=widths, input_size=32), dim=8)
+        x = torch.randn(16, 3, 32, 32)
+        with torch.backends.mkldnn.flags(enabled=not reference):
+            gen(x).square().sum().backward()
+        return [p.grad for p in gen.parameters()]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the wrong-gradient case needs two threads; one thread crashes instead
+    try:
+        fast, ref = grads(reference=False), grads(reference=True)
+    finally:
+        torch.set_num_threads(threads)
+    for f, r in zip(fast, ref):
+        torch.testing.assert_close(f, r, rtol=1e-4, atol=1e-4)
+
+
+def test_the_shortcut_is_the_strided_1x1_convolution():
+    """Keeping every second pixel then a stride-1 1x1 convolution is the official stride-2 shortcut."""
+    from pgn.prompts.generator import BasicBlock
+
+    torch.manual_seed(0)
+    block = BasicBlock(4, 8, stride=2).eval()
+    for size in (8, 7):  # even and odd sizes: both give ceil(size / 2)
+        x = torch.randn(2, 4, size, size)
+        conv = block.shortcut
+        with torch.backends.mkldnn.flags(enabled=False):
+            want = torch.nn.functional.relu(block.body(x) + torch.nn.functional.conv2d(x, conv.weight, conv.bias, 2))
+            got = block(x)
+        assert got.shape == (2, 8, (size + 1) // 2, (size + 1) // 2)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
 def test_paper_parameter_count():
     # DINO ViT-S/16 setting of the paper: K 16, N 128, D 384 -> 620,656 trainable parameters.
     gen = PromptGenerator(GeneratorConfig(num_prompts=16, library_size=128), dim=384)
