@@ -40,6 +40,10 @@ def test_generator_is_input_dependent_and_iip_is_not():
     assert torch.equal(iip(torch.randn(2, 3, 8, 8))[0], iip(torch.randn(2, 3, 8, 8))[1])
 
 
+ONEDNN_OFF = pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # said by mkldnn.flags
+
+
+@ONEDNN_OFF
 @pytest.mark.parametrize("widths", [(4, 4, 4, 4), (4, 8, 16, 32)])
 def test_generator_gradients_equal_the_reference_convolutions_on_every_cpu(widths):
     """The generator's gradients match PyTorch's reference (non-oneDNN) convolutions, in fp32 to 1e-4.
@@ -66,6 +70,7 @@ def test_generator_gradients_equal_the_reference_convolutions_on_every_cpu(width
         torch.testing.assert_close(f, r, rtol=1e-4, atol=1e-4)
 
 
+@ONEDNN_OFF
 def test_the_shortcut_is_the_strided_1x1_convolution():
     """Keeping every second pixel then a stride-1 1x1 convolution is the official stride-2 shortcut."""
     from pgn.prompts.generator import BasicBlock
