@@ -77,6 +77,20 @@ def test_lr_reused_from_a_task_with_the_same_images(tmp_path, digits):
     assert out["elpv4"]["linear"]["lr_chosen_on"] == "elpv validation split"
 
 
+def test_a_task_reusing_rates_takes_the_probes_rate_for_vp_without_training_the_probe(tmp_path, digits):
+    """ELPV-4 reuses ELPV's rates: a call that trains VP there (not the probe) gives VP's head the rate
+    ELPV's probe chose, from ELPV's validation runs, and never asks ELPV-4 for a validation split."""
+    vit = make_tiny_vit()
+    cfg = _cfg(tmp_path)
+    cfg.methods, cfg.seeds = ("vp",), 1
+    cfg.candidates = {**cfg.candidates, "vp": [1.0]}
+    out = comparison.compare(vit, {"elpv": digits, "elpv4": digits}, cfg, log=lambda *_: None)["results"]
+    cfg.methods = ("linear",)
+    probe = comparison.compare(vit, {"elpv": digits}, cfg, log=lambda *_: None)["results"]["elpv"]["linear"]
+    assert out["elpv4"]["vp"]["head_lr"] == out["elpv"]["vp"]["head_lr"] == probe["lr"]
+    assert out["elpv4"]["vp"]["lr_chosen_on"] == "elpv validation split"
+
+
 def test_report_tables(tmp_path, compared):
     comp = compared[3]
     meta = {"command": "pgn-bench", "seconds": 1, "machine": "m", "precision": "fp32", "backbone": "timm:test_vit",

@@ -292,6 +292,25 @@ def compare(backbone: FrozenBackbone, datasets: dict[str, DataSpec], cfg: Compar
     log = log or logger.info
     runner = Runner(backbone, cfg, log)
     results: dict = {}
+    probe_lr: dict[str, float] = {}  # the linear probe's chosen rate per task, once known
+
+    def probe_rate(task: str) -> float:
+        """The rate the linear probe chose on ``task`` (VP's and fine-tuning's head train at it).
+
+        A task that reuses another's rates (``LR_FROM``) reuses its probe's too, whether or not this
+        call trains the probe; otherwise the probe's validation runs decide (from the cache where done).
+        """
+        if task not in probe_lr:
+            source = LR_FROM.get(task) if LR_FROM.get(task) in results else None
+            if source:
+                probe_lr[task] = probe_rate(source)
+            else:
+                d = datasets[task]
+                probe_lr[task] = select_and_test(
+                    runner, run_root(cfg, task, d), "linear", d, validation_split(d), cfg.candidates["linear"], seeds=0,
+                    val_root=run_root(cfg, task, d, cfg.val_epochs), val_epochs=cfg.val_epochs)["lr"]
+        return probe_lr[task]
+
     for name, data in datasets.items():
         root = run_root(cfg, name, data)
         # Validation runs at a shorter budget are cached with the runs of that budget (where a study of
@@ -303,11 +322,7 @@ def compare(backbone: FrozenBackbone, datasets: dict[str, DataSpec], cfg: Compar
         order = sorted(cfg.methods, key=lambda m: m != "linear")
         for method in order:
             try:
-                head_lr = None
-                if method in OWN_HEAD_RATE:
-                    probe = results.get(name, {}).get("linear") or select_and_test(
-                        runner, root, "linear", data, val, cfg.candidates["linear"], seeds=0, **val_at)
-                    head_lr = probe["lr"]
+                head_lr = probe_rate(name) if method in OWN_HEAD_RATE else None
                 if lr_from and method in results[lr_from]:
                     chosen = results[lr_from][method]["lr"]
                     summary = select_and_test(runner, root, method, data, None, [chosen], cfg.seeds, head_lr)
@@ -319,6 +334,8 @@ def compare(backbone: FrozenBackbone, datasets: dict[str, DataSpec], cfg: Compar
                 log(f"{name} {method}: not in the cache ({missing}); left out of the report")
                 continue
             results.setdefault(name, {})[method] = summary
+            if method == "linear":
+                probe_lr[name] = summary["lr"]
         done = results.pop(name, {})
         if done:
             results[name] = {m: done[m] for m in cfg.methods if m in done}  # the caller's order
