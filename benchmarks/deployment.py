@@ -20,16 +20,18 @@ from pathlib import Path
 
 import torch
 
-from pgn.adapter import adapter_config, build_classifier, load_adapter
+from pgn.adapter_format import adapter_config
 from pgn.backbones import create_backbone
+from pgn.client import EmbeddingClient
 from pgn.data import build_dataset
-from pgn.deployment import Composer, export_adapter
 from pgn.files import write_json
+from pgn.input_adapter import InputAdapter, export_adapter
+from pgn.model import PromptedClassifier
 from pgn.precision import resolve
-from pgn.serving import EmbeddingClient, create_app
-from pgn.serving.background import BackgroundServer
-from pgn.training import TrainConfig, read_metrics, train
+from pgn.server import create_app
+from pgn.training import TrainConfig, read_metrics, run_training
 from pgn.training.checkpoint import latest_checkpoint
+from pgn.web.background import BackgroundServer
 
 CONFIGS = [  # (layout, library space)
     ("append", "latent"),
@@ -45,7 +47,8 @@ def batches(n, size):
 
 @torch.inference_mode()
 def measure(run: Path, data, backbone, batch: int = 32) -> dict:
-    model, cfg = load_adapter(run, backbone=backbone)
+    model = PromptedClassifier.from_pretrained(run, backbone=backbone)
+    cfg = model.config
     model.eval()
     vit = backbone.vit
     labels = torch.as_tensor(data.test.targets)
@@ -60,7 +63,7 @@ def measure(run: Path, data, backbone, batch: int = 32) -> dict:
     if cfg.layout != "append":
         export = run / "export"
         export_adapter(run, export)
-        composer = Composer.load(export)
+        composer = InputAdapter.from_pretrained(export)
     server = BackgroundServer(create_app(backbone)) if composer else None
     client = None
     if server:
@@ -101,7 +104,7 @@ def measure(run: Path, data, backbone, batch: int = 32) -> dict:
             out[f"agree_{k}"] = float((p == latent).float().mean())
         out["max_rel_feature_error_float"] = rel_err
         out["ms_per_image_canvas"] = 1000 * t_canvas / n
-        out["canvas_size"] = composer.config["canvas_size"]
+        out["canvas_size"] = list(composer.deploy.canvas_size)
         out["max_inversion_residual"] = residual if not composer.pixel_library else 0.0
     return out
 
@@ -128,10 +131,10 @@ def main() -> None:
         if not done:
             acfg = adapter_config(backbone, "pgn", data.class_names, img_size=112, library_space=space,
                                   layout=layout, dataset="elpv")
-            model = build_classifier(acfg, backbone)
+            model = PromptedClassifier.from_config(acfg, backbone)
             cfg = TrainConfig(epochs=args.epochs, lr=0.1, head_lr=0.01, warmup_epochs=1.0, precision=precision,
                               progress=False)
-            train(model, acfg, data, cfg, run, resume=latest_checkpoint(run) is not None)
+            run_training(model, acfg, data, cfg, run, resume=latest_checkpoint(run) is not None)
         row = measure(run, data, backbone)
         row["epochs"] = args.epochs
         print(json.dumps(row))

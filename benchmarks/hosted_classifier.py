@@ -43,8 +43,8 @@ from torch.utils.data import Subset
 
 import pgn
 from pgn.backbones import create_backbone
+from pgn.client.endpoints import OpenInferenceEndpoint
 from pgn.data import DataSpec, build_dataset
-from pgn.deployment.endpoints import OpenInferenceEndpoint
 from pgn.files import atomic_path, write_json
 from pgn.pixels import to_uint8
 from pgn.training import fit_label_map, read_metrics

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import torch
 
-from pgn.adapter import adapter_config, build_classifier
+from pgn.adapter_format import adapter_config
 from pgn.analysis import dataset_token_sharing
 from pgn.backbones import create_backbone
 from pgn.data import build_dataset
 from pgn.files import write_json
+from pgn.model import PromptedClassifier
 from pgn.multi import combine
 from pgn.precision import resolve
-from pgn.training import TrainConfig, train
+from pgn.training import TrainConfig, run_training
 from pgn.training.evaluate import topk_correct
 
 DATASETS = ["elpv", "fashion-mnist", "digits"]
@@ -67,14 +68,14 @@ def main() -> None:
     results = {"single": {}, "shared": {}}
     for spec in specs:
         acfg = adapter(spec)
-        model = build_classifier(acfg, backbone)
-        train(model, acfg, spec, cfg, Path(args.runs) / f"single-{spec.name}", log=lambda *_: None)
+        model = PromptedClassifier.from_config(acfg, backbone)
+        run_training(model, acfg, spec, cfg, Path(args.runs) / f"single-{spec.name}", log=lambda *_: None)
         results["single"][spec.name] = accuracy(model, spec.test)
         print(spec.name, "single", results["single"][spec.name], flush=True)
     combined, parts = combine(specs)
     acfg = adapter(combined, {"datasets": parts})
-    model = build_classifier(acfg, backbone)
-    train(model, acfg, combined, cfg, Path(args.runs) / "shared", log=lambda *_: None)
+    model = PromptedClassifier.from_config(acfg, backbone)
+    run_training(model, acfg, combined, cfg, Path(args.runs) / "shared", log=lambda *_: None)
     for i, spec in enumerate(specs):
         results["shared"][spec.name] = accuracy(model, spec.test, head_index=i)
         print(spec.name, "shared", results["shared"][spec.name], flush=True)

@@ -12,8 +12,9 @@ import timm
 import torch
 from torchvision.models import vit_b_32
 
-from pgn.adapter import adapter_config, build_classifier
+from pgn.adapter_format import adapter_config
 from pgn.backbones import OpenCLIPViT, TimmViT, TorchvisionViT
+from pgn.model import PromptedClassifier
 
 # (backbone name, factory, classes of the paper dataset used for its released checkpoint, head, N, released count)
 ROWS = [
@@ -36,7 +37,7 @@ def _tv():
 def count(backbone, method, classes, head, n) -> int:
     options = {"pgn": {"library_size": n, "head": head}, "iip": {"head": head}, "vp": {"head": head}}.get(method, {})
     cfg = adapter_config(backbone, method, [str(i) for i in range(classes)], img_size=224, **options)
-    model = build_classifier(cfg, backbone)
+    model = PromptedClassifier.from_config(cfg, backbone)
     return model.num_trainable()  # fine-tuning trains its own copy: the shared backbone stays frozen
 
 

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 
-from pgn.adapter import build_classifier
 from pgn.analysis import initial_perturbation
 from pgn.backbones import DEFAULT_BACKBONE, create_backbone
 from pgn.data import build_dataset
 from pgn.files import atomic_path, write_json
+from pgn.model import PromptedClassifier
 from pgn.precision import resolve
 from pgn.training import read_metrics
 from pgn_study.comparison import (
@@ -122,7 +122,7 @@ def perturbation(args) -> None:
         runs = []
         for seed in range(3):
             torch.manual_seed(seed)
-            model = build_classifier(method_config(method, backbone, data, IMG, variant), backbone)
+            model = PromptedClassifier.from_config(method_config(method, backbone, data, IMG, variant), backbone)
             runs.append(initial_perturbation(model, images))
         name = method + ("" if variant is RECIPE else f"@{variant.name}")
         rows[name] = {k: statistics.mean(r[k] for r in runs) for k in runs[0]}

@@ -55,7 +55,7 @@ def png(seed: int, size: int) -> bytes:
 def offline_forward(args, precision_bf16: bool) -> float:
     """Images/s of the served model's own forward on (16, 3, S, S), median of 5 timed rounds after 2 warm-ups."""
     from pgn.backbones import create_backbone
-    from pgn.serving.models import served_model
+    from pgn.server.models import served_model
 
     model = served_model(create_backbone(args.backbone, args.weights))
     x = torch.randn(args.offline_batch, 3, args.img_size, args.img_size)

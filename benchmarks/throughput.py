@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from pgn.adapter import adapter_config, build_classifier
+from pgn.adapter_format import adapter_config
 from pgn.backbones import create_backbone
 from pgn.files import write_json
+from pgn.model import PromptedClassifier
 from pgn.precision import resolve
 from pgn.prompts import GeneratorConfig, PromptGenerator
 
@@ -35,7 +36,7 @@ def make(method, backbone, size, layout="append", space="latent"):
     options = {"pgn": dict(num_prompts=K, library_size=N, library_space=space, layout=layout),
                "iip": dict(num_prompts=K, layout=layout)}.get(method, {})
     cfg = adapter_config(backbone, method, ["a", "b"], img_size=size, **options)
-    model = build_classifier(cfg, backbone)
+    model = PromptedClassifier.from_config(cfg, backbone)
     torch.nn.init.normal_(model.head.fc.weight, std=0.01)
     return model
 

@@ -1,20 +1,15 @@
-"""Shared fixtures: tiny random-init timm ViTs, the embedded backbone, an isolated PGN_HOME."""
+"""Hooks and fixtures only: tiny random-init timm ViTs, the embedded backbone, an isolated PGN_HOME.
+
+Shared plain helpers live in ``helpers.py``; test modules import them from there, never from this file.
+"""
 import os
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a hub in tests
 
 import pytest  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
+from helpers import make_tiny_vit  # noqa: E402
 
 from pgn.backbones import TimmViT  # noqa: E402
-
-# Checkpoints released with the paper: next to the repository on our machines, anywhere with
-# PGN_OFFICIAL_DIR. A clone without them skips (and says why) the tests that read them.
-OFFICIAL = Path(os.environ.get("PGN_OFFICIAL_DIR", Path(__file__).resolve().parents[2] / "shared" / "official_pgn"))
-needs_official = pytest.mark.skipif(not OFFICIAL.is_dir(), reason=f"released checkpoints not found in {OFFICIAL} "
-                                    "(set PGN_OFFICIAL_DIR)")
 
 
 def pytest_addoption(parser):
@@ -69,13 +64,6 @@ def pytest_report_header(config):
 def _pgn_home(tmp_path_factory):
     # Converted weights are cached per test session, never in the user's home.
     os.environ.setdefault("PGN_HOME", str(tmp_path_factory.mktemp("pgn_home")))
-
-
-def make_tiny_vit(seed: int = 0, **kw) -> TimmViT:
-    """timm's ``test_vit`` (patch 16, width 64, 6 blocks), random init, any image size."""
-    torch.manual_seed(seed)
-    vit = timm.create_model("test_vit", pretrained=False, dynamic_img_size=True, **{"num_classes": 0, **kw})
-    return TimmViT(vit, name="timm:test_vit")
 
 
 @pytest.fixture

@@ -1,24 +1,47 @@
-"""What several test modules share: the CLI as a user runs it, small data, configs, ports.
+"""What several test modules share: tiny models, the CLI as a user runs it, small data, configs, ports.
 
-Test modules import from here, never from each other.
+Test modules (and conftest.py's fixtures) import from here, never from each other or from conftest.
 """
 import io
 import os
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
+import timm
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pgn.adapter import AdapterConfig
-from pgn.backbones import OpenCLIPViT, TorchvisionViT
+from pgn.adapter_format import AdapterConfig
+from pgn.backbones import OpenCLIPViT, TimmViT, TorchvisionViT
 from pgn.data import DataSpec
 from pgn.methods import method_config_of
 from pgn.training import TrainConfig
+
+# Checkpoints released with the paper: next to the repository on our machines, anywhere with
+# PGN_OFFICIAL_DIR. A clone without them skips (and says why) the tests that read them.
+OFFICIAL = Path(os.environ.get("PGN_OFFICIAL_DIR", Path(__file__).resolve().parents[2] / "shared" / "official_pgn"))
+needs_official = pytest.mark.skipif(not OFFICIAL.is_dir(), reason=f"released checkpoints not found in {OFFICIAL} "
+                                    "(set PGN_OFFICIAL_DIR)")
+
+
+# The tiny random-init backbones the tests build, one builder per family. Each seeds torch's global generator
+# (what a test draws next depends on it), so a test that keeps its seed keeps its numbers. The library's own
+# registered ``test-vit-*`` backbones (src/pgn/backbones/testing.py) are for building by name (the CLI).
+
+
+def make_tiny_vit(seed: int = 0, name: str = "timm:test_vit", **kw) -> TimmViT:
+    """timm's ``test_vit`` (patch 16, width 64, 6 blocks, MLP ratio 3), random init, any image size; ``kw`` goes to
+    ``timm.create_model`` (``num_classes``, or ``patch_size``/``embed_dim``/``depth``/... for other tiny ViTs)."""
+    torch.manual_seed(seed)
+    vit = timm.create_model("test_vit", pretrained=False, dynamic_img_size=True, **{"num_classes": 0, **kw})
+    return TimmViT(vit, name=name)
 
 
 def pgn(*args, cwd=None):
@@ -63,11 +86,11 @@ def spec(poison: bool = False) -> DataSpec:
                     test=RandomImages(8, seed=1))
 
 
-def adapter_cfg(method: str, backbone, k: int = 4) -> AdapterConfig:
+def adapter_cfg(method: str, backbone, k: int = 4, dataset: str = "random") -> AdapterConfig:
     options = {"pgn": dict(num_prompts=k, library_size=8, generator_size=64), "iip": dict(num_prompts=k),
                "vp": dict(pad=8)}.get(method, {})
     return AdapterConfig(method_config=method_config_of(method, **options), backbone=backbone.name,
-                         backbone_width=backbone.width, class_names=["a", "b", "c"], img_size=64, dataset="random")
+                         backbone_width=backbone.width, class_names=["a", "b", "c"], img_size=64, dataset=dataset)
 
 
 ALL_TRAINED = ["pgn", "iip", "vp", "linear", "finetune"]
@@ -77,11 +100,12 @@ def quiet(**kw) -> TrainConfig:
     return TrainConfig(**{"epochs": 1, "batch_size": 8, "progress": False, **kw})
 
 
-SIZE = 96  # native input of the small CLIP and torchvision ViTs below (patch 16: a 6x6 grid)
+SIZE = 96  # native input of the tiny CLIP and torchvision ViTs below (patch 16: a 6x6 grid)
 CLASSES = [str(i) for i in range(10)]
 
 
-def small_clip() -> OpenCLIPViT:
+def make_tiny_clip() -> OpenCLIPViT:
+    """open_clip's CLIP (vision: patch 16, width 64, 2 blocks, SIZE x SIZE only; text: 1 block), seed 0."""
     import open_clip
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
@@ -93,7 +117,8 @@ def small_clip() -> OpenCLIPViT:
     return OpenCLIPViT(model.eval(), name="clip:small", tokenizer=open_clip.get_tokenizer("ViT-B-32"))
 
 
-def small_torchvision(classes: int = 5) -> TorchvisionViT:
+def make_tiny_torchvision_vit(classes: int = 5) -> TorchvisionViT:
+    """torchvision's VisionTransformer (patch 16, width 64, 2 blocks, SIZE x SIZE only, ``classes`` outputs), seed 1."""
     from torchvision.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(1)
@@ -115,3 +140,75 @@ def pixels(h: int, w: int, seed: int = 0) -> np.ndarray:
 def post(url: str, path: str, images: list[bytes]) -> httpx.Response:
     files = [("files", (f"i{i}.png", b, "image/png")) for i, b in enumerate(images)]
     return httpx.post(url + path, files=files, timeout=120)
+
+
+# --- Data-parallel training: tests/test_distributed.py and the torchrun worker it launches (which imports this
+# module, never a test module) build the same runs from these. ---
+DIST_WORLD = 2                   # processes
+DIST_N_TRAIN, DIST_N_TEST = 24, 7  # 7 test images: the ranks' shards are uneven (4 + 3)
+DIST_BATCH = 4                   # per process: 2 x 4 vs 1 x 8, three steps per epoch
+DIST_EPOCHS = 2
+DIST_OTHER_METHODS = {"iip": 0.1, "vp": 0.1, "finetune": 0.01}  # method: lr
+
+
+class LabelledImages(Dataset):
+    """Deterministic images whose label shows in them (class c brightens channel c)."""
+
+    def __init__(self, n: int, seed: int, size: int = 64, classes: int = 3):
+        g = torch.Generator().manual_seed(seed)
+        self.targets = torch.arange(n) % classes
+        self.x = torch.randn(n, 3, size, size, generator=g) * 0.5
+        self.x[torch.arange(n), self.targets] += 0.5
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.targets[i])
+
+
+class FailAt(Dataset):
+    """Raises (or hangs, like a dead peer) on the ``fail_at``-th sample read."""
+
+    def __init__(self, base, fail_at: int, rank: int, hang: bool = False):
+        self.base, self.fail_at, self.rank, self.hang, self.reads = base, fail_at, rank, hang, 0
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        if self.reads == self.fail_at:
+            if self.hang:
+                time.sleep(600)
+            raise RuntimeError(f"injected failure on rank {self.rank}")
+        return self.base[i]
+
+
+class Poisoned(LabelledImages):
+    """NaN images: the loss of whichever rank reads them becomes NaN."""
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        return x * float("nan"), y
+
+
+def labelled_data(train=None) -> DataSpec:
+    return DataSpec(name="labelled", class_names=["a", "b", "c"],
+                    train=train if train is not None else LabelledImages(DIST_N_TRAIN, 0),
+                    test=LabelledImages(DIST_N_TEST, 1))
+
+
+def exact_config(batch: int, epochs: int = DIST_EPOCHS, **kw) -> TrainConfig:
+    # SGD with momentum, no warm-up, no clipping, no augmentation: every step is exactly reproducible.
+    return TrainConfig(**{"epochs": epochs, "batch_size": batch, "lr": 0.1, "warmup_epochs": 0.0,
+                          "grad_clip": None, "progress": False, **kw})
+
+
+def fresh_classifier(method: str):
+    """(classifier, adapter config) of ``method`` on the tiny ViT: the same initial weights in every process."""
+    from pgn.model import PromptedClassifier
+
+    vit = make_tiny_vit()  # seeds torch
+    acfg = adapter_cfg(method, vit, dataset="labelled")
+    return PromptedClassifier.from_config(acfg, vit), acfg

@@ -5,14 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_vit
-from helpers import spec
+from helpers import make_tiny_vit, spec
 from PIL import Image
 
 import pgn
 from pgn import PGNError
 
-FIXTURE = Path(__file__).parent / "fixtures" / "adapter-v1"
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _images(n=3, size=48):
@@ -70,26 +69,57 @@ def _fixture_model():
                             widths=(4, 4, 4, 4), dataset="fixture")
 
 
-def test_adapters_written_by_this_version_keep_loading():
-    """A committed adapter (format 1, written by pgn 0.1.0): its stored tensors reproduce recorded outputs."""
-    if os.environ.get("PGN_WRITE_FIXTURES"):  # regenerate: PGN_WRITE_FIXTURES=1 pytest tests/test_api.py
-        model = _fixture_model()
-        with torch.no_grad():
-            model.head(torch.randn(64, 64) * 40)  # non-trivial BatchNorm running statistics
-        model.save_pretrained(FIXTURE)
-        model.eval()
-        x, feats = torch.randn(2, 3, 32, 32), torch.randn(2, 64) * 40
-        with torch.no_grad():
-            torch.save({"x": x, "features": feats, "prompts": model.prompts(x), "head": model.head(feats)},
-                       FIXTURE.parent / "adapter-v1-expected.pt")
-    expected = torch.load(FIXTURE.parent / "adapter-v1-expected.pt", weights_only=True)
-    model = pgn.load(FIXTURE, backbone=make_tiny_vit())
+# Committed adapters of every older format, each with the outputs recorded when it was written: adapter-v{N}/
+# holds format N and is never rewritten (PGN_WRITE_FIXTURES adds a fixture of the current format, beside them).
+COMMITTED = sorted(p for p in FIXTURES.glob("adapter-v*") if p.is_dir())
+WRITE = bool(os.environ.get("PGN_WRITE_FIXTURES"))
+
+
+@pytest.mark.skipif(not WRITE, reason="writes a new fixture only when asked: PGN_WRITE_FIXTURES=1 pytest tests/test_api.py")
+def test_write_a_fixture_of_the_current_format(tmp_path):
+    """Saves the fixture model in the current format to fixtures/adapter-v{N}/ (N: the format it was saved in),
+    with its recorded outputs; refuses to replace a fixture that exists (committed fixtures are history)."""
+    import json
+    import shutil
+
+    model = _fixture_model()
+    with torch.no_grad():
+        model.head(torch.randn(64, 64) * 40)  # non-trivial BatchNorm running statistics
+    model.save_pretrained(tmp_path / "adapter")
+    version = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["format_version"]
+    target, expected = FIXTURES / f"adapter-v{version}", FIXTURES / f"adapter-v{version}-expected.pt"
+    if target.exists() or expected.exists():
+        pytest.fail(f"{target.name} exists: a committed fixture is never overwritten (delete it by hand only if "
+                    "it was never committed)")
+    model.eval()
+    x, feats = torch.randn(2, 3, 32, 32), torch.randn(2, 64) * 40
+    with torch.no_grad():
+        record = {"x": x, "features": feats, "prompts": model.prompts(x), "head": model.head(feats)}
+    shutil.copytree(tmp_path / "adapter", target)
+    torch.save(record, expected)
+
+
+@pytest.mark.skipif(WRITE, reason="PGN_WRITE_FIXTURES is set: a fixture is never compared with what this run "
+                                  "wrote; run again without it to check every committed fixture")
+@pytest.mark.parametrize("fixture", COMMITTED, ids=[p.name for p in COMMITTED])
+def test_adapters_written_by_older_versions_keep_loading(fixture):
+    """A committed adapter (format 1 was written by pgn 0.1.0): its stored tensors reproduce recorded outputs."""
+    import json
+
+    assert json.loads((fixture / "adapter_config.json").read_text())["format_version"] == int(fixture.name[9:])
+    expected = torch.load(FIXTURES / f"{fixture.name}-expected.pt", weights_only=True)
+    model = pgn.load(fixture, backbone=make_tiny_vit())
     assert model.config.head_norm == "batchnorm" and model.config.class_names == ["a", "b"]
     # Recorded on another machine: float32 tolerances (assert_close's defaults), since other CPUs run other
     # GEMM kernels (one ulp apart); exact equality holds only within one process on one machine.
     with torch.no_grad():
         torch.testing.assert_close(model.prompts(expected["x"]), expected["prompts"])
         torch.testing.assert_close(model.head(expected["features"]), expected["head"])
+
+
+def test_the_format_1_fixture_is_committed():
+    """The oldest format stays checked: its fixture (and the recording) must not go missing or be replaced."""
+    assert FIXTURES / "adapter-v1" in COMMITTED and (FIXTURES / "adapter-v1-expected.pt").is_file()
 
 
 def test_method_configs_are_the_typed_form_of_method_names():
@@ -163,23 +193,6 @@ def test_demo_models_are_drawn_from_the_demo_seed(embedded):
         c = demo_model(method, embedded, data, seed=1)[1].trainable_modules().state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point() and a[k].numel() > 1)
-
-
-def test_the_demo_builds_through_the_public_api_what_the_comparison_builds(embedded):
-    """So the seed study's records (run through pgn_study.comparison) are the demo's runs, seed for seed."""
-    from pgn.adapter import build_classifier
-    from pgn.data import DataSpec
-    from pgn.demo import demo_model
-    from pgn_study.comparison import method_config
-
-    data = DataSpec(name="elpv", class_names=["functional", "defective"], train=None, test=None)
-    for method in ("pgn", "linear"):
-        cfg, model = demo_model(method, embedded, data, seed=4)
-        reference = method_config(method, embedded, data, 112)
-        assert cfg == reference
-        a = model.trainable_modules().state_dict()
-        b = build_classifier(reference, embedded, seed=4).trainable_modules().state_dict()
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_classes_come_from_the_data_when_left_out():

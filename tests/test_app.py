@@ -13,15 +13,16 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from helpers import CLASSES, SIZE, small_clip
+from helpers import CLASSES, SIZE, make_tiny_clip
 from PIL import Image
 
 import pgn
-from pgn.deployment import RemoteClassifier, export_adapter
-from pgn.deployment.app import create_page_app
-from pgn.serving import create_app
-from pgn.serving.background import BackgroundServer
-from pgn.serving.models import served_model
+from pgn.client import RemoteClassifier
+from pgn.client.app import create_page_app
+from pgn.input_adapter import export_adapter
+from pgn.server import create_app
+from pgn.server.models import served_model
+from pgn.web.background import BackgroundServer
 
 # The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
 pytestmark = pytest.mark.fp32_only
@@ -33,7 +34,7 @@ CHROMIUM = os.environ.get("PGN_CHROMIUM") or shutil.which("chromium") or shutil.
 def deployed(tmp_path_factory):
     """(export dir, model server URL, page URL, sample image paths)."""
     root = tmp_path_factory.mktemp("app")
-    clip = small_clip()
+    clip = make_tiny_clip()
     model = pgn.create_model(clip, "pgn", CLASSES, img_size=SIZE, head="zeroshot", layout="frame",
                              library_space="pixel", library_size=16, dataset="digits")
     model.save_pretrained(root / "run")
@@ -70,7 +71,7 @@ def test_page_endpoint_answers_with_and_without_the_adapter(deployed):
     plain = torch.tensor(np.array(Image.open(io.BytesIO(base64.b64decode(out["image"].split(",", 1)[1])))))
     assert not torch.equal(plain, torch.tensor(np.array(canvas)))  # the prompts are in the canvas
     # Bad uploads: one-line 4xx, and the page keeps working.
-    # The page shares the model server's upload handling (pgn.serving.uploads): status, one line of JSON.
+    # The page shares the model server's upload handling (pgn.web.uploads): status, one line of JSON.
     r = httpx.post(page + "/classify", files={"file": ("x.png", b"not an image", "image/png")}, timeout=60)
     assert r.status_code == 415 and "not an image" in r.json()["detail"]
     r = httpx.post(page + "/classify", data={"other": "1"}, timeout=60)

@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_vit
-from timm.models.vision_transformer import VisionTransformer
+from helpers import make_tiny_vit
 
 from pgn import PGNError
-from pgn.backbones import TimmViT, create_backbone
+from pgn.backbones import create_backbone
 
 # The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
 pytestmark = pytest.mark.fp32_only
@@ -40,18 +39,27 @@ def test_prompts_are_appended_without_position(tiny_vit):
     assert t.shape == (2, 1 + 4 * 4, tiny_vit.width)
 
 
-def test_interface_values(tiny_vit):
+def test_interface_values_and_the_patch_embedding_as_a_linear_map(tiny_vit):
+    """The interface's numbers are the timm model's, and ``patch_embed_weight``/``patch_embed_bias`` are the linear
+    map the backbone embeds patches with (prompt inversion relies on it): W x + b computed here by an unfold and
+    a matrix product, on a non-native grid, agrees with ``embed_patches`` in fp32 to 1e-5."""
     assert (tiny_vit.patch_size, tiny_vit.width, tiny_vit.native_grid) == (16, 64, (10, 10))
-    assert tiny_vit.patch_embed_weight().shape == (64, 3, 16, 16)
-    assert tiny_vit.patch_embed_bias().shape == (64,)
-    assert tiny_vit.preprocessing.input_size == 160
+    assert tiny_vit.preprocessing.input_size == 160 == tiny_vit.native_grid[0] * tiny_vit.patch_size
+    w, b = tiny_vit.patch_embed_weight(), tiny_vit.patch_embed_bias()
+    assert w.shape == (64, 3, 16, 16) and b.shape == (64,)
+    assert w is tiny_vit.vit.patch_embed.proj.weight and b is tiny_vit.vit.patch_embed.proj.bias
+    x = torch.randn(2, 3, 64, 96)  # a 4 x 6 grid
+    patches = x.unfold(2, 16, 16).unfold(3, 16, 16).permute(0, 2, 3, 1, 4, 5).reshape(2, 4, 6, 3 * 16 * 16)
+    with torch.no_grad():
+        got = tiny_vit.embed_patches(x)
+        want = patches @ w.reshape(64, -1).T + b
+    assert got.shape == (2, 4, 6, 64)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_non_cls_vit_is_rejected():
-    vit = VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2, class_token=False,
-                            global_pool="avg", num_classes=0)
-    with pytest.raises(PGNError, match="CLS"):
-        TimmViT(vit, name="x")
+    with pytest.raises(PGNError, match="has no CLS token"):
+        make_tiny_vit(class_token=False, global_pool="avg")
 
 
 def test_unknown_backbone_and_offline_hub_fail_fast():

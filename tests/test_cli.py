@@ -5,8 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import OFFICIAL, needs_official
-from helpers import one_line_error, pgn
+from helpers import OFFICIAL, needs_official, one_line_error, pgn
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +147,7 @@ def test_device_flag_moves_model_and_inputs(digits_run, tiny_weights, tmp_path, 
 
     from pgn.cli.main import main
     from pgn.model import PromptedClassifier
-    from pgn.serving import models
+    from pgn.server import models
 
     seen = []
 
@@ -353,3 +352,52 @@ def test_zero_shot_eval_is_one_library_call_and_says_its_size():
     out = json.loads(lines[-1])
     assert (out["dataset"], out["method"], out["n"], out["precision"]) == ("digits", "zeroshot", 8, "fp32")
     assert 0 <= out["top1"] <= 1 and out["top5"] >= out["top1"]
+
+
+def test_predict_takes_precision_as_every_command_does(digits_run, tmp_path):
+    img = tmp_path / "seven.png"
+    Image.fromarray((np.random.RandomState(1).rand(8, 8) * 255).astype("uint8"), "L").save(img)
+    for flags, want in (((), "fp32"), (("--precision", "bf16"), "bf16"), (("--fp32",), "fp32")):
+        r = pgn("predict", "--adapter", digits_run, img, "--json", "--device", "cpu", *flags)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout.strip().splitlines()[-1])["precision"] == want, flags
+
+
+def test_library_setting_names_reach_the_user_as_flags():
+    """The library's message names `num_prompts` and `method=linear`; the command line's, their flags."""
+    line = one_line_error(pgn("train", "--method", "linear", "-K", 4))
+    assert line.startswith("pgn: error: --num-prompts does not apply to --method linear"), line
+    assert "pgn: error: pgn" not in line
+    from pgn.cli.main import as_flags, build_parser
+
+    assert as_flags("`head_lr`, `train_limit=5`, `progress` and `arch`", build_parser()) == \
+        "--head-lr, --train-limit 5, --no-progress and --generator"
+
+
+def test_the_options_given_are_found_without_argparse_internals():
+    from pgn.cli.main import given_options
+
+    assert given_options(["train"]) == set()
+    assert given_options(["train", "--ep", "3", "--no-prog", "-K", "4", "--bf16", "--generator", "resnet18",
+                          "--lr=0.1"]) == {"epochs", "no_progress", "num_prompts", "precision", "arch", "lr"}
+    source = (ROOT / "src" / "pgn" / "cli" / "main.py").read_text()
+    assert "_actions" not in source and "_SubParsersAction" not in source
+
+
+def test_resume_lets_through_what_the_library_lets_change():
+    from pgn.api import RESUMABLE
+    from pgn.cli.main import _resume_free
+
+    assert _resume_free() == {"no_progress" if n == "progress" else n for n in RESUMABLE} | {"out", "resume"}
+
+
+def test_help_lists_the_registries():
+    from pgn.backbones import list_backbones
+    from pgn.methods import list_methods
+
+    train = pgn("train", "--help").stdout
+    assert "efficientnet-lite0" in " ".join(train.split()).replace("- ", "-")
+    top = " ".join(pgn("--help").stdout.split())
+    assert all(m in top for m in list_methods() if m != "zeroshot") and "linear probe)" not in top
+    assert "info --backbones" not in pgn("export-model", "--help").stdout
+    assert list_backbones()

@@ -9,8 +9,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_vit
-from helpers import free_port, one_line_error, pgn
+from helpers import free_port, make_tiny_vit, one_line_error, pgn
 from PIL import Image
 
 
@@ -48,14 +47,15 @@ def deployed(tmp_path_factory):
 
 
 def test_api_predictions_equal_latent_model(deployed):
-    from pgn.adapter import load_adapter
+    from pgn.client import EmbeddingClient
     from pgn.data import build_dataset
-    from pgn.deployment import Composer
-    from pgn.serving import EmbeddingClient
+    from pgn.input_adapter import InputAdapter
+    from pgn.model import PromptedClassifier
 
-    model, cfg = load_adapter(deployed["run"])
+    model = PromptedClassifier.from_pretrained(deployed["run"])
+    cfg = model.config
     model.eval()
-    composer = Composer.load(deployed["export"])
+    composer = InputAdapter.from_pretrained(deployed["export"])
     data = build_dataset("digits", img_size=64, mean=cfg.mean, std=cfg.std, test_limit=48)
     x = torch.stack([data.test[i][0] for i in range(len(data.test))])
     with torch.no_grad():
@@ -82,9 +82,9 @@ def test_compose_and_predict_through_api(deployed, tmp_path):
     assert Image.open(out).size == (64, 80)  # 4x4 image cells + one row of prompt cells, 16 px each
     r = pgn("predict", img, "--adapter", deployed["export"], "--api", deployed["url"], "--json")
     assert r.returncode == 0, r.stderr
-    from pgn.adapter import load_adapter
+    from pgn.model import PromptedClassifier
 
-    model, _ = load_adapter(deployed["run"])
+    model = PromptedClassifier.from_pretrained(deployed["run"])
     latent = model.eval().predict([img])[0][0]  # the latent model on the same image, no API
     assert json.loads(r.stdout.strip())["top"][0]["label"] == latent[0]
 

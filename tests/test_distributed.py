@@ -2,7 +2,7 @@
 
 One ``torchrun --nproc_per_node=2`` launch runs every distributed scenario (PGN, IIP, VP,
 fine-tuning, a resumed PGN run, a cached-features linear probe, a NaN on one rank) through
-:func:`pgn.training.train`, while this process trains the single-process references.
+:func:`pgn.training.run_training`, while this process trains the single-process references.
 Two more launches check that a rank that crashes, or hangs, ends the whole job quickly.
 
 Tolerance: the 2-process run adds the two ranks' gradients in another order than one
@@ -25,13 +25,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_vit
+from helpers import (
+    DIST_BATCH,
+    DIST_EPOCHS,
+    DIST_N_TRAIN,
+    DIST_OTHER_METHODS,
+    DIST_WORLD,
+    LabelledImages,
+    exact_config,
+    fresh_classifier,
+    labelled_data,
+)
 from torch.utils.data import Dataset
 
-from pgn.adapter import AdapterConfig, build_classifier
-from pgn.data import DataSpec
-from pgn.methods import method_config_of
-from pgn.training import TrainConfig, read_metrics, train
+from pgn.training import TrainConfig, read_metrics, run_training
 from pgn.training.distributed import DistContext, all_reduce_sum, init_distributed
 
 TESTS = Path(__file__).resolve().parent
@@ -39,35 +46,16 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 if not TORCHRUN.exists():  # pragma: no cover - installed with torch
     pytest.skip("torchrun is not installed next to this Python", allow_module_level=True)
 ATOL = 1e-5
-WORLD = 2
-N_TRAIN, N_TEST = 24, 7       # 7 test images: the ranks' shards are uneven (4 + 3)
-B = 4                         # per process: 2 x 4 vs 1 x 8, three steps per epoch
-EPOCHS = 2
-OTHER_METHODS = {"iip": 0.1, "vp": 0.1, "finetune": 0.01}  # method: lr
+
+
 # The run's files: the last epoch's checkpoint directory, the adapter and metrics derived from it, the lock file.
-def run_files(epochs: int = EPOCHS) -> set[str]:
+def run_files(epochs: int = DIST_EPOCHS) -> set[str]:
     return {".pgn.lock", ".pgn-run", "adapter.safetensors", "adapter_config.json", "config.json", "metrics.jsonl",
             *(f"checkpoints/epoch-{epochs:04d}/{f}" for f in ("adapter.safetensors", "adapter_config.json",
                                                              "trainer_state.pt", "metrics.json"))}
 
 
 RUN_FILES = run_files()
-
-
-class LabelledImages(Dataset):
-    """Deterministic images whose label shows in them (class c brightens channel c)."""
-
-    def __init__(self, n: int, seed: int, size: int = 64, classes: int = 3):
-        g = torch.Generator().manual_seed(seed)
-        self.targets = torch.arange(n) % classes
-        self.x = torch.randn(n, 3, size, size, generator=g) * 0.5
-        self.x[torch.arange(n), self.targets] += 0.5
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.targets[i])
 
 
 class InOrder(Dataset):
@@ -89,32 +77,6 @@ class InOrder(Dataset):
         return item
 
 
-class FailAt(Dataset):
-    """Raises (or hangs, like a dead peer) on the ``fail_at``-th sample read."""
-
-    def __init__(self, base, fail_at: int, rank: int, hang: bool = False):
-        self.base, self.fail_at, self.rank, self.hang, self.reads = base, fail_at, rank, hang, 0
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, i):
-        self.reads += 1
-        if self.reads == self.fail_at:
-            if self.hang:
-                time.sleep(600)
-            raise RuntimeError(f"injected failure on rank {self.rank}")
-        return self.base[i]
-
-
-class Poisoned(LabelledImages):
-    """NaN images: the loss of whichever rank reads them becomes NaN."""
-
-    def __getitem__(self, i):
-        x, y = super().__getitem__(i)
-        return x * float("nan"), y
-
-
 def distributed_order(n: int, world: int, batch: int, seed: int, epochs: int) -> list[int]:
     """Global sample order of a ``world``-process run: per step, rank 0's local batch, then rank 1's, ..."""
     order = []
@@ -128,37 +90,12 @@ def distributed_order(n: int, world: int, batch: int, seed: int, epochs: int) ->
     return order
 
 
-def data(train=None) -> DataSpec:
-    return DataSpec(name="labelled", class_names=["a", "b", "c"],
-                    train=train if train is not None else LabelledImages(N_TRAIN, 0),
-                    test=LabelledImages(N_TEST, 1))
-
-
-def adapter(method: str, backbone) -> AdapterConfig:
-    options = {"pgn": dict(num_prompts=4, library_size=8, generator_size=64), "iip": dict(num_prompts=4),
-               "vp": dict(pad=8)}.get(method, {})
-    return AdapterConfig(method_config=method_config_of(method, **options), backbone=backbone.name,
-                         backbone_width=backbone.width, class_names=["a", "b", "c"], img_size=64, dataset="labelled")
-
-
-def config(batch: int, epochs: int = EPOCHS, **kw) -> TrainConfig:
-    # SGD with momentum, no warm-up, no clipping, no augmentation: every step is exactly reproducible.
-    return TrainConfig(**{"epochs": epochs, "batch_size": batch, "lr": 0.1, "warmup_epochs": 0.0,
-                          "grad_clip": None, "progress": False, **kw})
-
-
-def fresh(method: str):
-    vit = make_tiny_vit()  # seeds torch: the same initial weights in every process
-    acfg = adapter(method, vit)
-    return build_classifier(acfg, vit), acfg
-
-
 WORKER = textwrap.dedent("""
     import json, os, sys
     from pathlib import Path
     sys.path.insert(0, {tests!r})
-    import test_distributed as T
-    from pgn.training import read_metrics, train
+    import helpers as H
+    from pgn.training import read_metrics, run_training
 
     rank = int(os.environ["RANK"])
     base, mode = Path(sys.argv[1]), sys.argv[2]
@@ -181,39 +118,43 @@ WORKER = textwrap.dedent("""
         say(f"ROW{{rank}} {{name}} " + json.dumps(row))
 
     if mode in ("crash", "hang"):  # rank 1 fails at step 2 (on reading the first sample of its 2nd batch)
-        model, acfg = T.fresh("pgn")
-        failing = T.FailAt(T.LabelledImages(T.N_TRAIN, 0), fail_at=T.B + 1, rank=rank, hang=mode == "hang")
-        train(model, acfg, T.data(failing if rank == 1 else None), T.config(T.B), run_dir("crash"), log=log)
+        model, acfg = H.fresh_classifier("pgn")
+        failing = H.FailAt(H.LabelledImages(H.DIST_N_TRAIN, 0), fail_at=H.DIST_BATCH + 1, rank=rank, hang=mode == "hang")
+        run_training(model, acfg, H.labelled_data(failing if rank == 1 else None), H.exact_config(H.DIST_BATCH),
+              run_dir("crash"), log=log)
         raise SystemExit("the failure was not raised")
 
-    model, acfg = T.fresh("pgn")
-    report("pgn", train(model, acfg, T.data(), T.config(T.B), run_dir("pgn"), log=log))
+    model, acfg = H.fresh_classifier("pgn")
+    report("pgn", run_training(model, acfg, H.labelled_data(), H.exact_config(H.DIST_BATCH), run_dir("pgn"), log=log))
     assert all(type(getattr(model, n)).__name__ != "DistributedDataParallel" for n in ("prompts", "head"))
     assert not any("Sync" in type(m).__name__ for m in model.modules()), "SyncBatchNorm left in the model"
 
     # Resuming: 1 epoch, then on to 2, must equal 2 epochs straight (a constant lr, so that the
     # schedule does not depend on the number of epochs asked for).
-    model, acfg = T.fresh("pgn")
-    report("const", train(model, acfg, T.data(), T.config(T.B, final_lr_ratio=1.0), run_dir("const"), log=log))
-    model, acfg = T.fresh("pgn")
-    train(model, acfg, T.data(), T.config(T.B, epochs=1, final_lr_ratio=1.0), run_dir("resume"), log=log)
-    model, acfg = T.fresh("pgn")  # a new process's view: everything comes from the checkpoint
-    report("resume", train(model, acfg, T.data(), T.config(T.B, final_lr_ratio=1.0), run_dir("resume"),
+    model, acfg = H.fresh_classifier("pgn")
+    report("const", run_training(model, acfg, H.labelled_data(), H.exact_config(H.DIST_BATCH, final_lr_ratio=1.0),
+                          run_dir("const"), log=log))
+    model, acfg = H.fresh_classifier("pgn")
+    run_training(model, acfg, H.labelled_data(), H.exact_config(H.DIST_BATCH, epochs=1, final_lr_ratio=1.0),
+          run_dir("resume"), log=log)
+    model, acfg = H.fresh_classifier("pgn")  # a new process's view: everything comes from the checkpoint
+    report("resume", run_training(model, acfg, H.labelled_data(), H.exact_config(H.DIST_BATCH, final_lr_ratio=1.0), run_dir("resume"),
                            resume=True, log=log))
 
-    model, acfg = T.fresh("linear")  # linear probe on cached features, one full batch per step
-    report("linear", train(model, acfg, T.data(), T.config(T.N_TRAIN // T.WORLD, lr_scaling="linear", lr=0.05),
-                           run_dir("linear"), log=log))
+    model, acfg = H.fresh_classifier("linear")  # linear probe on cached features, one full batch per step
+    report("linear", run_training(model, acfg, H.labelled_data(),
+                                  H.exact_config(H.DIST_N_TRAIN // H.DIST_WORLD, lr_scaling="linear", lr=0.05),
+                                  run_dir("linear"), log=log))
 
-    for method in T.OTHER_METHODS:  # one epoch of each other trained method
-        model, acfg = T.fresh(method)
-        report(method, train(model, acfg, T.data(), T.config(T.B, epochs=1, lr=T.OTHER_METHODS[method]),
+    for method in H.DIST_OTHER_METHODS:  # one epoch of each other trained method
+        model, acfg = H.fresh_classifier(method)
+        report(method, run_training(model, acfg, H.labelled_data(), H.exact_config(H.DIST_BATCH, epochs=1, lr=H.DIST_OTHER_METHODS[method]),
                              run_dir(method), log=log))
 
     from pgn.training.distributed import DataParallelModel, init_distributed
-    ctx = init_distributed("cpu")  # the group train() made
+    ctx = init_distributed("cpu")  # the group run_training() made
     for method in ("pgn", "linear", "finetune"):
-        model, _ = T.fresh(method)
+        model, _ = H.fresh_classifier(method)
         parts = DataParallelModel(model, model, ctx)
         wrapper = type(parts.forward).__name__
         synced = parts.synchronised
@@ -225,10 +166,10 @@ WORKER = textwrap.dedent("""
     del parts
 
     from pgn import PGNError
-    model, acfg = T.fresh("pgn")  # NaN on rank 1 only: both ranks stop together with the one-line error
+    model, acfg = H.fresh_classifier("pgn")  # NaN on rank 1 only: both ranks stop together with the one-line error
     try:
-        train(model, acfg, T.data(T.Poisoned(T.N_TRAIN, 0) if rank == 1 else None), T.config(T.B), run_dir("nan"),
-              log=log)
+        run_training(model, acfg, H.labelled_data(H.Poisoned(H.DIST_N_TRAIN, 0) if rank == 1 else None),
+              H.exact_config(H.DIST_BATCH), run_dir("nan"), log=log)
     except PGNError as e:
         say(f"NAN{{rank}} {{e}}")
 """)
@@ -245,7 +186,7 @@ def torchrun(base: Path, mode: str, dist_timeout_s: int = 20) -> subprocess.Pope
     script.write_text(WORKER.format(tests=str(TESTS)))
     env = {**os.environ, "PGN_DIST_TIMEOUT": str(dist_timeout_s), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    cmd = [str(TORCHRUN), f"--nproc_per_node={WORLD}", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+    cmd = [str(TORCHRUN), f"--nproc_per_node={DIST_WORLD}", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
            "--monitor_interval=0.5", str(script), str(base), mode]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -284,19 +225,19 @@ def two_process_runs(tmp_path_factory):
     proc = torchrun(base, "train")
     try:
         ref = tmp_path_factory.mktemp("ref")
-        model, acfg = fresh("pgn")
+        model, acfg = fresh_classifier("pgn")
         init = {k: v.clone() for k, v in model.trainable_modules().state_dict().items()}
-        order = distributed_order(N_TRAIN, WORLD, B, seed=0, epochs=EPOCHS)
-        train(model, acfg, data(InOrder(LabelledImages(N_TRAIN, 0), order)), config(WORLD * B), ref / "pgn",
-              log=lambda *_: None)
-        for method, lr in OTHER_METHODS.items():
-            model, acfg = fresh(method)
-            order = distributed_order(N_TRAIN, WORLD, B, seed=0, epochs=1)
-            train(model, acfg, data(InOrder(LabelledImages(N_TRAIN, 0), order)), config(WORLD * B, epochs=1, lr=lr),
-                  ref / method, log=lambda *_: None)
-        model, acfg = fresh("linear")
+        order = distributed_order(DIST_N_TRAIN, DIST_WORLD, DIST_BATCH, seed=0, epochs=DIST_EPOCHS)
+        run_training(model, acfg, labelled_data(InOrder(LabelledImages(DIST_N_TRAIN, 0), order)),
+              exact_config(DIST_WORLD * DIST_BATCH), ref / "pgn", log=lambda *_: None)
+        for method, lr in DIST_OTHER_METHODS.items():
+            model, acfg = fresh_classifier(method)
+            order = distributed_order(DIST_N_TRAIN, DIST_WORLD, DIST_BATCH, seed=0, epochs=1)
+            run_training(model, acfg, labelled_data(InOrder(LabelledImages(DIST_N_TRAIN, 0), order)),
+                  exact_config(DIST_WORLD * DIST_BATCH, epochs=1, lr=lr), ref / method, log=lambda *_: None)
+        model, acfg = fresh_classifier("linear")
         # Linear scaling at one process is no scaling: the reference gets lr 0.05 x 2 directly.
-        train(model, acfg, data(), config(N_TRAIN, lr=0.1), ref / "linear", log=lambda *_: None)
+        run_training(model, acfg, labelled_data(), exact_config(DIST_N_TRAIN, lr=0.1), ref / "linear", log=lambda *_: None)
         stdout, stderr = proc.communicate(timeout=150)
     finally:
         if proc.poll() is None:
@@ -315,12 +256,12 @@ def test_two_processes_match_one_process_with_the_global_batch(two_process_runs)
     for key in ("prompts.library.tokens", "prompts.net.stem.0.weight", "head.fc.weight",
                 "prompts.net.stem.1.running_mean", "prompts.net.stages.3.body.4.running_var"):
         assert (want[key] - init[key]).abs().max() > 100 * ATOL, key
-    assert int(got["prompts.net.stem.1.num_batches_tracked"]) == EPOCHS * N_TRAIN // (WORLD * B)
-    print(f"max weight difference 2 x {B} vs 1 x {WORLD * B}: {worst:.2e}")
+    assert int(got["prompts.net.stem.1.num_batches_tracked"]) == DIST_EPOCHS * DIST_N_TRAIN // (DIST_WORLD * DIST_BATCH)
+    print(f"max weight difference 2 x {DIST_BATCH} vs 1 x {DIST_WORLD * DIST_BATCH}: {worst:.2e}")
 
     # Metrics are over the global batch and the whole test set (7 images, sharded 4 + 3, none twice).
     rows, ref_rows = read_metrics(base / "pgn"), read_metrics(ref / "pgn")
-    assert len(rows) == len(ref_rows) == EPOCHS
+    assert len(rows) == len(ref_rows) == DIST_EPOCHS
     for r, q in zip(rows, ref_rows):
         assert r["test_top1"] == q["test_top1"] and r["test_top5"] == q["test_top5"]
         for key in ("test_loss", "train_loss", "train_top1", "lr"):
@@ -329,20 +270,18 @@ def test_two_processes_match_one_process_with_the_global_batch(two_process_runs)
 
 def test_every_rank_returns_the_same_row(two_process_runs):
     rows = rows_by_rank(two_process_runs["stdout"])
-    for name in ("pgn", "resume", "linear", *OTHER_METHODS):
+    for name in ("pgn", "resume", "linear", *DIST_OTHER_METHODS):
         a, b = rows[0, name], rows[1, name]
         assert {k: v for k, v in a.items() if "seconds" not in k and "per_s" not in k} == \
                {k: v for k, v in b.items() if "seconds" not in k and "per_s" not in k}
     assert rows[0, "pgn"] == read_metrics(two_process_runs["base"] / "pgn")[-1]
 
 
-@pytest.mark.parametrize("method", list(OTHER_METHODS))
+@pytest.mark.parametrize("method", list(DIST_OTHER_METHODS))
 def test_other_methods_match_too(two_process_runs, method):
-    from pgn.adapter import adapter_state
-
     got = weights(two_process_runs["base"] / method)
     assert_same_weights(got, weights(two_process_runs["ref"] / method))
-    start = adapter_state(fresh(method)[0])  # the same seeded initial weights both runs started from
+    start = fresh_classifier(method)[0].adapter_state()  # the same seeded initial weights both runs started from
     assert any(not torch.equal(got[k], start[k]) for k in got), "training did not move any weight"
 
 
@@ -369,13 +308,13 @@ def test_linear_probe_on_cached_features(two_process_runs):
     base, ref = two_process_runs["base"], two_process_runs["ref"]
     assert_same_weights(weights(base / "linear"), weights(ref / "linear"))
     cfg = json.loads((base / "linear" / "config.json").read_text())
-    assert cfg["distributed"] == {"world_size": 2, "global_batch_size": N_TRAIN, "lr_scale": 2}
+    assert cfg["distributed"] == {"world_size": 2, "global_batch_size": DIST_N_TRAIN, "lr_scale": 2}
     assert read_metrics(base / "linear")[-1]["features_cached"]
 
 
 def test_nan_on_one_rank_stops_every_rank(two_process_runs):
     stdout = two_process_runs["stdout"]
-    for rank in range(WORLD):
+    for rank in range(DIST_WORLD):
         line = re.search(rf"^NAN{rank} (.*)$", stdout, re.MULTILINE)
         assert line and line.group(1).startswith("loss became nan at epoch 1 step 1 (on at least one of 2 processes)")
     assert not (two_process_runs["base"] / "nan" / "metrics.jsonl").exists()
@@ -387,7 +326,7 @@ def test_only_rank_zero_logs_and_writes(two_process_runs):
     # "nan" failed in its first epoch: a new run that never finished an epoch leaves nothing behind.
     want = sorted(["worker.py"] +
                   [f"{run}/{f}" for run in ("pgn", "const", "resume", "linear") for f in RUN_FILES] +
-                  [f"{run}/{f}" for run in OTHER_METHODS for f in run_files(1)])
+                  [f"{run}/{f}" for run in DIST_OTHER_METHODS for f in run_files(1)])
     assert files == want  # nothing from rank 1: no "-rank1" run dirs, nothing in its working directory
     assert not list((base / "scratch1").iterdir()) and not list((base / "scratch0").iterdir())
     assert "LOG0 global batch 8 = 2 x 4; lr 0.1 (scaling: none)" in stdout

@@ -13,9 +13,10 @@ import torch
 from helpers import free_port, pgn
 
 from pgn import PGNError
+from pgn.client import RemoteClassifier
+from pgn.client.endpoints import CallableEndpoint, OpenInferenceEndpoint
 from pgn.data import build_dataset
-from pgn.deployment import RemoteClassifier, export_adapter
-from pgn.deployment.endpoints import CallableEndpoint, OpenInferenceEndpoint
+from pgn.input_adapter import export_adapter
 
 SERVER = Path(__file__).parent / "servers" / "kserve_vit.py"
 
@@ -29,9 +30,10 @@ def exported(tmp_path_factory):
             "--test-limit", 48, "--out", root / "run", "--no-progress", "--precision", "fp32")
     assert r.returncode == 0, r.stderr
     export_adapter(root / "run", root / "export")
-    from pgn.adapter import load_adapter
+    from pgn.model import PromptedClassifier
 
-    model, cfg = load_adapter(root / "run")
+    model = PromptedClassifier.from_pretrained(root / "run")
+    cfg = model.config
     data = build_dataset("digits", img_size=64, mean=cfg.mean, std=cfg.std, test_limit=48)
     x = torch.stack([data.test[i][0] for i in range(len(data.test))])
     with torch.inference_mode():
@@ -51,7 +53,7 @@ def test_a_real_kserve_server_reproduces_the_latent_model_through_the_protocol(e
     """fp32, 8-bit canvases: every prediction equal to the latent model's, scores within uint8 rounding."""
     meta = httpx.get(kserve_server + "/v2/models/vit").json()
     assert meta["name"] == "vit"  # a KServe model answering the protocol's metadata route
-    endpoint = OpenInferenceEndpoint(kserve_server, "vit", input_name="input", layout="uint8-hwc")
+    endpoint = OpenInferenceEndpoint(kserve_server, "vit", input_name="input", tensor_format="uint8-hwc")
     with RemoteClassifier(exported["export"], endpoint) as remote:
         api = remote.logits(list(exported["x"]))
     latent = exported["latent"]
@@ -70,7 +72,7 @@ def test_a_real_kserve_server_reproduces_the_latent_model_through_the_protocol(e
 def test_protocol_errors_are_one_line(exported, kserve_server):
     with pytest.raises(PGNError, match="answered 404"):
         OpenInferenceEndpoint(kserve_server, "no-such-model").embeddings(np.zeros((1, 64, 64, 3), np.uint8))
-    with pytest.raises(PGNError, match="no inference server answers"):
+    with pytest.raises(PGNError, match="no server answers at"):
         OpenInferenceEndpoint(f"http://127.0.0.1:{free_port()}", "vit").embeddings(np.zeros((1, 64, 64, 3), np.uint8))
     r = pgn("eval", exported["export"], "--api", kserve_server, "--api-kind", "oip", "--test-limit", 8)
     assert r.returncode == 2 and "--api-model" in r.stderr
@@ -121,15 +123,18 @@ def test_a_classifier_that_answers_only_its_own_scores_is_adapted_through_the_pr
             "--no-progress", "--precision", "fp32")
     assert r.returncode == 0, r.stderr
     export_adapter(tmp_path / "run", tmp_path / "export")
-    exported = json.loads((tmp_path / "export" / "deploy_config.json").read_text())
-    from pgn.adapter import load_adapter
+    exported = json.loads((tmp_path / "export" / "adapter_config.json").read_text())
+    from pgn.model import PromptedClassifier
 
-    model, cfg = load_adapter(tmp_path / "run")
-    assert exported["label_map"] == model.head.mapping.tolist() and exported["source_classes"] == 1000
+    model = PromptedClassifier.from_pretrained(tmp_path / "run")
+    cfg = model.config
+    assert exported["deploy"] == {"canvas_size": [64, 64], "patch_size": 8, "answers": "scores", "outputs": 1000}
     from safetensors.torch import load_file
 
-    exported_tensors = load_file(str(tmp_path / "export" / "deploy.safetensors"))
-    assert not any(k.startswith(("head.", "patch_embed")) for k in exported_tensors)  # nothing of the hosted model
+    exported_tensors = load_file(str(tmp_path / "export" / "adapter.safetensors"))
+    assert exported_tensors["head.mapping"].tolist() == model.head.mapping.tolist()  # the label mapping travels
+    # Nothing of the hosted model: the head holds only the mapping, and a pixel library needs no patch embedding.
+    assert sorted(k for k in exported_tensors if not k.startswith("prompts.")) == ["head.fitted", "head.mapping"]
     data = build_dataset("digits", img_size=64, mean=cfg.mean, std=cfg.std, test_limit=48)
     x = torch.stack([data.test[i][0] for i in range(len(data.test))])
     with torch.inference_mode():
@@ -147,7 +152,8 @@ def test_a_classifier_that_answers_only_its_own_scores_is_adapted_through_the_pr
         assert r.returncode == 0, r.stderr
         acc = float((latent.argmax(-1) == torch.as_tensor(data.test.targets)).float().mean())
         assert json.loads(r.stdout.strip().splitlines()[-1])["top1"] == pytest.approx(acc)
-        with pytest.raises(PGNError, match="label mapping reads 1000 classes"):  # another model behind the URL
+        # Another model behind the URL: its 10 scores are not the 1000 the label mapping reads.
+        with pytest.raises(PGNError, match="answered 10 scores .*label mapping reads.* but this adapter reads 1000"):
             RemoteClassifier(tmp_path / "export", CallableEndpoint(lambda c: np.zeros((len(c), 10), np.float32)))\
                 .logits(list(x[:2]))
     finally:

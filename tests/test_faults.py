@@ -16,15 +16,14 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_vit
-from helpers import adapter_cfg, one_line_error, pgn, quiet, spec
+from helpers import adapter_cfg, make_tiny_vit, one_line_error, pgn, quiet, spec
 from PIL import Image
 
 from pgn import PGNError
-from pgn.adapter import build_classifier, load_adapter, save_adapter
 from pgn.data import DataSpec
 from pgn.data.base import load_image
-from pgn.training import read_metrics, train
+from pgn.model import PromptedClassifier
+from pgn.training import read_metrics, run_training
 from pgn.training.checkpoint import CHECKPOINTS, latest_checkpoint
 
 EPOCHS = 3
@@ -46,8 +45,8 @@ def _train(run, resume=False, epochs=EPOCHS, backbone=None):
     backbone = backbone or make_tiny_vit()
     acfg = adapter_cfg("pgn", backbone)
     torch.manual_seed(123)  # the caller's own init, as the CLI builds the model before training
-    model = build_classifier(acfg, backbone)
-    train(model, acfg, spec(), quiet(epochs=epochs, lr=0.05), run, resume=resume, log=lambda *_: None)
+    model = PromptedClassifier.from_config(acfg, backbone)
+    run_training(model, acfg, spec(), quiet(epochs=epochs, lr=0.05), run, resume=resume, log=lambda *_: None)
     return model
 
 
@@ -98,7 +97,7 @@ def test_killed_at_every_write_then_resumed_equals_uninterrupted(tmp_path, monke
         assert [r["epoch"] for r in read_metrics(run)] == list(range(1, EPOCHS + 1)), (k, calls[k], done)
         got = _weights(model)
         assert all(torch.equal(got[name], reference[name]) for name in reference), (k, calls[k])
-        loaded, _ = load_adapter(run, backbone=make_tiny_vit())
+        loaded = PromptedClassifier.from_pretrained(run, backbone=make_tiny_vit())
         saved = loaded.trainable_modules().state_dict()
         assert all(torch.equal(saved[name], reference[name]) for name in reference), (k, calls[k])
         assert [p.name for p in (run / CHECKPOINTS).iterdir()] == [f"epoch-{EPOCHS:04d}"]
@@ -138,8 +137,8 @@ def test_weights_and_state_can_never_disagree(tmp_path, monkeypatch):
     assert checkpoint.name == "epoch-0001"
     state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
     assert state["epoch"] == 0 and [r["epoch"] for r in read_metrics(run)] == [1]
-    top = load_adapter(run, backbone=make_tiny_vit())[0].trainable_modules().state_dict()
-    mine = load_adapter(checkpoint, backbone=make_tiny_vit())[0].trainable_modules().state_dict()
+    top = PromptedClassifier.from_pretrained(run, backbone=make_tiny_vit()).trainable_modules().state_dict()
+    mine = PromptedClassifier.from_pretrained(checkpoint, backbone=make_tiny_vit()).trainable_modules().state_dict()
     assert all(torch.equal(top[k], mine[k]) for k in mine)  # the run's adapter is epoch 1's
 
 
@@ -228,7 +227,7 @@ def saved_adapter(tmp_path_factory):
     backbone = make_tiny_vit()
     acfg = adapter_cfg("pgn", backbone)
     path = tmp_path_factory.mktemp("adapter") / "a"
-    save_adapter(build_classifier(acfg, backbone), acfg, path)
+    PromptedClassifier.from_config(acfg, backbone).save_pretrained(path)
     return path
 
 
@@ -244,7 +243,7 @@ def test_malformed_adapter_config_is_one_line_naming_the_field(saved_adapter, tm
         raw.update(change)
     (bad / "adapter_config.json").write_text(json.dumps(raw))
     with pytest.raises(PGNError) as e:
-        load_adapter(bad, backbone=make_tiny_vit())
+        PromptedClassifier.from_pretrained(bad, backbone=make_tiny_vit())
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
@@ -303,14 +302,14 @@ def test_malformed_official_checkpoint_is_one_line(tmp_path, drop, change, messa
 
 
 def test_malformed_deploy_config_is_one_line(tmp_path):
-    from pgn.deployment import Composer
+    from pgn.input_adapter import InputAdapter
 
     (tmp_path / "deploy_config.json").write_text(json.dumps({"format": "pgn-deployable", "version": 1, "img_size": "x"}))
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, str(tmp_path / "deploy.safetensors"))
     with pytest.raises(PGNError) as e:
-        Composer.load(tmp_path)
+        InputAdapter.from_pretrained(tmp_path)
     assert "field 'layout'" in str(e.value) or "field 'img_size'" in str(e.value)
     assert "\n" not in str(e.value)
 
@@ -321,7 +320,7 @@ def test_nan_in_the_first_epoch_says_no_checkpoint_exists(tmp_path):
     backbone = make_tiny_vit()
     acfg = adapter_cfg("pgn", backbone)
     with pytest.raises(PGNError, match="no epoch had finished, so no checkpoint was written"):
-        train(build_classifier(acfg, backbone), acfg, spec(poison=True), quiet(), tmp_path / "r", log=lambda *_: None)
+        run_training(PromptedClassifier.from_config(acfg, backbone), acfg, spec(poison=True), quiet(), tmp_path / "r", log=lambda *_: None)
     assert latest_checkpoint(tmp_path / "r") is None
     assert not (tmp_path / "r").exists()  # a new run that failed before its first epoch leaves nothing behind
 
@@ -332,7 +331,7 @@ def test_nan_later_names_the_checkpoint_that_exists(tmp_path):
     backbone = make_tiny_vit()
     acfg = adapter_cfg("pgn", backbone)
     with pytest.raises(PGNError, match=r"the checkpoint of epoch 1 in .* is kept"):
-        train(build_classifier(acfg, backbone), acfg, spec(poison=True), quiet(epochs=2), run, resume=True,
+        run_training(PromptedClassifier.from_config(acfg, backbone), acfg, spec(poison=True), quiet(epochs=2), run, resume=True,
               log=lambda *_: None)
     assert latest_checkpoint(run).name == "epoch-0001"
 
@@ -387,8 +386,8 @@ def test_bomb_in_the_cli_exits_2(saved_adapter, tiny_weights, tmp_path):
 
 
 def test_server_shares_the_pixel_budget(monkeypatch):
-    from pgn.serving import create_app
-    from pgn.serving.background import BackgroundServer
+    from pgn.server import create_app
+    from pgn.web.background import BackgroundServer
 
     monkeypatch.setenv("PGN_MAX_IMAGE_PIXELS", "1000")
     buf = io.BytesIO()
@@ -423,7 +422,7 @@ def test_class_without_training_images_is_named(tmp_path):
     backbone = make_tiny_vit()
     acfg = adapter_cfg("pgn", backbone)
     with pytest.raises(PGNError, match="class 'c' has no training images"):
-        train(build_classifier(acfg, backbone), acfg, data, quiet(), tmp_path / "r", log=lambda *_: None)
+        run_training(PromptedClassifier.from_config(acfg, backbone), acfg, data, quiet(), tmp_path / "r", log=lambda *_: None)
     assert not (tmp_path / "r").exists()
 
 
@@ -467,14 +466,14 @@ def test_augmented_runs_with_workers_resume_bit_for_bit(tmp_path, monkeypatch):
     bb = make_tiny_vit()
 
     def run(path, resume=False):
-        from pgn.adapter import adapter_config
+        from pgn.adapter_format import adapter_config
 
         data = build_dataset("digits", img_size=64, mean=bb.preprocessing.mean, std=bb.preprocessing.std,
                              augment=True, train_limit=48, test_limit=16)
         acfg = adapter_config(bb, "pgn", data.class_names, img_size=64, num_prompts=4, library_size=8,
                               generator_size=32, dataset="digits")
-        model = build_classifier(acfg, bb, seed=0)
-        train(model, acfg, data, quiet(epochs=2, lr=0.05, num_workers=2), path, resume=resume, log=lambda *_: None)
+        model = PromptedClassifier.from_config(acfg, bb, seed=0)
+        run_training(model, acfg, data, quiet(epochs=2, lr=0.05, num_workers=2), path, resume=resume, log=lambda *_: None)
         return _weights(model)
 
     reference = run(tmp_path / "whole")
@@ -549,8 +548,9 @@ def test_a_bad_image_read_by_a_worker_process_is_one_line(tmp_path, tiny_weights
 def test_embeddings_of_another_width_are_one_line(tmp_path):
     """A server whose model is not the adapter's (another width) is named, not a matmul traceback."""
     import pgn as pgn_lib
-    from pgn.deployment import RemoteClassifier, export_adapter
-    from pgn.deployment.endpoints import CallableEndpoint
+    from pgn.client import RemoteClassifier
+    from pgn.client.endpoints import CallableEndpoint
+    from pgn.input_adapter import export_adapter
 
     model = pgn_lib.create_model("test-vit-timm", "pgn", classes=["a", "b"], img_size=64, layout="frame",
                                  library_space="pixel", num_prompts=2, library_size=4, widths=(4, 4, 4, 4), seed=0)

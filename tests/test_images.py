@@ -74,7 +74,7 @@ def test_every_pillow_mode_becomes_8_bit_rgb(mode):
 
 
 def test_the_server_decodes_16_bit_pngs_as_the_cli_does(tmp_path):
-    from pgn.serving.server import _decode
+    from pgn.server.server import _decode
 
     wide = GREY.astype(np.uint16) * 257
     buf = io.BytesIO()

@@ -1,13 +1,14 @@
 """Layouts and inversion: the unmodified model on the canvas equals the latent prompted forward."""
 import pytest
-import timm
 import torch
+from helpers import make_tiny_vit
 
 from pgn import PGNError
-from pgn.adapter import AdapterConfig, build_classifier
+from pgn.adapter_format import AdapterConfig
 from pgn.backbones import TimmViT
 from pgn.layouts import ExtendLayout, FrameLayout, invert_tokens, make_layout, pixel_box
 from pgn.methods import PGNConfig
+from pgn.model import PromptedClassifier
 from pgn.prompts import GeneratorConfig
 
 # The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
@@ -17,11 +18,10 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def vit(patch: int, dim: int, seed: int = 0) -> TimmViT:
-    # Random-init timm ViTs with 3P^2 >= D, so prompt patches can realise any token.
-    torch.manual_seed(seed)
-    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, dynamic_img_size=True,
-                          patch_size=patch, embed_dim=dim, depth=2, num_heads=2, img_size=patch * 10)
-    return TimmViT(m, name=f"vit-p{patch}-d{dim}")
+    # Random-init timm ViTs with 3P^2 >= D, so prompt patches can realise any token (MLP ratio 4: the weights
+    # timm's vit_tiny_patch16_224 gave with these overrides, bit for bit).
+    return make_tiny_vit(seed, name=f"vit-p{patch}-d{dim}", patch_size=patch, embed_dim=dim, depth=2, num_heads=2,
+                         mlp_ratio=4, img_size=patch * 10)
 
 
 def random_patches(b, k, p):
@@ -70,7 +70,7 @@ def test_pixel_library_generator_deploys_exactly(layout_name):
     method = PGNConfig(num_prompts=6, library_size=12, generator_size=64, library_space="pixel", layout=layout_name)
     cfg = AdapterConfig(method_config=method, backbone=bb.name, backbone_width=64, class_names=["a", "b", "c"],
                         img_size=96, mean=bb.preprocessing.mean, std=bb.preprocessing.std)
-    model = build_classifier(cfg, bb).eval()
+    model = PromptedClassifier.from_config(cfg, bb).eval()
     torch.nn.init.normal_(model.head.fc.weight)
     images = torch.randn(4, 3, 96, 96)
     with torch.no_grad():
@@ -142,7 +142,7 @@ def test_embedded_backbone_canvas_and_uint8(embedded):
         cfg = AdapterConfig(method_config=method, backbone=embedded.name, backbone_width=384,
                             class_names=list("abcd"), img_size=112)
         torch.manual_seed(1)
-        model = build_classifier(cfg, embedded).eval()
+        model = PromptedClassifier.from_config(cfg, embedded).eval()
         torch.nn.init.normal_(model.head.fc.weight, std=0.05)
         images = torch.randn(4, 3, 112, 112).clamp(-2, 2)
         with torch.no_grad():

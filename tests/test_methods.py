@@ -11,7 +11,7 @@ from torch import nn
 
 import pgn
 from pgn import PGNError
-from pgn.adapter import CONFIG_FILE, FORMAT_VERSION, AdapterConfig, read_adapter_config
+from pgn.adapter_format import CONFIG_FILE, FORMAT_VERSION, AdapterConfig, read_adapter_config
 from pgn.methods import LIBRARY_SIZE, NUM_PROMPTS, MethodParts, PGNConfig, get_method, list_methods, method_config_dict, register_method
 
 # The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
@@ -66,9 +66,9 @@ def test_every_method_creates_trains_saves_loads_and_predicts_the_same(method, o
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)  # one process, one machine: exact
 
     if options.get("library_space") == "pixel":  # deployable in the input: an image alone gives the answer
-        from pgn.deployment import Composer, export_adapter
+        from pgn.input_adapter import InputAdapter, export_adapter
 
-        composer = Composer.load(export_adapter(tmp_path / "adapter", tmp_path / "deploy"))
+        composer = InputAdapter.from_pretrained(export_adapter(tmp_path / "adapter", tmp_path / "deploy"))
         with torch.inference_mode():
             through_input = composer.logits(model.backbone(composer.canvas(x)))  # the unmodified model's forward
             torch.testing.assert_close(through_input, model(x), rtol=1e-4, atol=1e-4)  # float32, reordered sums

@@ -9,10 +9,11 @@ from helpers import one_line_error, pgn
 import pgn as pgn_lib
 from pgn import PGNError
 from pgn.backbones import create_backbone
-from pgn.deployment import RemoteClassifier, export_adapter
-from pgn.deployment.endpoints import CallableEndpoint
-from pgn.deployment.model_repository import TOLERANCE, export_model, read_model_info
+from pgn.client import RemoteClassifier
+from pgn.client.endpoints import CallableEndpoint
+from pgn.input_adapter import export_adapter
 from pgn.pixels import from_uint8
+from pgn.server.model_repository import TOLERANCE, export_model, read_model_info
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the test extras install it)")
 

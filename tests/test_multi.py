@@ -3,12 +3,13 @@ import pytest
 import torch
 from helpers import RandomImages
 
-from pgn.adapter import AdapterConfig, build_classifier, load_adapter
+from pgn.adapter_format import AdapterConfig
 from pgn.analysis import dataset_token_sharing
 from pgn.data import DataSpec
 from pgn.methods import PGNConfig
+from pgn.model import PromptedClassifier
 from pgn.multi import MultiDatasetHead, combine
-from pgn.training import TrainConfig, train
+from pgn.training import TrainConfig, run_training
 
 # The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
 pytestmark = pytest.mark.fp32_only
@@ -42,13 +43,13 @@ def test_train_multi_and_round_trip(tiny_vit, tmp_path):
     cfg = AdapterConfig(method_config=PGNConfig(num_prompts=3, library_size=8, generator_size=64),
                         backbone=tiny_vit.name, backbone_width=64, class_names=spec.class_names,
                         img_size=64, dataset=spec.name, extra={"datasets": parts})
-    model = build_classifier(cfg, tiny_vit)
+    model = PromptedClassifier.from_config(cfg, tiny_vit)
     assert len(model.head.heads) == 2
     before = [{k: v.clone() for k, v in h.state_dict().items() if k.endswith("weight")} for h in model.head.heads]
-    train(model, cfg, spec, TrainConfig(epochs=1, batch_size=8, progress=False), tmp_path / "r", log=lambda *_: None)
+    run_training(model, cfg, spec, TrainConfig(epochs=1, batch_size=8, progress=False), tmp_path / "r", log=lambda *_: None)
     for head, start in zip(model.head.heads, before):  # each dataset's head learned from its own images
         assert all(not torch.equal(head.state_dict()[k], v) for k, v in start.items())
-    loaded, _ = load_adapter(tmp_path / "r", backbone=tiny_vit)
+    loaded = PromptedClassifier.from_pretrained(tmp_path / "r", backbone=tiny_vit)
     x = torch.randn(2, 3, 64, 64)
     model.eval(), loaded.eval()
     with torch.no_grad():

@@ -6,14 +6,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_vit
-from helpers import adapter_cfg, quiet, spec
+from helpers import adapter_cfg, make_tiny_vit, quiet, spec
 
 from pgn import PGNError
-from pgn.adapter import build_classifier
 from pgn.methods import PGNConfig
+from pgn.model import PromptedClassifier
 from pgn.prompts import GeneratorConfig, PromptGenerator
-from pgn.training import TrainConfig, train, warmup_cosine
+from pgn.training import TrainConfig, run_training, warmup_cosine
 from pgn.training.optimizers import PerGroupOptimizer, build_optimizer, param_groups
 
 pytestmark = pytest.mark.fp32_only
@@ -28,7 +27,7 @@ def _loss(model, seed=0):
 def test_adamw_prompts_beside_an_sgd_head_step_as_the_two_library_optimisers_would(tiny_vit):
     torch.manual_seed(0)
     acfg = adapter_cfg("pgn", tiny_vit)
-    model = build_classifier(acfg, tiny_vit).train()
+    model = PromptedClassifier.from_config(acfg, tiny_vit).train()
     reference = copy.deepcopy(model)
     cfg = TrainConfig(lr=0.05, head_lr=0.01, prompt_optimizer="adamw", weight_decay=0.01)
     opt = build_optimizer(model, cfg)
@@ -66,7 +65,7 @@ def test_adamw_prompts_beside_an_sgd_head_step_as_the_two_library_optimisers_wou
 
 
 def test_one_algorithm_for_a_model_with_only_prompts_or_only_a_head(tiny_vit):
-    linear = build_classifier(adapter_cfg("linear", tiny_vit), tiny_vit, seed=0)
+    linear = PromptedClassifier.from_config(adapter_cfg("linear", tiny_vit), tiny_vit, seed=0)
     assert isinstance(build_optimizer(linear, TrainConfig(prompt_optimizer="adamw")), torch.optim.SGD)
     with pytest.raises(PGNError, match="prompt_optimizer"):
         TrainConfig(prompt_optimizer="lion")
@@ -82,8 +81,8 @@ def test_a_run_with_adamw_prompts_resumes_bit_for_bit(tmp_path, monkeypatch):
     def run(path, resume=False, **options):
         backbone = make_tiny_vit()
         acfg = adapter_cfg("pgn", backbone)
-        model = build_classifier(acfg, backbone, seed=3)
-        train(model, acfg, spec(), quiet(epochs=2, lr=0.05, head_lr=0.01, **options), path, resume=resume,
+        model = PromptedClassifier.from_config(acfg, backbone, seed=3)
+        run_training(model, acfg, spec(), quiet(epochs=2, lr=0.05, head_lr=0.01, **options), path, resume=resume,
               log=lambda *_: None)
         return model.trainable_modules().state_dict()
 

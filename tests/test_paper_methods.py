@@ -3,12 +3,14 @@
 import open_clip
 import pytest
 import torch
-from conftest import OFFICIAL, needs_official
+from helpers import OFFICIAL, needs_official
 from torchvision.models import vit_b_32
 
-from pgn.adapter import AdapterConfig, build_classifier, import_official, load_adapter, save_adapter
+from pgn.adapter_format import AdapterConfig
 from pgn.backbones import OpenCLIPViT, TorchvisionViT
 from pgn.methods import PGNConfig, VPConfig, method_config_of
+from pgn.model import PromptedClassifier
+from pgn.released import import_official
 
 # The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
 pytestmark = pytest.mark.fp32_only
@@ -41,7 +43,7 @@ def config(method, backbone, head="linear"):
 @pytest.mark.parametrize("method", ["pgn", "iip", "vp", "linear", "zeroshot"])
 def test_clip_methods_gradients(clip, method):
     head = "zeroshot" if method in ("zeroshot", "pgn", "iip", "vp") else "linear"
-    model = build_classifier(config(method, clip, head), clip)
+    model = PromptedClassifier.from_config(config(method, clip, head), clip)
     logits = model(torch.randn(2, 3, 224, 224))
     assert logits.shape == (2, 3)
     if method == "zeroshot":
@@ -57,7 +59,7 @@ def test_clip_methods_gradients(clip, method):
 
 @pytest.mark.parametrize("method", ["pgn", "iip", "vp", "linear"])
 def test_torchvision_methods_gradients(tv, method):
-    model = build_classifier(config(method, tv), tv)
+    model = PromptedClassifier.from_config(config(method, tv), tv)
     torch.nn.init.normal_(model.head.fc.weight, std=0.1)
     torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 224, 224)), torch.tensor([0, 1])).backward()
     assert all(p.grad is None for p in tv.parameters())
@@ -68,10 +70,10 @@ def test_paper_parameter_counts(clip, tv):
     # CLIP: K 16, N 256 -> the released 1,032,304; VP at 224 px, pad 30 -> 69,840.
     cfg = AdapterConfig(method_config=PGNConfig(num_prompts=16, library_size=256, generator_size=224, head="zeroshot"),
                         backbone=clip.name, backbone_width=768, class_names=CLASSES, img_size=224)
-    assert build_classifier(cfg, clip).num_trainable() == 1_032_304
+    assert PromptedClassifier.from_config(cfg, clip).num_trainable() == 1_032_304
     vp = AdapterConfig(method_config=VPConfig(head="zeroshot"), backbone=clip.name, backbone_width=768,
                        class_names=CLASSES, img_size=224)
-    assert build_classifier(vp, clip).num_trainable() == 69_840
+    assert PromptedClassifier.from_config(vp, clip).num_trainable() == 69_840
 
 
 @needs_official
@@ -81,8 +83,9 @@ def test_official_clip_checkpoint_imports_and_round_trips(clip, tmp_path):
     raw = torch.load(OFFICIAL / "pgn_clip_cifar10.pt", map_location="cpu", weights_only=True)
     assert torch.equal(model.prompts.library.tokens, raw["tl_vectors"])
     assert model.num_trainable() == 1_032_304 and cfg.head == "zeroshot" and cfg.extra["head_trained"]
-    save_adapter(model, cfg, tmp_path / "a")
-    loaded, cfg2 = load_adapter(tmp_path / "a", backbone=clip)
+    model.save_pretrained(tmp_path / "a")
+    loaded = PromptedClassifier.from_pretrained(tmp_path / "a", backbone=clip)
+    cfg2 = loaded.config
     x = torch.randn(2, 3, 224, 224)
     model.eval(), loaded.eval()
     with torch.no_grad():

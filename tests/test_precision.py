@@ -11,15 +11,13 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_vit
-from helpers import adapter_cfg, spec
+from helpers import adapter_cfg, make_tiny_vit, spec
 
 from pgn import PGNError
-from pgn.adapter import build_classifier
+from pgn.model import PromptedClassifier
 from pgn.precision import OVERRIDE_ENV, autocast, native_bf16, resolve
-from pgn.serving import create_app
-from pgn.training import TrainConfig, evaluate, train
-from pgn_study.comparison import ComparisonConfig, accuracy_table, run_root
+from pgn.server import create_app
+from pgn.training import TrainConfig, evaluate_loader, run_training
 
 
 @pytest.fixture(params=["yes", "no"])
@@ -57,8 +55,8 @@ def test_the_library_defaults_to_fp32(detection):
 def test_a_run_records_the_precision_that_ran(tmp_path, detection):
     bb = make_tiny_vit()
     acfg = adapter_cfg("iip", bb)
-    model = build_classifier(acfg, bb, seed=0)
-    train(model, acfg, spec(), TrainConfig(epochs=1, batch_size=8, lr=0.05, progress=False, precision="auto"),
+    model = PromptedClassifier.from_config(acfg, bb, seed=0)
+    run_training(model, acfg, spec(), TrainConfig(epochs=1, batch_size=8, lr=0.05, progress=False, precision="auto"),
           tmp_path / "run")
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["precision"]
     assert recorded == ("bf16" if detection else "fp32")
@@ -68,7 +66,7 @@ def test_bf16_evaluation_is_close_to_fp32_by_an_honest_tolerance():
     """bf16 explicitly: cosine >= 0.999 with fp32 through the ViT, argmax equal wherever the margin allows."""
     bb = make_tiny_vit(num_classes=0)
     acfg = adapter_cfg("pgn", bb)
-    model = build_classifier(acfg, bb, seed=0).eval()
+    model = PromptedClassifier.from_config(acfg, bb, seed=0).eval()
     x = torch.randn(16, 3, 64, 64)
     with torch.inference_mode():
         fp32 = model.features(x)
@@ -82,22 +80,8 @@ def test_bf16_evaluation_is_close_to_fp32_by_an_honest_tolerance():
     clear = (top2[:, 0] - top2[:, 1]) > 2 * error
     assert torch.equal(logits32.argmax(-1)[clear], logits16.argmax(-1)[clear])
     loader = torch.utils.data.DataLoader(spec().test, batch_size=4)
-    a, b = (evaluate(model, loader, precision=p, progress=False) for p in ("fp32", "bf16"))
+    a, b = (evaluate_loader(model, loader, precision=p, progress=False) for p in ("fp32", "bf16"))
     assert a["n"] == b["n"] == 8 and abs(a["loss"] - b["loss"]) < 5e-2 * max(1.0, a["loss"])
-
-
-def test_comparison_keys_and_reports_name_the_precision_of_each_run(tmp_path):
-    data = spec()
-    fp32 = run_root(ComparisonConfig(runs=tmp_path), "random", data)
-    bf16 = run_root(ComparisonConfig(runs=tmp_path, precision="bf16"), "random", data)
-    assert fp32 != bf16 and bf16.name == fp32.name + "-bf16"  # a cached fp32 run is never read as bf16
-    with pytest.raises(PGNError, match="resolve 'auto'"):
-        ComparisonConfig(precision="auto")
-    summary = {"mean": 0.5, "std": 0.0, "test_top1": [0.5], "lr": 0.1, "trainable_parameters": 10,
-               "train_sizes": [4, 4]}
-    rows = accuracy_table({"random": {"linear": {**summary, "precision": "fp32"},
-                                      "pgn": {**summary, "precision": "bf16"}}}, methods=("linear", "pgn"))
-    assert "| precision, random | fp32 | bf16 |" in rows
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import OFFICIAL, needs_official
+from helpers import OFFICIAL, needs_official
 
 from pgn import PGNError
 from pgn.prompts import GeneratorConfig, InputIndependentPrompts, PromptGenerator, load_official
@@ -93,9 +93,26 @@ def test_paper_parameter_count():
     assert sum(p.numel() for p in gen.parameters()) == 620_656
 
 
-def test_resnet18_generator_option():
-    gen = PromptGenerator(GeneratorConfig(num_prompts=3, library_size=5, arch="resnet18", input_size=64), dim=8)
-    assert gen(torch.randn(2, 3, 64, 64)).shape == (2, 3, 8)
+def test_resnet18_generator_is_torchvisions_resnet18_mixing_the_library():
+    """``arch="resnet18"``: torchvision's own ResNet-18 with a K*N-way head gives the (B, K, N) logits, whose
+    softmax rows sum to 1 and mix the library. One process, same kernels and memory format: exact."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    gen = PromptGenerator(GeneratorConfig(num_prompts=3, library_size=5, arch="resnet18", input_size=64), dim=8).eval()
+    ref = resnet18(weights=None, num_classes=3 * 5).eval().to(memory_format=torch.channels_last)
+    ref.load_state_dict(gen.net.state_dict())  # strict: the same network, its head K*N = 15 outputs
+    # Parameters: the reference network plus the N x D library, nothing else.
+    assert sum(p.numel() for p in gen.parameters()) == sum(p.numel() for p in ref.parameters()) + 5 * 8
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = ref(x.contiguous(memory_format=torch.channels_last)).view(2, 3, 5)
+        logits, coeffs, prompts = gen.logits(x), gen.coefficients(x), gen(x)
+    assert want.std() > 0  # a head that is not constant: the comparisons below can fail
+    torch.testing.assert_close(logits, want, rtol=0, atol=0)
+    torch.testing.assert_close(coeffs, want.softmax(-1), rtol=0, atol=0)
+    torch.testing.assert_close(coeffs.sum(-1), torch.ones(2, 3), rtol=0, atol=1e-6)
+    torch.testing.assert_close(prompts, want.softmax(-1) @ gen.library.tokens, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("bad", [dict(num_prompts=0), dict(arch="vgg"), dict(mixing="relu"), dict(widths=(1, 2))])

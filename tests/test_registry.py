@@ -35,7 +35,7 @@ def test_each_family_has_a_tiny_model_by_name_that_saves_and_loads_by_name(name,
 
 
 def test_a_backbone_registered_outside_the_library_is_created_by_name():
-    from conftest import make_tiny_vit
+    from helpers import make_tiny_vit
 
     @register_backbone("toy-from-a-test", "a user's own backbone")
     def toy(weights=None):

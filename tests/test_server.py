@@ -9,16 +9,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import timm  # noqa: E402
 import torch  # noqa: E402
-from conftest import make_tiny_vit  # noqa: E402
+from helpers import make_tiny_vit  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pgn.backbones import TimmViT  # noqa: E402
+from pgn.client import EmbeddingClient
 from pgn.errors import PGNError  # noqa: E402
-from pgn.serving import EmbeddingClient, create_app, serve  # noqa: E402
-from pgn.serving.background import BackgroundServer  # noqa: E402
-from pgn.serving.net import bind, is_loopback  # noqa: E402
+from pgn.server import create_app, serve  # noqa: E402
+from pgn.web.background import BackgroundServer  # noqa: E402
+from pgn.web.net import bind, is_loopback  # noqa: E402
 
 MAX_UPLOAD = 64 * 1024
 MAX_SIDE = 256
@@ -65,15 +65,28 @@ def post(url, **kw):
     return httpx.post(url + "/embed", timeout=30, **kw)
 
 
-def test_health_and_info(server, tiny):
-    assert httpx.get(server.url + "/health").json() == {"status": "ok", "backbone": "timm:test_vit"}
+def test_health_and_info_are_all_a_client_needs(server, tiny):
+    """/info describes what the server computes: normalising with its mean and std alone reproduces the served
+    embedding (fp32, 1e-5), its patch size gives the served grid, its width the embedding's length."""
+    assert httpx.get(server.url + "/health").json() == {"status": "ok", "backbone": tiny.name}
     info = httpx.get(server.url + "/info").json()
-    assert info["backbone"] == "timm:test_vit"
-    assert info["patch_size"] == 16 and info["width"] == 64
+    assert info["backbone"] == tiny.name == "timm:test_vit"
+    assert (info["patch_size"], info["width"], info["input_size"]) == (tiny.patch_size, tiny.width,
+                                                                        tiny.preprocessing.input_size) == (16, 64, 160)
     assert info["mean"] == pytest.approx(list(tiny.preprocessing.mean))
     assert info["std"] == pytest.approx(list(tiny.preprocessing.std))
-    assert info["input_size"] == tiny.preprocessing.input_size
     assert info["max_upload_bytes"] == MAX_UPLOAD and info["max_side"] == MAX_SIDE
+    px = rand_pixels(info["input_size"], 48, seed=7)
+    r = post(server.url, files={"file": ("a.png", encode(px), "image/png")})
+    assert r.status_code == 200, r.text
+    assert r.json()["grid"] == [info["input_size"] // info["patch_size"], 48 // info["patch_size"]]
+    mean, std = (torch.tensor(info[k], dtype=torch.float32).view(1, 3, 1, 1) for k in ("mean", "std"))
+    x = (torch.from_numpy(px).permute(2, 0, 1)[None].float() / 255.0 - mean) / std  # from /info only
+    with torch.no_grad():
+        want = tiny.vit.forward_features(x)[:, 0].numpy()
+    emb = np.asarray(r.json()["embeddings"], dtype=np.float32)
+    assert emb.shape == (1, info["width"])
+    assert np.abs(emb - want).max() <= 1e-5
 
 
 def test_single_png_matches_in_process_forward(server, tiny):
@@ -119,9 +132,7 @@ def test_grey_rgba_and_jpeg_accepted(server, tiny):
 
 
 def test_classifier_head_returns_logits():
-    torch.manual_seed(0)
-    vit = timm.create_model("test_vit", pretrained=False, num_classes=5, dynamic_img_size=True)
-    backbone = TimmViT(vit, name="timm:test_vit")
+    backbone = make_tiny_vit(num_classes=5)
     px = rand_pixels(32, 64, seed=6)
     with RunningServer(create_app(backbone, max_side=MAX_SIDE, precision="fp32")) as s:
         assert httpx.get(s.url + "/info").json()["num_classes"] == 5

@@ -8,23 +8,22 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_vit
-from helpers import CLASSES, SIZE, pixels, png, post, small_clip, small_torchvision
+from helpers import CLASSES, SIZE, make_tiny_clip, make_tiny_torchvision_vit, make_tiny_vit, pixels, png, post
 from torch import nn
 
 from pgn import PGNError
-from pgn.serving import create_app
-from pgn.serving.background import BackgroundServer
-from pgn.serving.batching import Batcher
-from pgn.serving.models import read_class_file, served_model
-from pgn.serving.server import normalise
+from pgn.server import create_app
+from pgn.server.batching import Batcher
+from pgn.server.models import read_class_file, served_model
+from pgn.server.server import normalise
+from pgn.web.background import BackgroundServer
 
 open_clip = pytest.importorskip("open_clip")
 torchvision = pytest.importorskip("torchvision")
 
 def test_each_family_serves_its_own_library_forward():
     images = [pixels(SIZE, SIZE, seed) for seed in range(3)]
-    clip, tv, timm_vit = small_clip(), small_torchvision(), make_tiny_vit()
+    clip, tv, timm_vit = make_tiny_clip(), make_tiny_torchvision_vit(), make_tiny_vit()
     for backbone in (clip, tv, timm_vit):
         pre = backbone.preprocessing
         x = normalise(np.stack(images), pre.mean, pre.std)
@@ -53,10 +52,11 @@ def test_each_family_serves_its_own_library_forward():
 def test_hosted_clip_classifier_deploys_a_pgn_with_scores_only(tmp_path):
     """A PGN trained against CLIP's frozen zero-shot head, frame layout: the API's scores decide alone."""
     import pgn
+    from pgn.client import RemoteClassifier
     from pgn.data import build_dataset
-    from pgn.deployment import RemoteClassifier, export_adapter
+    from pgn.input_adapter import export_adapter
 
-    clip = small_clip()
+    clip = make_tiny_clip()
     model = pgn.create_model(clip, "pgn", CLASSES, img_size=SIZE, head="zeroshot", layout="frame",
                              library_space="pixel", library_size=16, dataset="digits").eval()
     model.save_pretrained(tmp_path / "run")
@@ -87,9 +87,10 @@ def test_hosted_clip_classifier_deploys_a_pgn_with_scores_only(tmp_path):
 
 def test_remote_classifier_refuses_a_server_with_other_classes(tmp_path):
     import pgn
-    from pgn.deployment import RemoteClassifier, export_adapter
+    from pgn.client import RemoteClassifier
+    from pgn.input_adapter import export_adapter
 
-    clip = small_clip()
+    clip = make_tiny_clip()
     model = pgn.create_model(clip, "pgn", CLASSES, img_size=SIZE, head="zeroshot", layout="frame",
                              library_space="pixel", library_size=16)
     model.save_pretrained(tmp_path / "run")
@@ -114,9 +115,9 @@ def test_a_pixel_library_export_carries_nothing_of_the_hosted_model(tmp_path):
     from safetensors.torch import load_file
 
     import pgn
-    from pgn.deployment import Composer, export_adapter
+    from pgn.input_adapter import InputAdapter, export_adapter
 
-    clip = small_clip()
+    clip = make_tiny_clip()
     model = pgn.create_model(clip, "pgn", CLASSES, img_size=SIZE, head="zeroshot", layout="frame",
                              library_space="pixel", library_size=16, seed=0).eval()
     model.save_pretrained(tmp_path / "run")
@@ -128,7 +129,7 @@ def test_a_pixel_library_export_carries_nothing_of_the_hosted_model(tmp_path):
     x = torch.randn(3, 3, SIZE, SIZE)
     with torch.inference_mode():  # the canvas is still the one training saw
         want = model.layout.compose(x, model.prompts.library.patches(model.prompts.coefficients(x)))
-    torch.testing.assert_close(Composer.load(export).canvas(x), want, rtol=0, atol=0)
+    torch.testing.assert_close(InputAdapter.from_pretrained(export).canvas(x), want, rtol=0, atol=0)
 
 
 def test_concurrent_requests_share_forwards_and_get_the_answers_they_get_alone():
@@ -208,6 +209,9 @@ def test_bf16_and_fp32_serving_agree_on_predictions():
     assert error <= 5e-2 * np.abs(fp32).max()
     top2 = np.sort(fp32, axis=-1)[:, -2:]
     clear = (top2[:, 1] - top2[:, 0]) > 2 * error
+    # Never vacuous: these 8 images have fp32 margins of at least 0.069 (seed 0 model, measured), while the bound
+    # above allows 2 * error <= 0.036, so all 8 are clear wherever that bound holds; 6 leaves room for rounding.
+    assert clear.sum() >= 6, f"only {clear.sum()} of {len(clear)} answers are clear of the bf16 error {error:.3g}"
     assert (fp32.argmax(-1)[clear] == bf16.argmax(-1)[clear]).all()
 
 
@@ -219,11 +223,10 @@ def test_class_files_and_mismatched_heads(tmp_path):
     with pytest.raises(PGNError, match="at least 2"):
         read_class_file(f)
     with pytest.raises(PGNError, match="5 classifier outputs but 2"):
-        served_model(small_torchvision(5), ["a", "b"])
+        served_model(make_tiny_torchvision_vit(5), ["a", "b"])
     with pytest.raises(PGNError, match="no classifier head"):
         create_app(make_tiny_vit(), scores_only=True)
-    torch.manual_seed(0)
-    tv = small_torchvision()
+    tv = make_tiny_torchvision_vit()
     tv.vit.heads = nn.Sequential()  # no classifier: embeddings only, and scores are refused by name
     assert served_model(tv).classes is None
     with pytest.raises(PGNError, match="without a classifier head"):

@@ -1,14 +1,15 @@
 import json
+import math
 
 import pytest
 import torch
-from conftest import make_tiny_vit
-from helpers import ALL_TRAINED, RandomImages, adapter_cfg, quiet, spec
+from helpers import ALL_TRAINED, RandomImages, adapter_cfg, make_tiny_vit, quiet, spec
 
 from pgn import PGNError
-from pgn.adapter import AdapterConfig, build_classifier, load_adapter, save_adapter
+from pgn.adapter_format import AdapterConfig
 from pgn.methods import LinearConfig, PGNConfig
-from pgn.training import TrainConfig, evaluate, read_metrics, train, warmup_cosine
+from pgn.model import PromptedClassifier
+from pgn.training import TrainConfig, evaluate_loader, read_metrics, run_training, warmup_cosine
 
 # The library defaults to fp32: nothing here asks whether the CPU has native bf16 (checked: conftest).
 pytestmark = pytest.mark.fp32_only
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.fp32_only
 
 @pytest.mark.parametrize("method", ALL_TRAINED)
 def test_one_step_gradients_only_where_they_belong(tiny_vit, method):
-    model = build_classifier(adapter_cfg(method, tiny_vit), tiny_vit)
+    model = PromptedClassifier.from_config(adapter_cfg(method, tiny_vit), tiny_vit)
     x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0])
     # A non-zero head so gradients reach the prompts on the first step.
     torch.nn.init.normal_(model.head.fc.weight, std=0.1)
@@ -40,12 +41,13 @@ def test_one_step_gradients_only_where_they_belong(tiny_vit, method):
 @pytest.mark.parametrize("method", ALL_TRAINED)
 def test_train_save_load_identical_logits(tiny_vit, tmp_path, method):
     acfg = adapter_cfg(method, tiny_vit)
-    model = build_classifier(acfg, tiny_vit)
-    row = train(model, acfg, spec(), quiet(epochs=2), tmp_path / "run", log=lambda *_: None)
+    model = PromptedClassifier.from_config(acfg, tiny_vit)
+    row = run_training(model, acfg, spec(), quiet(epochs=2), tmp_path / "run", log=lambda *_: None)
     assert set(row) >= {"test_top1", "test_top5", "train_loss"}
     assert len(read_metrics(tmp_path / "run")) == 2
     fresh = make_tiny_vit()  # a pristine backbone: a fine-tuned one must come back from the adapter
-    loaded, cfg = load_adapter(tmp_path / "run", backbone=fresh)
+    loaded = PromptedClassifier.from_pretrained(tmp_path / "run", backbone=fresh)
+    cfg = loaded.config
     assert cfg == acfg
     x = torch.randn(3, 3, 64, 64)
     model.eval(), loaded.eval()
@@ -64,8 +66,8 @@ def test_train_save_load_identical_logits(tiny_vit, tmp_path, method):
 
 def test_training_reduces_loss(tiny_vit, tmp_path):
     acfg = adapter_cfg("pgn", tiny_vit)
-    model = build_classifier(acfg, tiny_vit)
-    train(model, acfg, spec(), quiet(epochs=6, lr=0.05, warmup_epochs=0), tmp_path / "r", log=lambda *_: None)
+    model = PromptedClassifier.from_config(acfg, tiny_vit)
+    run_training(model, acfg, spec(), quiet(epochs=6, lr=0.05, warmup_epochs=0), tmp_path / "r", log=lambda *_: None)
     rows = read_metrics(tmp_path / "r")
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
 
@@ -73,26 +75,26 @@ def test_training_reduces_loss(tiny_vit, tmp_path):
 def test_resume_continues_and_refuses_overwrite(tiny_vit, tmp_path):
     acfg = adapter_cfg("pgn", tiny_vit)
     run = tmp_path / "run"
-    train(build_classifier(acfg, tiny_vit), acfg, spec(), quiet(epochs=1), run, log=lambda *_: None)
+    run_training(PromptedClassifier.from_config(acfg, tiny_vit), acfg, spec(), quiet(epochs=1), run, log=lambda *_: None)
     with pytest.raises(PGNError, match="`resume`"):
-        train(build_classifier(acfg, tiny_vit), acfg, spec(), quiet(epochs=1), run, log=lambda *_: None)
-    train(build_classifier(acfg, tiny_vit), acfg, spec(), quiet(epochs=3), run, resume=True, log=lambda *_: None)
+        run_training(PromptedClassifier.from_config(acfg, tiny_vit), acfg, spec(), quiet(epochs=1), run, log=lambda *_: None)
+    run_training(PromptedClassifier.from_config(acfg, tiny_vit), acfg, spec(), quiet(epochs=3), run, resume=True, log=lambda *_: None)
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3]
     with pytest.raises(PGNError, match="cannot resume"):
-        train(build_classifier(acfg, tiny_vit), acfg, spec(), quiet(), tmp_path / "new", resume=True)
+        run_training(PromptedClassifier.from_config(acfg, tiny_vit), acfg, spec(), quiet(), tmp_path / "new", resume=True)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_vit, tmp_path):
     acfg = adapter_cfg("pgn", tiny_vit)
     run = tmp_path / "run"
-    model = build_classifier(acfg, tiny_vit)
-    train(model, acfg, spec(), quiet(epochs=1), run, log=lambda *_: None)
+    model = PromptedClassifier.from_config(acfg, tiny_vit)
+    run_training(model, acfg, spec(), quiet(epochs=1), run, log=lambda *_: None)
     good = (run / "adapter.safetensors").read_bytes()
     with pytest.raises(PGNError, match="loss became nan"):
-        train(build_classifier(acfg, tiny_vit), acfg, spec(poison=True), quiet(epochs=2), run, resume=True,
+        run_training(PromptedClassifier.from_config(acfg, tiny_vit), acfg, spec(poison=True), quiet(epochs=2), run, resume=True,
               log=lambda *_: None)
     assert (run / "adapter.safetensors").read_bytes() == good
-    load_adapter(run, backbone=tiny_vit)  # still loadable
+    PromptedClassifier.from_pretrained(run, backbone=tiny_vit)  # still loadable
     assert not list(run.glob(".*.tmp"))
 
 
@@ -109,24 +111,42 @@ def test_warmup_cosine_schedule():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
 
 
-def test_vp_parameter_count_matches_paper():
+def test_vp_is_one_parameter_per_border_pixel_and_leaves_the_centre_alone():
+    """The paper's VP at 224 px, pad 30: every parameter is added to exactly one pixel of the 30-px border (all
+    69,840 = 3 * (224^2 - 164^2) of them), the 164 x 164 centre is never touched. Exact (additions of zero)."""
     from pgn.prompts import PaddingPrompt
 
-    assert sum(p.numel() for p in PaddingPrompt(224, 30).parameters()) == 69_840
+    vp = PaddingPrompt(224, 30)
+    border = torch.ones(224, 224, dtype=torch.bool)
+    border[30:194, 30:194] = False
+    assert sum(p.numel() for p in vp.parameters()) == 3 * int(border.sum()) == 3 * (224**2 - 164**2) == 69_840
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in vp.parameters():
+            p.normal_()  # nonzero values, all distinct
+    x = torch.randn(2, 3, 224, 224)
+    out = vp(x)
+    assert torch.equal(out[:, :, ~border], x[:, :, ~border])  # the centre: the image itself
+    frame = vp(torch.zeros(1, 3, 224, 224))[0]  # the frame alone: the parameters, each exactly once
+    assert torch.equal(frame[:, ~border], torch.zeros_like(frame[:, ~border]))
+    params = torch.cat([p.detach().flatten() for p in vp.parameters()])
+    assert torch.equal(frame[:, border].flatten().sort().values, params.sort().values)
+    out.sum().backward()  # each parameter reaches one pixel of each of the 2 images: gradient 2, never 0
+    assert all(torch.equal(p.grad, torch.full_like(p, 2.0)) for p in vp.parameters())
 
 
 def test_adapter_width_mismatch_is_clear(tiny_vit, tmp_path):
     acfg = adapter_cfg("pgn", tiny_vit)
-    save_adapter(build_classifier(acfg, tiny_vit), acfg, tmp_path / "a")
+    PromptedClassifier.from_config(acfg, tiny_vit).save_pretrained(tmp_path / "a")
     other = make_tiny_vit(embed_dim=32, num_heads=2)
     with pytest.raises(PGNError, match="width 64"):
-        load_adapter(tmp_path / "a", backbone=other)
+        PromptedClassifier.from_pretrained(tmp_path / "a", backbone=other)
     (tmp_path / "a" / "adapter.safetensors").write_bytes(b"garbage")
     with pytest.raises(PGNError, match="corrupt"):
-        load_adapter(tmp_path / "a", backbone=tiny_vit)
+        PromptedClassifier.from_pretrained(tmp_path / "a", backbone=tiny_vit)
 
 
-def test_defaults_are_the_official_recipe():
+def test_defaults_are_the_official_recipe(tmp_path):
     """TrainConfig() is the paper's recipe for prompt methods: one rate, no clip, half-run warm-up, lr/100."""
     cfg = TrainConfig()
     assert (cfg.epochs, cfg.lr, cfg.head_lr, cfg.optimizer, cfg.momentum, cfg.weight_decay) == (100, 0.1, None, "sgd",
@@ -134,8 +154,16 @@ def test_defaults_are_the_official_recipe():
     assert cfg.grad_clip is None and cfg.head_init == "default" and cfg.final_lr_ratio == 0.01
     assert cfg.warmup == 50 and TrainConfig(epochs=10).warmup == 5 and TrainConfig(epochs=10, warmup_epochs=1).warmup == 1
     assert TrainConfig.paper() == TrainConfig(warmup_epochs=50.0)
+    # The defaults drive the trainer: 4 epochs of 2 steps (16 images, batch 8), lr 0.1 warmed up over half the
+    # run (4 steps), then cosine to 0.1 / 100. The end-of-epoch rates, computed here, to float rounding.
+    tiny = make_tiny_vit()
+    acfg = adapter_cfg("pgn", tiny)
+    run_training(PromptedClassifier.from_config(acfg, tiny), acfg, spec(), TrainConfig(epochs=4, batch_size=8, progress=False),
+          tmp_path / "run", log=lambda *_: None)
+    lrs = [row["lr"] for row in read_metrics(tmp_path / "run")]
+    cosine = [0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)) for t in (0.0, 0.5, 1.0)]
+    assert lrs == pytest.approx([0.1 * 3 / 4] + [0.1 * c for c in cosine], rel=1e-9)
     # The one named deviation: the linear head reads BatchNorm-normalised features.
-    acfg = adapter_cfg("pgn", make_tiny_vit())
     assert acfg.head_norm == "batchnorm"
     from pgn.cli.main import build_parser, resolve_defaults
 
@@ -155,11 +183,11 @@ def test_defaults_are_the_official_recipe():
 def test_generator_gets_gradient_on_the_first_step(tiny_vit, tmp_path, head_init):
     """With the default head the generator learns from step one; a zero-init head (the old default) blocks it."""
     acfg = adapter_cfg("pgn", tiny_vit)
-    model = build_classifier(acfg, tiny_vit)
+    model = PromptedClassifier.from_config(acfg, tiny_vit)
     before = {k: v.clone() for k, v in model.prompts.net.state_dict().items() if k.endswith("weight")}
     data = spec()
     data.train = torch.utils.data.Subset(data.train, range(8))  # one step of batch 8
-    row = train(model, acfg, data, quiet(lr=0.1, head_init=head_init), tmp_path / "r", log=lambda *_: None)
+    row = run_training(model, acfg, data, quiet(lr=0.1, head_init=head_init), tmp_path / "r", log=lambda *_: None)
     moved = max(float((model.prompts.net.state_dict()[k] - v).abs().max()) for k, v in before.items())
     if head_init == "default":
         assert row["grad_norm/generator"] > 0 and row["update/generator"] > 0 and moved > 0
@@ -169,8 +197,8 @@ def test_generator_gets_gradient_on_the_first_step(tiny_vit, tmp_path, head_init
 
 def test_metrics_carry_group_norms_updates_entropy_and_clip(tiny_vit, tmp_path):
     acfg = adapter_cfg("pgn", tiny_vit)
-    model = build_classifier(acfg, tiny_vit)
-    train(model, acfg, spec(), quiet(epochs=2, lr=0.05, grad_clip=1e-3), tmp_path / "r", log=lambda *_: None)
+    model = PromptedClassifier.from_config(acfg, tiny_vit)
+    run_training(model, acfg, spec(), quiet(epochs=2, lr=0.05, grad_clip=1e-3), tmp_path / "r", log=lambda *_: None)
     rows = read_metrics(tmp_path / "r")
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:
@@ -207,14 +235,15 @@ def test_adapters_from_before_the_normalised_head_still_load(tiny_vit, tmp_path)
 
     acfg = adapter_cfg("pgn", tiny_vit)
     acfg.method_config = dataclasses.replace(acfg.method_config, head_norm="none")
-    model = build_classifier(acfg, tiny_vit)
+    model = PromptedClassifier.from_config(acfg, tiny_vit)
     torch.nn.init.normal_(model.head.fc.weight, std=0.1)
-    save_adapter(model, acfg, tmp_path / "old")
+    model.save_pretrained(tmp_path / "old")
     path = tmp_path / "old" / "adapter_config.json"
     raw = json.loads(path.read_text())  # rewritten as that pgn wrote it: format 1, flat, no head_norm
     raw.pop("method_config")
     path.write_text(json.dumps({**raw, "format_version": 1, "generator": acfg.generator, "num_prompts": 4}))
-    loaded, cfg = load_adapter(tmp_path / "old", backbone=tiny_vit)
+    loaded = PromptedClassifier.from_pretrained(tmp_path / "old", backbone=tiny_vit)
+    cfg = loaded.config
     assert cfg.head_norm == "none" and loaded.head.norm is None
     model.eval()
     x = torch.randn(2, 3, 64, 64)
@@ -230,7 +259,7 @@ def test_the_dataset_decides_augmentation_and_augmented_features_are_never_cache
         assert data.augmented is augment
         acfg = AdapterConfig(method_config=LinearConfig(), backbone=tiny_vit.name, backbone_width=tiny_vit.width,
                              class_names=list(data.class_names), img_size=32, dataset="digits")
-        row = train(build_classifier(acfg, tiny_vit), acfg, data, TrainConfig(epochs=1, batch_size=10, progress=False),
+        row = run_training(PromptedClassifier.from_config(acfg, tiny_vit), acfg, data, TrainConfig(epochs=1, batch_size=10, progress=False),
                     tmp_path / f"aug{augment}", log=lambda *_: None)
         cached[augment] = row.get("features_cached", False)
         assert json.loads((tmp_path / f"aug{augment}" / "config.json").read_text())["augment"] is augment
@@ -238,7 +267,7 @@ def test_the_dataset_decides_augmentation_and_augmented_features_are_never_cache
 
 
 def test_evaluation_runs_in_inference_mode():
-    from pgn.training import evaluate
+    from pgn.training import evaluate_loader
 
     class Probe(torch.nn.Module):
         def __init__(self):
@@ -252,19 +281,19 @@ def test_evaluation_runs_in_inference_mode():
 
     probe = Probe()
     loader = [(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))]
-    out = evaluate(probe, loader, progress=False)
+    out = evaluate_loader(probe, loader, progress=False)
     assert probe.modes == [True] and out["n"] == 5  # no autograd graph is built while scoring
 
 
 def test_fine_tuning_owns_its_backbone_so_the_shared_one_stays_frozen(tiny_vit, tmp_path):
     before = {k: v.clone() for k, v in tiny_vit.state_dict().items()}
     acfg = adapter_cfg("finetune", tiny_vit)
-    model = build_classifier(acfg, tiny_vit, seed=0)
+    model = PromptedClassifier.from_config(acfg, tiny_vit, seed=0)
     assert model.backbone is not tiny_vit and all(p.requires_grad for p in model.backbone.finetune_parameters())
-    train(model, acfg, spec(), quiet(lr=0.05), tmp_path / "run", log=lambda *_: None)
+    run_training(model, acfg, spec(), quiet(lr=0.05), tmp_path / "run", log=lambda *_: None)
     assert not any(p.requires_grad for p in tiny_vit.parameters())
     assert all(torch.equal(v, before[k]) for k, v in tiny_vit.state_dict().items())
-    other = build_classifier(adapter_cfg("linear", tiny_vit), tiny_vit, seed=0)
+    other = PromptedClassifier.from_config(adapter_cfg("linear", tiny_vit), tiny_vit, seed=0)
     assert other.num_trainable() == sum(p.numel() for p in other.head.parameters())
     assert any(not torch.equal(v, before[k]) for k, v in model.backbone.state_dict().items())  # the copy trained
 
@@ -278,19 +307,19 @@ def test_mixture_ablation_measures_what_input_dependence_adds(tiny_vit, tmp_path
         method = PGNConfig(num_prompts=4, library_size=8, generator_size=64, output_init=output_init)
         acfg = AdapterConfig(method_config=method, backbone=tiny_vit.name, backbone_width=tiny_vit.width,
                              class_names=["a", "b", "c"], img_size=64)
-        model = build_classifier(acfg, tiny_vit, seed=1).eval()
+        model = PromptedClassifier.from_config(acfg, tiny_vit, seed=1).eval()
         with torch.no_grad():
             model.prompts.library.tokens.mul_(200.0)  # prompts that move the answer
             if not independent:
                 model.prompts.net.head[-1].weight.mul_(50.0)  # mixtures that differ from image to image
-        top1 = evaluate(model, loader, progress=False)["top1"]
+        top1 = evaluate_loader(model, loader, progress=False)["top1"]
         ablation = mixture_ablation(model, loader)
         if independent:  # the same mixture for every image: replacing it changes nothing
             assert ablation == {"top1_mean_mixture": top1, "top1_shuffled": top1}
         else:
             assert ablation["top1_mean_mixture"] != top1 or ablation["top1_shuffled"] != top1
     cfg = adapter_cfg("pgn", tiny_vit)
-    train(build_classifier(cfg, tiny_vit, seed=0), cfg, spec(), quiet(lr=0.05), tmp_path / "run", log=lambda *_: None)
+    run_training(PromptedClassifier.from_config(cfg, tiny_vit, seed=0), cfg, spec(), quiet(lr=0.05), tmp_path / "run", log=lambda *_: None)
     row = read_metrics(tmp_path / "run")[-1]
     assert {"test_top1_mean_mixture", "test_top1_shuffled"} <= set(row)  # every PGN run's last epoch
 
@@ -333,8 +362,8 @@ def test_preprocessing_on_the_device_trains_the_same_run(tmp_path, method):
                                            if method == "pgn" else LinearConfig()),
                             backbone=bb.name, backbone_width=bb.width, class_names=data.class_names, img_size=32,
                             dataset="digits")
-        model = build_classifier(cfg, bb, seed=1)
-        rows.append(train(model, cfg, data, quiet(epochs=2, lr=0.05, seed=2), tmp_path / f"{method}-{on_device}"))
+        model = PromptedClassifier.from_config(cfg, bb, seed=1)
+        rows.append(run_training(model, cfg, data, quiet(epochs=2, lr=0.05, seed=2), tmp_path / f"{method}-{on_device}"))
         weights.append(model.trainable_modules().state_dict())
     for key, value in weights[0].items():
         assert torch.equal(weights[1][key], value), key
@@ -350,8 +379,8 @@ def test_an_epoch_opens_one_iterator_over_its_loader(tiny_vit, tmp_path, monkeyp
     opened = []
     real_iter = DataLoader.__iter__
     monkeypatch.setattr(DataLoader, "__iter__", lambda self: opened.append(self) or real_iter(self))
-    model = build_classifier(adapter_cfg("pgn", tiny_vit), tiny_vit)
-    train(model, adapter_cfg("pgn", tiny_vit), spec(), quiet(epochs=2), tmp_path / "run")
+    model = PromptedClassifier.from_config(adapter_cfg("pgn", tiny_vit), tiny_vit)
+    run_training(model, adapter_cfg("pgn", tiny_vit), spec(), quiet(epochs=2), tmp_path / "run")
     from torch.utils.data import SequentialSampler
 
     shuffled = [loader for loader in opened if not isinstance(loader.sampler, SequentialSampler)]  # training
@@ -377,9 +406,9 @@ def test_eval_every_scores_fewer_epochs_and_trains_the_same_run(tmp_path):
         acfg = AdapterConfig(method_config=PGNConfig(num_prompts=2, library_size=8, generator_size=32),
                              backbone=bb.name, backbone_width=bb.width, class_names=data.class_names, img_size=32,
                              dataset="digits")
-        model = build_classifier(acfg, bb, seed=1)
+        model = PromptedClassifier.from_config(acfg, bb, seed=1)
         run = tmp_path / f"every{every}"
-        train(model, acfg, data, quiet(epochs=3, lr=0.05, seed=2, eval_every=every), run)
+        run_training(model, acfg, data, quiet(epochs=3, lr=0.05, seed=2, eval_every=every), run)
         weights.append(model.trainable_modules().state_dict())
         rows = read_metrics(run)
         scored.append([r["epoch"] for r in rows if "test_top1" in r])

@@ -1,9 +1,13 @@
-"""The adapter's on-disk format: ``adapter_config.json`` (the schema, formats 1 and 2) + ``adapter.safetensors``.
+"""The adapter's on-disk format: ``adapter_config.json`` (the schema, formats 1 to 3) + ``adapter.safetensors``.
 
-The backbone is never saved: an adapter names its backbone and is rebuilt on top of it
-(:meth:`pgn.model.PromptedClassifier.from_pretrained`). Format 2 saves the method's own config
-(:mod:`pgn.methods`) tagged with its name; format-1 files (one flat union of every method's fields)
-still load. Both files are written atomically, so an interrupted save never leaves a half-written adapter.
+One format for every adapter: one saved with its run (rebuilt on the backbone it names,
+:meth:`pgn.model.PromptedClassifier.from_pretrained`) and one exported for input-space deployment
+(loaded on its own, :meth:`pgn.input_adapter.InputAdapter.from_pretrained`), which has a ``deploy``
+section (:class:`DeploySpec`: the canvas the model receives and what it answers). The backbone is
+never saved. Format 3 adds ``deploy``; format 2 saves the method's own config (:mod:`pgn.methods`)
+tagged with its name; format-1 files (one flat union of every method's fields) still load, and so do
+the separate export files of earlier versions (:class:`LegacyExportConfig`). Both files are written
+atomically, so an interrupted save never leaves a half-written file.
 """
 from __future__ import annotations
 
@@ -22,15 +26,84 @@ from .files import atomic_path, save_safetensors, write_json
 from .methods import MethodConfig, get_method, method_config_dict, method_config_from_dict, method_config_of
 from .validation import validated
 
-__all__ = ["AdapterConfig", "adapter_config", "read_adapter_config", "write_adapter", "read_adapter_weights",
+__all__ = ["AdapterConfig", "DeploySpec", "adapter_config", "read_adapter_config", "write_adapter", "read_adapter_weights",
            "check_state", "FORMAT_VERSION", "CONFIG_FILE", "WEIGHTS_FILE"]
 
-FORMAT_VERSION = 2  # 2: the method's own config, tagged (pgn.methods); 1: one flat union of every method's fields
+# 3: an optional ``deploy`` section (exports are adapters); 2: the method's own config, tagged (pgn.methods);
+# 1: one flat union of every method's fields
+FORMAT_VERSION = 3
+ANSWERS = ("embeddings", "scores")  # what the deployed model answers: features for the adapter's head, or its own scores
 MAX_IMG_SIZE = 4096  # a side; larger would run for minutes per image (and 16e9 overflows)
 # Fields an adapter file must state: a default would silently change what the model sees.
 REQUIRED_ON_LOAD = ("method", "backbone", "backbone_width", "class_names", "img_size", "mean", "std")
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
+
+
+@dataclass
+class DeploySpec:
+    """An export's ``deploy`` section: what crosses the wire between the client and the unmodified model.
+
+    ``canvas_size`` (H, W): the prompted image the model receives; ``patch_size``: its cells' side;
+    ``answers``: ``embeddings`` (the model's features, read by the adapter's own head) or ``scores``
+    (the model's own head: a classifier's scores read through the adapter's label mapping, or CLIP's
+    zero-shot scores of the adapter's classes); ``outputs``: how many numbers it answers per image.
+    """
+
+    canvas_size: tuple[int, int]
+    patch_size: int
+    answers: str
+    outputs: int
+
+    def __post_init__(self):
+        self.canvas_size = tuple(self.canvas_size)
+        if len(self.canvas_size) != 2 or min(self.patch_size, self.outputs, *self.canvas_size) < 1:
+            raise PGNError("deploy: canvas_size (two sides), patch_size and outputs must be positive")
+        if max(self.canvas_size) > MAX_IMG_SIZE:
+            raise PGNError(f"deploy: canvas_size {list(self.canvas_size)} is larger than pgn's bound of "
+                           f"{MAX_IMG_SIZE} pixels a side")
+        if any(side % self.patch_size for side in self.canvas_size):
+            raise PGNError(f"deploy: canvas_size {list(self.canvas_size)} is not a multiple of patch_size {self.patch_size}")
+        if self.answers not in ANSWERS:
+            raise PGNError(f"deploy: answers is {self.answers!r}; choose {' or '.join(ANSWERS)}")
+
+
+@dataclass
+class LegacyExportConfig:
+    """The fields of an export's ``deploy_config.json`` (pgn <= 0.1, format ``pgn-deployable`` 1), validated
+    on load and converted to an :class:`AdapterConfig` with a :class:`DeploySpec`."""
+
+    format: str
+    version: int
+    layout: str
+    img_size: int
+    canvas_size: tuple[int, int]
+    patch_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    num_prompts: int
+    generator: dict
+    class_names: list[str]
+    feature_dim: int
+    backbone: str
+    backbone_weights: str | None = None
+    dataset: str | None = None
+    head: str = "linear"                 # "linear": the exported head; "remote": the model's own head scores
+    template: str | None = None
+    label_map: list[int] | None = None
+    source_classes: int | None = None
+
+    def __post_init__(self):
+        if self.format != "pgn-deployable" or self.version != 1:
+            raise PGNError(f"format {self.format!r} version {self.version!r} is not a pgn export")
+        if self.head not in ("linear", "remote"):
+            raise PGNError(f"head is {self.head!r}; choose linear or remote")
+        if self.label_map is not None:
+            if self.head != "remote" or len(self.label_map) != len(self.class_names) or not self.source_classes:
+                raise PGNError("label_map needs head 'remote', source_classes, and one source class per class name")
+            if len(set(self.label_map)) != len(self.label_map) or not all(
+                    0 <= s < self.source_classes for s in self.label_map):
+                raise PGNError(f"label_map must name distinct source classes in 0..{self.source_classes - 1}")
 
 
 @dataclass
@@ -53,6 +126,7 @@ class AdapterConfig:
     dataset: str | None = None
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)
+    deploy: DeploySpec | None = None     # set on an export (pgn.input_adapter.export_adapter)
 
     def __post_init__(self):
         get_method(getattr(self.method_config, "method", None) or "?")  # a registered method's config
@@ -69,7 +143,16 @@ class AdapterConfig:
             raise PGNError(f"mean must be finite and std finite and positive, got mean {list(self.mean)}, "
                            f"std {list(self.std)}")
         self.class_names = list(self.class_names)
-        if hasattr(self.method_config, "resolved"):  # defaults that depend on the resolution, stated
+        if len(set(self.class_names)) != len(self.class_names):
+            dup = next(c for c in self.class_names if self.class_names.count(c) > 1)
+            raise PGNError(f"class name {dup!r} appears more than once; each class needs its own name")
+        if isinstance(self.deploy, dict):
+            self.deploy = validated(DeploySpec, self.deploy, "deploy")
+        if self.deploy is not None and self.deploy.answers == "scores" and self.head == "linear":
+            raise PGNError("deploy: a linear head reads embeddings, but answers is 'scores'")
+        if self.deploy is not None and self.deploy.answers == "embeddings" and self.head != "linear":
+            raise PGNError(f"deploy: head {self.head!r} reads the model's own scores, but answers is 'embeddings'")
+        if getattr(self.method_config, "resolved", None) is not None:  # defaults that depend on the resolution, stated
             self.method_config = self.method_config.resolved(self.img_size)
 
     # What the rest of pgn reads, whatever the method (a method without prompts has K = 0, append).
@@ -100,7 +183,7 @@ class AdapterConfig:
     @property
     def generator(self) -> dict | None:
         """The PGN's :class:`~pgn.prompts.GeneratorConfig` fields (JSON form), or None for other methods."""
-        if not hasattr(self.method_config, "generator_config"):
+        if self.method != "pgn":
             return None
         return json.loads(json.dumps(vars(self.method_config.generator_config(self.img_size))))
 
@@ -109,6 +192,10 @@ class AdapterConfig:
         out = {"format_version": self.format_version, "method": self.method,
                "method_config": method_config_dict(self.method_config)}
         out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name not in out})
+        if self.deploy is None:
+            del out["deploy"]  # an adapter saved with its run reads as format 2 did
+        else:
+            out["deploy"] = {f.name: getattr(self.deploy, f.name) for f in fields(self.deploy)}
         return json.loads(json.dumps(out))
 
     @classmethod
@@ -128,6 +215,7 @@ class AdapterConfig:
             raise PGNError(f"{source} was written by a newer pgn (format {version}); upgrade pgn")
         if version == 1:
             raw = _format_1_to_2(raw, source)
+        raw["format_version"] = FORMAT_VERSION  # read into today's form (formats 1 and 2 have no deploy section)
         name = raw.pop("method")
         if not isinstance(name, str):
             raise PGNError(f"{source}: field 'method' must name a method, got {name!r}")

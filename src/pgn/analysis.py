@@ -5,10 +5,10 @@ from pathlib import Path
 
 import torch
 
-from .adapter import load_adapter
 from .data import build_dataset
 from .files import write_json
 from .layouts import PatchInverter
+from .model import PromptedClassifier
 from .plots import plot_canvases, plot_class_token_usage, plot_prompt_patches, plot_training_curves
 from .training import read_metrics
 from .training.monitor import mixture_sharpness
@@ -77,7 +77,8 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, max_imag
     input-space layouts) and ``analysis.json`` into ``out_dir`` (default: the run directory)."""
     run_dir = Path(run_dir)
     out = Path(out_dir or run_dir)
-    model, cfg = load_adapter(run_dir)
+    model = PromptedClassifier.from_pretrained(run_dir)
+    cfg = model.config
     model.eval()
     result: dict = {"run": str(run_dir), "method": cfg.method, "layout": cfg.layout}
     rows = read_metrics(run_dir)

@@ -16,19 +16,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-from .adapter import adapter_config, build_classifier, load_adapter
+from .adapter_format import adapter_config
 from .backbones import DEFAULT_BACKBONE, FrozenBackbone, create_backbone
 from .data import DataSpec, build_dataset
 from .errors import PGNError, ResumeMismatch
 from .methods import MethodConfig, method_config_dict, method_config_of
 from .model import PromptedClassifier
 from .training import TrainConfig
-from .training import train as _train_loop
+from .training import run_training as _train_loop
+from .training.run_dir import default_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str 
         raise PGNError("classes is empty; pass the class names, e.g. classes=['cat', 'dog'], or dataset=NAME "
                        "to take them from the data")
     cfg = adapter_config(bb, method, classes, img_size=img_size, dataset=dataset, backbone_weights=weights)
-    return build_classifier(cfg, bb, seed=seed)
+    return PromptedClassifier.from_config(cfg, bb, seed=seed)
 
 
 def _native_size(backbone: FrozenBackbone, img_size: int | None) -> int:
@@ -100,7 +100,7 @@ def load(directory: str | Path, backbone: str | FrozenBackbone | None = None, we
 
     device = resolve_device(device)
     bb = create_backbone(backbone, weights) if isinstance(backbone, str) else backbone
-    model, _ = load_adapter(directory, backbone=bb, map_location=device)
+    model = PromptedClassifier.from_pretrained(directory, backbone=bb, map_location=device)
     return model.to(device)
 
 
@@ -114,7 +114,7 @@ def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out
     line. ``seed`` (default 0) sets the data order and draws the ``train_limit``/``test_limit`` subsets,
     as ``pgn train --seed`` does. ``precision`` is ``"fp32"`` unless given (``"auto"``: bf16 where native).
     ``data_root`` / ``download``: where a named dataset's files are, as for :func:`evaluate`.
-    Writes the run into ``out`` (default ``runs/<dataset>-<method>-<time>``) and returns the last epoch's
+    Writes the run into ``out`` (default ``runs/<method>-<dataset>-<time>``) and returns the last epoch's
     metrics.
     """
     from .files import check_not_in_use
@@ -134,7 +134,7 @@ def train(model: PromptedClassifier, data: str | DataSpec, epochs: int = 10, out
                        f"{list(data.class_names)[:5]}...; create the model with classes=data.class_names")
     if cfg.dataset is None:
         cfg.dataset = data.name
-    out = Path(out) if out is not None else Path("runs") / f"{data.name}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out) if out is not None else default_run_dir(cfg.method, data.name)
     from .presets import PRESETS
 
     # The command line's default budget (pgn.presets "cpu"), with the caller's epochs and options; the
@@ -187,9 +187,8 @@ def train_run(backbone: str, method: str | MethodConfig, datasets: str | Sequenc
     method = _with_data_template(method, data)
     cfg = adapter_config(bb, method, data.class_names, img_size=img_size, dataset=data.name, backbone_weights=weights,
                          extra={"datasets": parts} if parts else None)  # several datasets: a head each
-    model = build_classifier(cfg, bb, seed=config.seed)  # the run's seed draws the init too
-    safe = data.name.replace(":", "_").replace("/", "_")
-    out = Path(out) if out is not None else Path("runs") / f"{cfg.method}-{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    model = PromptedClassifier.from_config(cfg, bb, seed=config.seed)  # the run's seed draws the init too
+    out = Path(out) if out is not None else default_run_dir(cfg.method, data.name)
     log(f"backbone {bb.name}: {bb.description}")
     log(f"dataset {data.name}: {len(data.train)} train / {len(data.test)} test, {len(data.class_names)} classes, "
         f"{img_size}px")
@@ -227,8 +226,10 @@ def build_data(names: str | Sequence[str], *, img_size: int, mean: Sequence[floa
     return combine([build_dataset(n, **kw) for n in names])
 
 
-# What a resumed run may change: everything else is the run's own (config.json).
-RESUMABLE = ("epochs", "device", "num_workers", "progress", "eval_every")  # none changes what is trained
+# The one list of what a resumed run may change (none changes what is trained); every other setting is the
+# run's own (config.json), and asking for another value of it is a ResumeMismatch. ``pgn train --resume``
+# derives the flags it lets through from this list.
+RESUMABLE = ("epochs", "device", "num_workers", "progress", "eval_every")
 
 
 def resume(run: str | Path, epochs: int | None = None, *, changes: dict | None = None,
@@ -243,7 +244,7 @@ def resume(run: str | Path, epochs: int | None = None, *, changes: dict | None =
     """
     import json
 
-    from .adapter import read_adapter_config
+    from .adapter_format import read_adapter_config
     from .devices import resolve_device
     from .files import check_not_in_use
     from .precision import resolve
@@ -282,7 +283,7 @@ def resume(run: str | Path, epochs: int | None = None, *, changes: dict | None =
         if key not in settings:
             raise ResumeMismatch(key, value)
         if _differs(value, settings[key]):
-            raise ResumeMismatch(key, value, settings[key])
+            raise ResumeMismatch(key, value, settings[key], RESUMABLE)
     recorded.update(epochs=epochs or recorded.get("epochs", 1), device=device,
                     progress=options.get("progress", recorded.get("progress", True)))
     for key in ("num_workers", "eval_every"):
@@ -292,7 +293,7 @@ def resume(run: str | Path, epochs: int | None = None, *, changes: dict | None =
     bb = (create_backbone(backbone or acfg.backbone, acfg.backbone_weights if backbone is None else None)
           if not isinstance(backbone, FrozenBackbone) else backbone)
     data = _data_of_run(acfg, config, data_recipe)
-    model = build_classifier(acfg, bb)  # its weights come from the checkpoint
+    model = PromptedClassifier.from_config(acfg, bb)  # its weights come from the checkpoint
     return _train_loop(model, acfg, data, cfg, run, resume=True, log=log or _main_log)
 
 
@@ -300,7 +301,8 @@ def _flat_data(recipe: dict) -> dict:
     """The comparable data settings of a recorded recipe (one dataset, or the first of several)."""
     first = recipe.get("datasets", [recipe])[0] if recipe else {}
     return {k: first.get(k) for k in ("train_limit", "test_limit", "augment") if k in first} | (
-        {"data_root": first.get("root")} if "root" in first else {})
+        {"data_root": first.get("root")} if "root" in first else {}) | (
+        {"on_device": bool(first.get("on_device", False))} if recipe else {})  # recorded only when True
 
 
 def _differs(asked, recorded) -> bool:
@@ -360,7 +362,7 @@ def evaluate(model: PromptedClassifier, data: str | DataSpec | None = None, *, t
     from .data.device import on_device
     from .multi import DatasetView
     from .precision import resolve
-    from .training import evaluate as evaluate_loop
+    from .training import evaluate_loader as evaluate_loop
 
     cfg = model._require_config()
     device = device or str(next(model.parameters()).device)

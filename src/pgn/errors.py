@@ -24,11 +24,13 @@ class DivergedError(PGNError):
 class ResumeMismatch(PGNError):
     """A resumed run was asked for a setting other than its own; ``key`` names it (a library name)."""
 
-    def __init__(self, key: str, asked, recorded=None):
+    def __init__(self, key: str, asked, recorded=None, resumable: tuple[str, ...] = ()):
+        """``resumable``: what a resume may change (``pgn.api.RESUMABLE``, the one list), named in the message."""
         self.key, self.asked, self.recorded = key, asked, recorded
         if recorded is None:
             line = f"cannot resume with `{key}` {asked!r}: a resumed run keeps its own settings"
         else:
+            may = ", ".join(f"`{k}`" for k in resumable)
             line = (f"cannot resume with `{key}` {asked!r}: the run was trained with {recorded!r} (a resumed run "
-                    "keeps its own settings; only `epochs`, `device`, `num_workers` and `progress` may change)")
+                    f"keeps its own settings{f'; only {may} may change' if may else ''})")
         super().__init__(line)

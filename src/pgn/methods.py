@@ -8,10 +8,12 @@ per-method configs::
     pgn.create_model(backbone, "pgn", classes, library_size=256)       # by name, same config
 
 Adding a method is writing a frozen dataclass with a ``method`` class variable and a builder
-``(config, backbone, img_size) -> MethodParts``, and registering both::
+``(config, embedding, img_size) -> MethodParts``, and registering both. ``embedding`` is the model's
+:class:`~pgn.backbones.PatchEmbedding` (cells, normalisation, W and b): all a method may know of the
+model, so that an input adapter builds with no backbone (:mod:`pgn.input_adapter`)::
 
     @register_method(MyConfig)
-    def build_mine(cfg, backbone, img_size):
+    def build_mine(cfg, embedding, img_size):
         return MethodParts(input_prompt=MyPrompt(img_size))
 
 Defaults are stated once: K=16 prompts and a library of N=128 tokens (the paper's, from
@@ -27,6 +29,7 @@ from torch import nn
 
 from .errors import PGNError
 from .heads import HEAD_NORMS
+from .layouts import LAYOUTS
 from .prompts import GeneratorConfig, InputIndependentPixelPrompts, InputIndependentPrompts, PaddingPrompt, PromptGenerator
 
 __all__ = ["PGNConfig", "IIPConfig", "VPConfig", "LinearConfig", "FinetuneConfig", "ZeroShotConfig",
@@ -36,7 +39,7 @@ __all__ = ["PGNConfig", "IIPConfig", "VPConfig", "LinearConfig", "FinetuneConfig
 
 NUM_PROMPTS = GeneratorConfig.num_prompts    # K = 16, the paper's
 LIBRARY_SIZE = GeneratorConfig.library_size  # N = 128, the paper's (256 for its CLIP runs: pgn.presets "paper")
-LAYOUTS = ("append", "extend", "frame")  # where prompt tokens sit (pgn.layouts)
+# LAYOUTS: where prompt tokens sit, named once in pgn.layouts (re-exported here for method configs)
 # A trained linear head; CLIP's frozen text tower; or a frozen classifier's own scores read through a
 # label mapping (pgn.heads.LabelMapHead: the first C classes, or the frequency mapping FLM).
 HEADS = ("linear", "zeroshot", "labelmap-first", "labelmap-flm")
@@ -200,7 +203,7 @@ _REGISTRY: dict[str, Method] = {}
 
 
 def register_method(config: type) -> Callable:
-    """Decorator: register ``builder(cfg, backbone, img_size) -> MethodParts`` for the method of ``config``."""
+    """Decorator: register ``builder(cfg, embedding, img_size) -> MethodParts`` for the method of ``config``."""
     name = getattr(config, "method", None)
     if not isinstance(name, str) or not dataclasses.is_dataclass(config):
         raise TypeError("a method config is a dataclass with a class variable `method` naming it")
@@ -262,35 +265,35 @@ def method_config_from_dict(name: str, raw, source: str) -> MethodConfig:
 
 
 @register_method(PGNConfig)
-def build_pgn(cfg: PGNConfig, backbone, img_size: int) -> MethodParts:
-    return MethodParts(prompts=PromptGenerator(cfg.generator_config(img_size), backbone.width, backbone=backbone),
+def build_pgn(cfg: PGNConfig, embedding, img_size: int) -> MethodParts:
+    return MethodParts(prompts=PromptGenerator(cfg.generator_config(img_size), embedding.width, embedding=embedding),
                        layout=cfg.layout)
 
 
 @register_method(IIPConfig)
-def build_iip(cfg: IIPConfig, backbone, img_size: int) -> MethodParts:
-    prompts = (InputIndependentPixelPrompts(cfg.num_prompts, backbone) if cfg.library_space == "pixel"
-               else InputIndependentPrompts(cfg.num_prompts, backbone.width))
+def build_iip(cfg: IIPConfig, embedding, img_size: int) -> MethodParts:
+    prompts = (InputIndependentPixelPrompts(cfg.num_prompts, embedding) if cfg.library_space == "pixel"
+               else InputIndependentPrompts(cfg.num_prompts, embedding.width))
     return MethodParts(prompts=prompts, layout=cfg.layout)
 
 
 @register_method(VPConfig)
-def build_vp(cfg: VPConfig, backbone, img_size: int) -> MethodParts:
-    pre = backbone.preprocessing
+def build_vp(cfg: VPConfig, embedding, img_size: int) -> MethodParts:
+    pre = embedding.preprocessing
     return MethodParts(input_prompt=PaddingPrompt(img_size, cfg.resolved(img_size).pad,
                                                   bounded_by=(pre.mean, pre.std) if cfg.bounded else None))
 
 
 @register_method(LinearConfig)
-def build_linear(cfg: LinearConfig, backbone, img_size: int) -> MethodParts:
+def build_linear(cfg: LinearConfig, embedding, img_size: int) -> MethodParts:
     return MethodParts()
 
 
 @register_method(FinetuneConfig)
-def build_finetune(cfg: FinetuneConfig, backbone, img_size: int) -> MethodParts:
+def build_finetune(cfg: FinetuneConfig, embedding, img_size: int) -> MethodParts:
     return MethodParts(finetune=True)
 
 
 @register_method(ZeroShotConfig)
-def build_zeroshot(cfg: ZeroShotConfig, backbone, img_size: int) -> MethodParts:
+def build_zeroshot(cfg: ZeroShotConfig, embedding, img_size: int) -> MethodParts:
     return MethodParts()

@@ -1,53 +1,80 @@
-"""The adapted classifier: prompt source + frozen backbone + head."""
+"""The adapted classifier: an input adapter (:mod:`pgn.input_adapter`) on a frozen backbone."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .adapter_format import CONFIG_FILE, WEIGHTS_FILE, AdapterConfig, check_state, read_adapter_config, read_adapter_weights, write_adapter
-from .backbones import FrozenBackbone
+from .adapter_format import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    AdapterConfig,
+    DeploySpec,
+    check_state,
+    read_adapter_config,
+    read_adapter_weights,
+    write_adapter,
+)
+from .backbones import FrozenModel
 from .errors import PGNError
-from .heads import LabelMapHead, LinearHead
-from .layouts import AppendLayout, make_layout
-from .methods import get_method
+from .input_adapter import InputAdapter
+from .methods import FROZEN_HEADS
 
 
 class PromptedClassifier(nn.Module):
-    """image -> [pixel prompt] -> [prompt tokens placed by a layout] -> ViT -> head -> logits.
+    """image -> [pixel prompt] -> [prompt tokens placed by a layout] -> frozen model -> head -> logits.
 
-    ``prompts`` maps (B, 3, H, W) images to (B, K, D) tokens
-    (:class:`~pgn.prompts.PromptGenerator`, :class:`~pgn.prompts.InputIndependentPrompts`);
-    ``input_prompt`` maps images to images (:class:`~pgn.prompts.PaddingPrompt`, the VP
-    baseline). Either may be ``None``; with both ``None`` and a frozen backbone this is a
-    linear probe (or zero-shot CLIP). The backbone is frozen unless ``finetune`` is set.
+    ``adapter`` (:class:`~pgn.input_adapter.InputAdapter`) holds everything trained: ``prompts`` maps
+    (B, 3, H, W) images to (B, K, D) tokens (:class:`~pgn.prompts.PromptGenerator`,
+    :class:`~pgn.prompts.InputIndependentPrompts`); ``input_prompt`` maps images to images
+    (:class:`~pgn.prompts.PaddingPrompt`, the VP baseline); ``head`` reads the features. With no
+    prompts and a frozen backbone this is a linear probe (or zero-shot CLIP). The backbone is frozen
+    unless the method fine-tunes it (a copy of it).
     """
 
-    def __init__(self, backbone: FrozenBackbone, prompts: nn.Module | None, head: nn.Module, layout=None,
-                 input_prompt: nn.Module | None = None, finetune: bool = False, config=None):
+    def __init__(self, backbone: FrozenModel, adapter: InputAdapter):
         super().__init__()
-        self.config = config  # the AdapterConfig this classifier was built from (pgn.adapter), if any
         self.backbone = backbone
-        self.prompts = prompts
-        self.input_prompt = input_prompt
-        self.head = head
-        self.layout = layout if layout is not None else AppendLayout()  # where prompts sit (pgn.layouts)
-        self.finetune = finetune
-        if finetune:
+        self.adapter = adapter
+        self.finetune = bool(getattr(adapter, "finetune", False))
+        if self.finetune:
             # Fine-tuning owns a copy: the backbone it was given, and every other classifier built on it,
             # stays frozen and unchanged however this one trains.
             self.backbone = backbone = copy.deepcopy(backbone)
             for p in backbone.finetune_parameters():
                 p.requires_grad_(True)
 
+    # The adapter's parts, by the names the trainer and the analysis read them.
+    @property
+    def config(self) -> AdapterConfig:
+        return self.adapter.config
+
+    @property
+    def prompts(self) -> nn.Module | None:
+        return self.adapter.prompts
+
+    @property
+    def input_prompt(self) -> nn.Module | None:
+        return self.adapter.input_prompt
+
+    @property
+    def head(self) -> nn.Module:
+        return self.adapter.head
+
+    @property
+    def layout(self):
+        return self.adapter.layout
+
     def trainable_modules(self) -> nn.ModuleDict:
         """The modules an adapter saves: everything that was trained (and its buffers)."""
         mods = {"head": self.head}
         for name in ("prompts", "input_prompt"):
-            if getattr(self, name) is not None:
-                mods[name] = getattr(self, name)
+            if getattr(self.adapter, name) is not None:
+                mods[name] = getattr(self.adapter, name)
         if self.finetune:
             mods["backbone"] = self.backbone
         return nn.ModuleDict(mods)
@@ -58,15 +85,11 @@ class PromptedClassifier(nn.Module):
     def canvas(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised images -> (B, 3, Hc, Wc) what a model prompted in its input receives:
         VP's framed image, or the layout's canvas with the prompt patches (a pixel library)."""
-        if self.input_prompt is not None:
-            images = self.input_prompt(images)
-        if self.prompts is None:
-            return images
-        return self.layout.compose(images, self.prompts.patches(images))
+        return self.adapter.trainable_canvas(images)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images -> (B, F) prompted CLS features (a pixel classifier's scores)."""
-        if getattr(self.backbone, "pixel_only", False):  # no tokens: the prompt is composed in pixels
+        if not self.backbone.takes_tokens:  # pixels only: the prompt is composed into the image
             if self.prompts is None and self.input_prompt is None and not self.finetune:
                 with torch.no_grad():
                     return self.backbone(images)
@@ -89,9 +112,7 @@ class PromptedClassifier(nn.Module):
 
     # ------------------------------------------------------------------ the Python API (pgn.api)
 
-    def _require_config(self):
-        if self.config is None:
-            raise PGNError("this classifier carries no config; build it with pgn.create_model or pgn.load")
+    def _require_config(self) -> AdapterConfig:
         return self.config
 
     @property
@@ -111,7 +132,7 @@ class PromptedClassifier(nn.Module):
     # ------------------------------------------------------------------ build, save, load
 
     @classmethod
-    def from_config(cls, cfg: AdapterConfig, backbone: FrozenBackbone, seed: int | None = None) -> "PromptedClassifier":
+    def from_config(cls, cfg: AdapterConfig, backbone: FrozenModel, seed: int | None = None) -> "PromptedClassifier":
         """A freshly initialised classifier for ``cfg`` on ``backbone``: the method's parts from its registered
         builder (:mod:`pgn.methods`), and a head.
 
@@ -125,7 +146,7 @@ class PromptedClassifier(nn.Module):
             return cls._from_config(cfg, backbone)
 
     @classmethod
-    def _from_config(cls, cfg: AdapterConfig, backbone: FrozenBackbone) -> "PromptedClassifier":
+    def _from_config(cls, cfg: AdapterConfig, backbone: FrozenModel) -> "PromptedClassifier":
         if backbone.width != cfg.backbone_width:
             raise PGNError(f"this adapter was made for a backbone of width {cfg.backbone_width}, but {backbone.name} "
                            f"has width {backbone.width}; build it on `backbone={cfg.backbone}`")
@@ -133,24 +154,29 @@ class PromptedClassifier(nn.Module):
         if cfg.img_size < patch or cfg.img_size % patch:
             raise PGNError(f"img_size {cfg.img_size} is not a positive multiple of {backbone.name}'s patch size "
                            f"{patch}; use e.g. {max(1, round(cfg.img_size / patch)) * patch}")
-        parts = get_method(cfg.method).build(cfg.method_config, backbone, cfg.img_size)
-        if parts.layout != "append" and parts.prompts is None:
-            raise PGNError(f"layout {parts.layout!r} places prompt tokens; method {cfg.method!r} has none (use "
-                           "`layout=append`)")
-        if getattr(backbone, "pixel_only", False) and parts.prompts is not None and (
-                parts.layout == "append" or not hasattr(parts.prompts, "library")
-                or getattr(cfg.method_config, "library_space", "latent") != "pixel"):
+        if not backbone.takes_tokens and cfg.num_prompts and (
+                cfg.layout == "append" or getattr(cfg.method_config, "library_space", "latent") != "pixel"):
             raise PGNError(f"{backbone.name} is prompted in its input pixels only: use `layout=frame` (or extend) "
                            "with `library_space=pixel`")
-        return cls(backbone, parts.prompts, _build_head(cfg, backbone), make_layout(parts.layout, backbone),
-                   input_prompt=parts.input_prompt, finetune=parts.finetune, config=cfg)
+        if cfg.head.startswith("labelmap-") and (backbone.takes_tokens or len(cfg.class_names) > backbone.feature_dim):
+            raise PGNError(f"a label mapping reads the scores of a classifier with at least {len(cfg.class_names)} "
+                           f"classes; {backbone.name} answers {backbone.feature_dim} "
+                           f"{'features' if backbone.takes_tokens else 'scores'} (use `head=linear`)")
+        if cfg.head == "zeroshot" and not backbone.has_zero_shot_head:
+            raise PGNError(f"{backbone.name} has no text tower for a zero-shot head; use a clip-* backbone or `head=linear`")
+        adapter = InputAdapter.build(cfg, backbone.patch_embedding(), backbone.feature_dim,
+                                     zero_shot_head=backbone.zero_shot_head)
+        return cls(backbone, adapter)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, backbone: FrozenBackbone | None = None,
+    def from_pretrained(cls, directory: str | Path, backbone: FrozenModel | None = None,
                         map_location: str = "cpu") -> "PromptedClassifier":
         """The classifier saved in ``directory`` by :meth:`save_pretrained`, on ``backbone`` (default: the one
         its config names, built), in eval mode; the inverse of :meth:`save_pretrained`."""
         cfg = read_adapter_config(directory)
+        if cfg.deploy is not None:
+            raise PGNError(f"{directory} is an export for input-space deployment; load it with "
+                           "pgn.InputAdapter.from_pretrained (`pgn compose`, `pgn predict --api`), or use the run it came from")
         if backbone is None:
             from .backbones import create_backbone
 
@@ -168,7 +194,30 @@ class PromptedClassifier(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the adapter (``adapter.safetensors`` + ``adapter_config.json``) into ``directory``."""
-        return write_adapter(self.adapter_state(), self._require_config(), directory)
+        return write_adapter(self.adapter_state(), self.config, directory)
+
+    def deployable(self) -> InputAdapter:
+        """This PGN's input adapter with a ``deploy`` section: what a client needs to prompt an unmodified model
+        in its input (:func:`pgn.input_adapter.export_adapter` saves it). Shares this model's modules."""
+        cfg = self.config
+        if cfg.method != "pgn":
+            raise PGNError(f"only PGN adapters deploy in the input (this one is {cfg.method!r})")
+        if cfg.layout == "append":
+            raise PGNError("an 'append' adapter adds tokens inside the model and cannot be sent as an image; "
+                           "train with `layout=extend` or `layout=frame`")
+        if cfg.head.startswith("labelmap-") and not bool(self.head.fitted):
+            raise PGNError("the frequency label mapping was never fitted; train the adapter first")
+        bb, patch = self.backbone, self.backbone.patch_size
+        hc, wc = self.layout.canvas_grid((cfg.img_size // patch, cfg.img_size // patch), cfg.num_prompts)
+        reads_scores = cfg.head in FROZEN_HEADS
+        # The frozen head lives with the model: the server scores (CLIP's zero-shot head; a classifier's own head,
+        # read through the adapter's label mapping, which travels with the export).
+        outputs = len(cfg.class_names) if cfg.head == "zeroshot" else bb.feature_dim
+        deploy = DeploySpec(canvas_size=(hc * patch, wc * patch), patch_size=patch,
+                            answers="scores" if reads_scores else "embeddings", outputs=outputs)
+        config = dataclasses.replace(cfg, deploy=deploy, extra=dict(cfg.extra))
+        head = None if cfg.head == "zeroshot" else self.head
+        return InputAdapter(config, self.prompts, self.input_prompt, head, self.layout, bb.patch_embedding()).eval()
 
     @torch.inference_mode()
     def predict(self, images, top_k: int = 1, batch_size: int = 32) -> list[list[tuple[str, float]]]:
@@ -184,7 +233,7 @@ class PromptedClassifier(nn.Module):
         if isinstance(images, torch.Tensor):
             batch = images if images.ndim == 4 else images.unsqueeze(0)
         else:
-            if isinstance(images, (str, Image.Image)) or hasattr(images, "__fspath__"):
+            if isinstance(images, (str, os.PathLike, Image.Image)):
                 images = [images]
             tf = self.transform
             batch = torch.stack([tf(im if isinstance(im, Image.Image) else load_image(im)) for im in images])
@@ -200,21 +249,3 @@ class PromptedClassifier(nn.Module):
         return out
 
 
-def _build_head(cfg: AdapterConfig, backbone: FrozenBackbone):
-    """A trained linear head; CLIP's zero-shot head from its frozen text tower; or a label mapping of a frozen
-    classifier's own scores (nothing trained)."""
-    if cfg.extra.get("datasets"):  # one PGN over several datasets: a head per dataset (pgn.multi)
-        from .multi import MultiDatasetHead
-
-        return MultiDatasetHead(backbone.feature_dim, cfg.extra["datasets"], norm=cfg.head_norm)
-    if cfg.head == "linear":
-        return LinearHead(backbone.feature_dim, len(cfg.class_names), norm=cfg.head_norm)
-    if cfg.head.startswith("labelmap-"):
-        if not getattr(backbone, "pixel_only", False) or len(cfg.class_names) > backbone.feature_dim:
-            raise PGNError(f"a label mapping reads the scores of a classifier with at least {len(cfg.class_names)} "
-                           f"classes; {backbone.name} answers {backbone.feature_dim} "
-                           f"{'scores' if getattr(backbone, 'pixel_only', False) else 'features'} (use `head=linear`)")
-        return LabelMapHead(backbone.feature_dim, len(cfg.class_names), cfg.head[len("labelmap-"):])
-    if not hasattr(backbone, "zero_shot_head"):
-        raise PGNError(f"{backbone.name} has no text tower for a zero-shot head; use a clip-* backbone or `head=linear`")
-    return backbone.zero_shot_head(cfg.class_names, cfg.template or "This is a photo of a {}.")

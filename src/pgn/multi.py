@@ -77,7 +77,7 @@ class MultiDatasetHead(nn.Module):
 class DatasetView(nn.Module):
     """One dataset's classifier out of a multi-dataset model: (B, 3, S, S) -> (B, C_index) logits.
 
-    Lets the one evaluation loop (:func:`pgn.training.evaluate`) score each dataset of the model.
+    Lets the one evaluation loop (:func:`pgn.training.evaluate_loader`) score each dataset of the model.
     """
 
     def __init__(self, model: nn.Module, index: int):

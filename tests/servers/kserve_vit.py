@@ -13,7 +13,7 @@ from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
 
 from pgn.backbones import create_backbone
 from pgn.pixels import from_uint8
-from pgn.serving.models import served_model
+from pgn.server.models import served_model
 
 
 class Backbone(Model):

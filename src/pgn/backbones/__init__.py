@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import PGNError
 from . import hub
-from .base import FrozenBackbone, Preprocessing
+from .base import FrozenBackbone, FrozenModel, PatchEmbedding, Preprocessing
 from .openclip import OpenCLIPViT, create_openclip  # open_clip itself is imported only when a CLIP model is built
 from .registry import _REGISTRY, BackboneEntry, register_backbone  # noqa: F401  (the public names)
 from .timm_vit import TimmViT
@@ -33,7 +33,7 @@ TORCHVISION_BACKBONES = ("vit-b32",)
 TIMM_ALIASES = {"dino-vit-s16": "vit_small_patch16_224.dino"}  # pgn name -> timm model (through the timm path)
 BACKBONES = (DEFAULT_BACKBONE, *CLIP_BACKBONES, *TORCHVISION_BACKBONES, *TIMM_ALIASES, "timm:<model name>")
 
-__all__ = ["BACKBONES", "DEFAULT_BACKBONE", "FrozenBackbone", "OpenCLIPViT", "Preprocessing", "TimmViT",
+__all__ = ["BACKBONES", "DEFAULT_BACKBONE", "FrozenBackbone", "FrozenModel", "OpenCLIPViT", "PatchEmbedding", "Preprocessing", "TimmViT",
            "TorchvisionViT", "create_backbone", "list_backbones", "register_backbone"]
 
 

@@ -65,13 +65,15 @@ class OpenCLIPViT(FrozenBackbone):
     test models). ``arch`` picks open_clip's tokenizer; ``tokenizer`` overrides it.
     """
 
+    has_zero_shot_head = True  # its text tower scores class names (zero_shot_head)
+
     def __init__(self, model: nn.Module, name: str, description: str = "", *, arch: str | None = None,
                  weights_id: str | None = None, tokenizer: Callable | None = None):
         super().__init__()
         from open_clip.transformer import VisionTransformer
 
         visual = getattr(model, "visual", None)
-        if not isinstance(visual, VisionTransformer) or not hasattr(model, "encode_text"):
+        if not isinstance(visual, VisionTransformer) or not callable(getattr(model, "encode_text", None)):
             raise PGNError(f"{name} is not an open_clip CLIP model with a ViT image tower "
                            f"(image tower: {type(visual).__name__}); pick a ViT CLIP such as ViT-B-32-quickgelu")
         if visual.attn_pool is not None or visual.pool_type != "tok":

@@ -8,7 +8,7 @@ scores, and :class:`~pgn.model.PromptedClassifier` composes the canvas in pixels
 
 ``patch_size`` is the canvas's cell size (the prompt patches' side), a choice rather than part of
 the model. The patch embedding is a zero map of width 1 because a pixel library's patches are
-pixels already and are never embedded (the same stand-in the deployment client uses).
+pixels already and are never embedded.
 """
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from ..errors import PGNError
-from .base import FrozenBackbone, Preprocessing
+from .base import FrozenModel, PatchEmbedding, Preprocessing
 
 
-class PixelClassifier(FrozenBackbone):
+class PixelClassifier(FrozenModel):
     """``model``: (B, 3, H, W) normalised -> (B, S) scores, frozen. ``forward`` is exactly ``model``'s."""
 
-    pixel_only = True  # PromptedClassifier composes canvases in pixels for it
+    takes_tokens = False  # PromptedClassifier composes canvases in pixels for it
 
     def __init__(self, model: nn.Module, name: str, preprocessing: Preprocessing, num_scores: int,
                  cell_size: int = 16, description: str = "", class_names: list[str] | None = None):
@@ -33,7 +33,7 @@ class PixelClassifier(FrozenBackbone):
         self.model = model
         self.name, self.description, self.preprocessing = name, description, preprocessing
         self.patch_size = cell_size
-        self.width = 1             # no tokens: see the module docstring
+        self.width = 1             # no tokens: the zero embedding's width (what its adapters record)
         self.feature_dim = num_scores
         self.native_grid = (preprocessing.input_size // cell_size,) * 2
         self.source_classes = class_names  # what each score is (ImageNet's 1000 for the real model)
@@ -50,17 +50,8 @@ class PixelClassifier(FrozenBackbone):
         scores = self.model(images)
         return scores, scores  # its scores are all it answers
 
-    def patch_embed_weight(self) -> torch.Tensor:
-        return self._zero_embed
-
-    def patch_embed_bias(self) -> torch.Tensor:
-        return self._zero_embed.new_zeros(1)
+    def patch_embedding(self) -> PatchEmbedding:
+        return PatchEmbedding(self._zero_embed, self._zero_embed.new_zeros(1), self.preprocessing)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
-
-    def _no_tokens(self, *_):
-        raise PGNError(f"{self.name} is a pixel classifier with no tokens; prompt it in the input: method vp, or "
-                       "`layout=frame` with `library_space=pixel`")
-
-    embed_patches = add_position = encode = tokens = _no_tokens

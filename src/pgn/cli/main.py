@@ -21,17 +21,18 @@ def resolve_defaults(args) -> None:
 
     chosen = preset(getattr(args, "preset", None) or "cpu", getattr(args, "backbone", "") or "")
     for key, value in chosen.options().items():
-        if hasattr(args, key) and getattr(args, key) is None:
+        if key in vars(args) and vars(args)[key] is None:  # an option of this command the user left unset
             setattr(args, key, value)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from ..backbones import DEFAULT_BACKBONE, list_backbones
     from ..methods import HEAD_NORMS, HEADS, LAYOUTS, list_methods
 
-    g = p.add_argument_group("model")
-    g.add_argument("--backbone", default="dinov2-s14-imgfocus",
-                   help="dinov2-s14-imgfocus (embedded, offline), clip-vit-b32|b16|l14, vit-b32, dino-vit-s16, "
-                        "or timm:<model> (default: %(default)s)")
+    g = _group(p, "model")
+    g.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help=f"{', '.join(list_backbones())} (`pgn info --backbone NAME` describes one), or "
+                        "timm:<model> (default: %(default)s)")
     g.add_argument("--weights", default=None, help="local weights file for the backbone")
     g.add_argument("--method", default="pgn", choices=list_methods(),
                    help="pgn | iip (input-independent prompts) | vp (pixel padding) | linear (probe) | "
@@ -57,7 +58,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data_args(p: argparse.ArgumentParser, default: str | None = "elpv") -> None:
-    g = p.add_argument_group("data")
+    g = _group(p, "data")
     g.add_argument("--dataset", default=default,
                    help="elpv | elpv4 | fashion-mnist | digits | the paper's 12 (cifar10, ..., see docs/datasets.md) | "
                         "folder:PATH | json:PATH" + (f" (default: {default})" if default else ""))
@@ -69,7 +70,7 @@ def _add_data_args(p: argparse.ArgumentParser, default: str | None = "elpv") -> 
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("optimisation")
+    g = _group(p, "optimisation")
     g.add_argument("--epochs", type=_positive_int, default=None, help="default 10 (a CPU run); paper 100")
     g.add_argument("--batch-size", type=_positive_int, default=32)
     g.add_argument("--lr", type=float, default=None,
@@ -99,38 +100,38 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_api_args(p) -> None:
-    from ..deployment.endpoints import KINDS, LAYOUTS
+    from ..client.endpoints import KINDS, TENSOR_FORMATS
 
-    g = p.add_argument_group("model API (with --api)")
+    g = _group(p, "model API (with --api)")
     g.add_argument("--api-kind", default="pgn", choices=KINDS,
                    help="pgn: pgn serve; oip: the Open Inference Protocol (KServe, MLServer, Triton)")
     g.add_argument("--api-model", default=None, help="oip: the model's name on the server")
     g.add_argument("--api-input", default="input", help="oip: the model's input tensor name (default: input)")
-    g.add_argument("--api-layout", default="uint8-hwc", choices=LAYOUTS,
+    g.add_argument("--api-tensor-format", default="uint8-hwc", choices=TENSOR_FORMATS,
                    help="oip: uint8-hwc sends canvases as they are; float-chw normalises them on the client")
     g.add_argument("--api-output", default=None, help="oip: the output tensor to read (default: the first)")
 
 
 def _remote(args, adapter):
     """The RemoteClassifier for ``adapter`` behind ``--api`` of ``--api-kind``."""
-    from ..deployment import Composer, RemoteClassifier
-    from ..deployment.endpoints import endpoint
+    from ..client import RemoteClassifier, endpoint
+    from ..input_adapter import InputAdapter
 
-    composer = Composer.load(adapter)
+    exported = InputAdapter.from_pretrained(adapter)
     options = {}
     if args.api_kind == "oip":
-        options = dict(model=args.api_model, input_name=args.api_input, layout=args.api_layout,
-                       output=args.api_output, mean=composer.mean, std=composer.std)
-    return RemoteClassifier(composer, endpoint(args.api, args.api_kind, **options))
+        options = dict(model=args.api_model, input_name=args.api_input, tensor_format=args.api_tensor_format,
+                       output=args.api_output, mean=exported.mean, std=exported.std)
+    return RemoteClassifier(exported, endpoint(args.api, args.api_kind, **options))
 
 
-def _add_precision_arg(p) -> None:
-    """``--precision {auto,fp32,bf16}`` (default auto), with ``--bf16`` / ``--fp32`` as its aliases."""
+def _add_precision_arg(p, default: str = "auto") -> None:
+    """``--precision {auto,fp32,bf16}`` (default ``default``), with ``--bf16`` / ``--fp32`` as its aliases."""
     from ..precision import PRECISIONS
 
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto (default: bf16 autocast where the device runs it natively, else fp32), fp32 or bf16; "
-                        "the choice is printed and recorded")
+    p.add_argument("--precision", choices=PRECISIONS, default=default,
+                   help="auto (bf16 autocast where the device runs it natively, else fp32), fp32 or bf16 "
+                        f"(default: {default}); the choice is printed and recorded")
     p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="alias of --precision bf16")
     p.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="alias of --precision fp32")
 
@@ -141,19 +142,86 @@ def _add_backbone_override(p: argparse.ArgumentParser) -> None:
 
 
 def _load(directory, args):
-    from ..adapter import load_adapter
     from ..backbones import create_backbone
+    from ..model import PromptedClassifier
 
     backbone = create_backbone(args.backbone, args.weights) if args.backbone else None
-    return load_adapter(directory, backbone=backbone)
+    model = PromptedClassifier.from_pretrained(directory, backbone=backbone)
+    return model, model.config
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors as pgn's: one line on stderr and exit status 2."""
+    """argparse, with its errors as pgn's (one line on stderr, exit status 2), and a record of its options.
+
+    Each ``add_argument`` (on the parser, or on a group made with :func:`_group`) records the option's strings -> its dest in
+    ``options``, and each subcommand made with :meth:`add_command` is kept in ``commands``: what
+    :func:`flags_of` and :func:`given_options` read, rather than argparse's private attributes.
+    ``keep_defaults=False`` builds the same parser with every option's default suppressed, so that a parse
+    holds only the options typed.
+    """
+
+    def __init__(self, *args, keep_defaults: bool = True, **kwargs):
+        self.keep_defaults = keep_defaults  # set before argparse's __init__, whose -h goes through add_argument
+        self.options: dict[str, str] = {}
+        self.commands: dict[str, _Parser] = {}
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         print(f"pgn: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
         sys.exit(2)
+
+    def add_argument(self, *names, **kwargs):
+        return _recorded(self, super().add_argument, names, kwargs)
+
+    def add_command(self, subparsers, name: str, **kwargs) -> _Parser:
+        """``subparsers.add_parser(name, ...)``, recorded in ``commands`` and built as this parser is."""
+        parser = subparsers.add_parser(name, keep_defaults=self.keep_defaults, **kwargs)
+        self.commands[name] = parser
+        return parser
+
+
+class _Group:
+    """An argument group of a :class:`_Parser` whose options that parser records (see :func:`_group`)."""
+
+    def __init__(self, parser: _Parser, group):
+        self.parser, self.group = parser, group
+
+    def add_argument(self, *names, **kwargs):
+        return _recorded(self.parser, self.group.add_argument, names, kwargs)
+
+
+def _group(parser: _Parser, title: str) -> _Group:
+    """``parser.add_argument_group(title)``, its options recorded by ``parser``."""
+    return _Group(parser, parser.add_argument_group(title))
+
+
+def _recorded(parser: _Parser, add, names: tuple, kwargs: dict):
+    """``add(*names, **kwargs)``, with the option's strings recorded in ``parser.options``."""
+    is_option = bool(names) and names[0][:1] in parser.prefix_chars
+    if is_option and not parser.keep_defaults:
+        kwargs = {**kwargs, "default": argparse.SUPPRESS}
+    action = add(*names, **kwargs)
+    for option in action.option_strings:
+        parser.options[option] = action.dest
+    return action
+
+
+def flags_of(parser: _Parser) -> dict[str, str]:
+    """Each option's dest -> its (first) long flag, over ``parser`` and its commands."""
+    flags: dict[str, str] = {}
+    for p in (parser, *parser.commands.values()):
+        for option, dest in p.options.items():
+            if option.startswith("--"):
+                flags.setdefault(dest, option)
+    return flags
+
+
+def given_options(argv: list[str]) -> set[str]:
+    """The ``dest`` of every option the user typed for their command (argparse's unique prefixes included):
+    ``argv`` parsed again by the same parser built with no defaults, so only what was typed is set."""
+    bare = build_parser(keep_defaults=False)
+    namespace = bare.parse_args(argv)
+    return set(vars(namespace)) & set(bare.commands[namespace.command].options.values())
 
 
 def _positive_int(text: str) -> int:
@@ -186,18 +254,24 @@ def _widths(text: str) -> tuple[int, ...]:
     return widths
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pgn", description="Prompt Generation Networks for frozen Vision Transformers")
+def build_parser(keep_defaults: bool = True) -> _Parser:
+    """The ``pgn`` parser (``keep_defaults=False``: every option's default suppressed; see :func:`given_options`)."""
+    from ..backbones import list_backbones
+    from ..methods import list_methods
+
+    parser = _Parser(prog="pgn", description="Prompt Generation Networks for frozen Vision Transformers",
+                     keep_defaults=keep_defaults)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train an adapter (PGN, IIP or linear probe) on a frozen backbone")
+    p = parser.add_command(sub, "train", help="train an adapter on a frozen backbone (--method: "
+                                                f"{', '.join(m for m in list_methods() if m != 'zeroshot')})")
     _add_model_args(p)
     _add_data_args(p)
     _add_train_args(p)
     p.add_argument("--out", default=None, help="run directory (default: runs/<method>-<dataset>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
 
-    p = sub.add_parser("eval", help="evaluate a trained adapter on a dataset's test split")
+    p = parser.add_command(sub, "eval", help="evaluate a trained adapter on a dataset's test split")
     p.add_argument("run", nargs="?", help="run or adapter directory (with --api: an exported adapter)")
     p.add_argument("--api", default=None, help="evaluate through a model's inference API at this URL")
     _add_api_args(p)
@@ -209,35 +283,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
     _add_backbone_override(p)
 
-    p = sub.add_parser("predict", help="classify images with a trained adapter")
+    p = parser.add_command(sub, "predict", help="classify images with a trained adapter")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--adapter", required=True, help="run or adapter directory (with --api: an exported adapter)")
     p.add_argument("--api", default=None, help="send composed canvases to a model's inference API at this URL")
     _add_api_args(p)
     p.add_argument("--top-k", type=_positive_int, default=3)
     p.add_argument("--json", action="store_true", help="print JSON lines")
+    _add_precision_arg(p, default="fp32")  # fp32, as predict ran before it had the flag (and as the library's)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
     _add_backbone_override(p)
 
-    p = sub.add_parser("export", help="export a PGN adapter for input-space deployment (no backbone code needed)")
+    p = parser.add_command(sub, "export", help="export a PGN adapter for input-space deployment (no backbone code needed)")
     p.add_argument("run", help="run or adapter directory trained with --layout extend or frame")
     p.add_argument("-o", "--out", required=True, help="output directory")
 
-    p = sub.add_parser("export-model", help="write a backbone's unmodified forward as ONNX in a Triton/KServe "
+    p = parser.add_command(sub, "export-model", help="write a backbone's unmodified forward as ONNX in a Triton/KServe "
                                             "model repository (DIR/NAME/1/model.onnx + config.pbtxt)")
-    p.add_argument("backbone", help="a registered backbone (pgn info --backbones) or timm:<model>")
+    p.add_argument("backbone", help=f"a registered backbone ({', '.join(list_backbones())}) or timm:<model>")
     p.add_argument("-o", "--out", required=True, help="the model repository (a folder; created if missing)")
     p.add_argument("--name", default=None, help="the model's name in the repository (default: the backbone's)")
     p.add_argument("--img-size", type=_positive_int, default=None,
                    help="the canvas side the server accepts (default: the model's native input)")
     p.add_argument("--weights", default=None, help="local weights file for the backbone")
 
-    p = sub.add_parser("compose", help="write prompted canvases: what an unmodified model receives")
+    p = parser.add_command(sub, "compose", help="write prompted canvases: what an unmodified model receives")
     p.add_argument("images", nargs="+")
     p.add_argument("--adapter", required=True, help="exported adapter directory (pgn export)")
     p.add_argument("-o", "--out", required=True, help="output PNG (one image) or directory (several)")
 
-    p = sub.add_parser("serve", help="serve a backbone's unmodified forward over HTTP (knows nothing of prompts)")
+    p = parser.add_command(sub, "serve", help="serve a backbone's unmodified forward over HTTP (knows nothing of prompts)")
     p.add_argument("--backbone", default="dinov2-s14-imgfocus")
     p.add_argument("--weights", default=None)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
@@ -254,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-request-pixels", type=int, default=None,
                    help="work one request may ask for (default: 16 inputs at the model's size, at least max-side^2)")
 
-    p = sub.add_parser("app", help="a web page: an image, the canvas the unmodified model receives, its answer "
+    p = parser.add_command(sub, "app", help="a web page: an image, the canvas the unmodified model receives, its answer "
                                    "with and without the adapter")
     p.add_argument("--adapter", required=True, help="exported adapter directory (pgn export)")
     p.add_argument("--api", required=True, help="the model server's URL (pgn serve)")
@@ -263,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     p.add_argument("--port", type=_port, default=7860)
 
-    p = sub.add_parser("import-official", help="turn a checkpoint released with the paper into a pgn adapter")
+    p = parser.add_command(sub, "import-official", help="turn a checkpoint released with the paper into a pgn adapter")
     p.add_argument("checkpoint", help="official .pt file (e.g. pgn_clip_cifar10.pt)")
     p.add_argument("--backbone", required=True, help="the backbone it was trained for (clip-vit-b32, dino-vit-s16, vit-b32)")
     p.add_argument("--weights", default=None)
@@ -272,18 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true")
     p.add_argument("-o", "--out", required=True)
 
-    p = sub.add_parser("analyze", help="pictures of a run: curves, token usage per class, input dependence, prompt patches")
+    p = parser.add_command(sub, "analyze", help="pictures of a run: curves, token usage per class, input dependence, prompt patches")
     p.add_argument("run")
     p.add_argument("-o", "--out", default=None, help="output directory (default: the run directory)")
     p.add_argument("--max-images", type=int, default=1000, help="test images to analyse")
 
-    p = sub.add_parser("info", help="summarise a backbone, an adapter or an official checkpoint")
+    p = parser.add_command(sub, "info", help="summarise a backbone, an adapter or an official checkpoint")
     p.add_argument("--backbone", default=None)
     p.add_argument("--weights", default=None)
     p.add_argument("--adapter", default=None, help="run or adapter directory")
     p.add_argument("--official", default=None, help="a checkpoint released with the paper (.pt)")
 
-    p = sub.add_parser("demo", help=DEMO_NOTE)
+    p = parser.add_command(sub, "demo", help=DEMO_NOTE)
     p.add_argument("--out", default=None, help="output directory (default: runs/demo-<time>)")
     p.add_argument("--epochs", type=int, default=None, help="default: 7 (under 10 minutes on 2 cores)")
     p.add_argument("--img-size", type=int, default=112)
@@ -316,8 +391,16 @@ def _is_main() -> bool:
 
 # --------------------------------------------------------------------------- commands
 
-# Options a resumed run may be given again with another value; every other one given must match the run's.
-_RESUME_FREE = {"epochs", "device", "num_workers", "no_progress", "out", "resume", "on_device", "eval_every"}
+# `pgn train` options that are the command line's plumbing, not settings of the run: where the run is, and
+# whether to continue it.
+_PLUMBING = {"out", "resume"}
+
+def _resume_free() -> set[str]:
+    """The dests a resumed run may be given again with another value (pgn.api.RESUMABLE, and the plumbing);
+    every other option given goes to the library to be checked against the run's own."""
+    from ..api import RESUMABLE
+
+    return {_DEST_OF.get(name, name) for name in RESUMABLE} | _PLUMBING
 
 
 def cmd_train(args) -> int:
@@ -333,7 +416,7 @@ def cmd_train(args) -> int:
     if args.resume:
         out = args.out
         row = resume(out, args.epochs if "epochs" in args.given else None, device=args.device,
-                     changes={dest: getattr(args, dest) for dest in sorted(args.given - _RESUME_FREE)},
+                     changes={dest: getattr(args, dest) for dest in sorted(args.given - _resume_free())},
                      num_workers=args.num_workers if "num_workers" in args.given else None,
                      eval_every=args.eval_every if "eval_every" in args.given else None,
                      progress=not args.no_progress)
@@ -384,55 +467,62 @@ def cmd_eval(args) -> int:
 
 def _eval_api(args) -> int:
     with _remote(args, args.run) as remote:
-        cfg = remote.composer.config
-        name = args.dataset or cfg.get("dataset")
+        cfg = remote.adapter.config
+        name = args.dataset or cfg.dataset
         if not name:
             raise PGNError(f"{args.run} does not record its dataset; pass --dataset")
-        data = _dataset(args, name, remote.composer.img_size, remote.composer.mean, remote.composer.std,
-                        test_limit=args.test_limit)
+        data = _dataset(args, name, cfg.img_size, cfg.mean, cfg.std, test_limit=args.test_limit)
         if list(data.class_names) != remote.class_names:
-            raise PGNError(f"{name}'s classes differ from the adapter's ({cfg.get('dataset')})")
+            raise PGNError(f"{name}'s classes differ from the adapter's ({cfg.dataset})")
         metrics = remote.evaluate(data.test)
-        head = "server's own" if remote.composer.remote_head else "exported linear"
-    print(json.dumps({"run": args.run, "dataset": name, "api": args.api, "layout": cfg["layout"], "head": head,
+        head = "server's own" if remote.adapter.reads_scores else "exported linear"
+    print(json.dumps({"run": args.run, "dataset": name, "api": args.api, "layout": cfg.layout, "head": head,
                       **metrics}))
     return 0
 
 
 def cmd_predict(args) -> int:
     from ..devices import resolve_device
+    from ..precision import autocast
+    from ..precision import resolve as resolve_precision
 
-    if args.api:
+    shown = {}
+    if args.api:  # the server runs the model at its own precision
         with _remote(args, args.adapter) as remote:
             preds = remote.predict(args.images, top_k=args.top_k)
     else:
+        device = resolve_device(args.device)
+        precision = resolve_precision(args.precision, device)  # the JSON lines name it, as eval's does
+        shown = {"precision": precision}
         model, _ = _load(args.adapter, args)
-        model.to(resolve_device(args.device))
-        preds = model.predict(args.images, top_k=args.top_k)
+        model.to(device)
+        with autocast(device, precision):
+            preds = model.predict(args.images, top_k=args.top_k)
     for path, top in zip(args.images, preds):
         if args.json:
-            print(json.dumps({"image": str(path), "top": [{"label": lab, "score": p} for lab, p in top]}))
+            print(json.dumps({"image": str(path), "top": [{"label": lab, "score": p} for lab, p in top], **shown}))
         else:
             print(f"{path}: " + ", ".join(f"{lab} {p:.3f}" for lab, p in top))
     return 0
 
 
 def cmd_export(args) -> int:
-    from ..deployment import export_adapter
+    from ..input_adapter import InputAdapter, export_adapter
 
     out = export_adapter(args.run, args.out)
-    cfg = json.loads((out / "deploy_config.json").read_text())
-    parts = ["generator", f"{cfg['generator']['library_space']} library"]
-    if cfg["generator"]["library_space"] != "pixel":
+    exported = InputAdapter.from_pretrained(out)
+    space = exported.config.method_config.library_space
+    parts = ["generator", f"{space} library"]
+    if space != "pixel":
         parts.append("patch embedding")
-    parts.append("label mapping" if cfg.get("label_map") else "head" if cfg["head"] == "linear" else
+    parts.append("label mapping" if exported.label_map is not None else "head" if exported.config.head == "linear" else
                  "no head: the model's own scores")
     print(f"exported {args.run} -> {out} ({', '.join(parts)}; nothing else of the model)")
     return 0
 
 
 def cmd_export_model(args) -> int:
-    from ..deployment.model_repository import export_model, read_model_info
+    from ..server.model_repository import export_model, read_model_info
 
     out = export_model(args.backbone, args.out, name=args.name, img_size=args.img_size, weights=args.weights)
     info = read_model_info(out)
@@ -446,10 +536,10 @@ def cmd_compose(args) -> int:
     from PIL import Image
 
     from ..data import eval_transform, load_image
-    from ..deployment import Composer
+    from ..input_adapter import InputAdapter
 
-    composer = Composer.load(args.adapter)
-    tf = eval_transform(composer.img_size, composer.mean, composer.std)
+    exported = InputAdapter.from_pretrained(args.adapter)
+    tf = eval_transform(exported.img_size, exported.mean, exported.std)
     out = Path(args.out)
     many = len(args.images) > 1
     if many:
@@ -459,7 +549,7 @@ def cmd_compose(args) -> int:
     from ..files import atomic_path
 
     for path in args.images:
-        canvas = composer.to_uint8(composer.canvas(tf(load_image(path)).unsqueeze(0)))[0]
+        canvas = exported.canvases(tf(load_image(path)).unsqueeze(0))[0]
         target = out / (Path(path).stem + "_prompted.png") if many else out
         with atomic_path(target) as tmp:
             Image.fromarray(canvas, "RGB").save(tmp, format="PNG")
@@ -470,7 +560,7 @@ def cmd_compose(args) -> int:
 def cmd_serve(args) -> int:
     from ..devices import resolve_device
     from ..precision import resolve as resolve_precision
-    from ..serving import serve
+    from ..server import serve
 
     device = resolve_device(args.device)
     serve(args.backbone, args.weights, host=args.host, port=args.port,
@@ -482,22 +572,22 @@ def cmd_serve(args) -> int:
 
 
 def cmd_app(args) -> int:
-    from ..deployment.app import run_app
+    from ..client.app import run_app
 
     run_app(args.adapter, args.api, samples=args.samples, host=args.host, port=args.port)
     return 0
 
 
 def cmd_import_official(args) -> int:
-    from ..adapter import import_official, save_adapter
     from ..backbones import create_backbone
+    from ..released import import_official
 
     backbone = create_backbone(args.backbone, args.weights)
     pre = backbone.preprocessing
     data = _dataset(args, args.dataset, pre.input_size, pre.mean, pre.std)
     model, cfg = import_official(args.checkpoint, backbone, list(data.class_names), data.name,
                                  getattr(data, "template", None), img_size=pre.input_size)
-    save_adapter(model, cfg, args.out)
+    model.save_pretrained(args.out)
     print(f"imported {args.checkpoint} -> {args.out}: K={cfg.num_prompts}, N={cfg.generator['library_size']}, "
           f"{model.num_trainable():,} trainable parameters, head {cfg.head}")
     if not cfg.extra["head_trained"]:
@@ -521,9 +611,10 @@ def cmd_info(args) -> int:
     if args.backbone:
         print(json.dumps(create_backbone(args.backbone, args.weights).summary(), indent=2))
     if args.adapter:
-        from ..adapter import load_adapter
+        from ..model import PromptedClassifier
 
-        model, cfg = load_adapter(args.adapter)
+        model = PromptedClassifier.from_pretrained(args.adapter)
+        cfg = model.config
         info = {"method": cfg.method, "backbone": cfg.backbone, "dataset": cfg.dataset,
                 "classes": len(cfg.class_names), "img_size": cfg.img_size, "num_prompts": cfg.num_prompts,
                 "generator": cfg.generator, "trainable_parameters": model.num_trainable(),
@@ -550,48 +641,26 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _given_options(parser: argparse.ArgumentParser, command: str, argv: list[str]) -> set[str]:
-    """The ``dest`` of every option the user typed for ``command`` (argparse's unique prefixes included)."""
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
-    options = {o: a.dest for a in sub._actions for o in a.option_strings}
-    given = set()
-    for token in argv:
-        if not token.startswith("-") or token == "-":
-            continue
-        key = token.split("=", 1)[0]
-        if key not in options:
-            matches = {o for o in options if o.startswith(key) and o.startswith("--")}
-            key = next(iter(matches)) if len(matches) == 1 else key
-        if key in options:
-            given.add(options[key])
-    return given
-
-
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "export": cmd_export,
             "export-model": cmd_export_model,
             "compose": cmd_compose, "serve": cmd_serve, "app": cmd_app, "import-official": cmd_import_official, "analyze": cmd_analyze,
             "info": cmd_info, "demo": cmd_demo}
 
 
-# Library names of settings whose flag is named otherwise (the library's messages use its own names).
-_FLAG_OF = {"root": "data_root", "model": "api_model", "backbone_weights": "weights", "data": "dataset"}
+# Library names of settings whose option's dest is named otherwise (the library's messages use its own names).
+_DEST_OF = {"root": "data_root", "model": "api_model", "backbone_weights": "weights", "data": "dataset",
+            "progress": "no_progress"}
 
 
-def as_flags(message: str, parser: argparse.ArgumentParser) -> str:
+def as_flags(message: str, parser: _Parser) -> str:
     """A library message with each `setting` / `setting=value` (pgn.errors) as the flag that sets it."""
     from ..errors import SETTING
 
-    flags: dict[str, str] = {}
-    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    for sub in [parser, *(p for a in subparsers for p in a.choices.values())]:
-        for action in sub._actions:
-            long = [o for o in action.option_strings if o.startswith("--")]
-            if long:
-                flags.setdefault(action.dest, long[0])
+    flags = flags_of(parser)
 
     def flag(m: re.Match) -> str:
         name, value = m.group(1), m.group(2)
-        option = flags.get(_FLAG_OF.get(name, name))
+        option = flags.get(_DEST_OF.get(name, name))
         if option is None:  # no flag sets it: the library's name, without the quoting
             return m.group(0)[1:-1]
         return option if value is None else f"{option} {value}"
@@ -624,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         pgn_log.setLevel(logging.INFO)
         pgn_log.propagate = False
     if args.command == "train":
-        args.given = _given_options(parser, args.command, args.argv)  # before presets fill the rest
+        args.given = given_options(args.argv)  # before presets fill the rest
         resolve_defaults(args)
     try:
         return COMMANDS[args.command](args)

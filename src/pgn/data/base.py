@@ -54,7 +54,7 @@ class DataSpec:
 
 def dataset_targets(ds) -> list[int] | None:
     """The integer labels of a dataset (through ``Subset``s), or None where it does not list them."""
-    if hasattr(ds, "targets"):
+    if getattr(ds, "targets", None) is not None:
         return [int(t) for t in ds.targets]
     if isinstance(ds, torch.utils.data.Subset):
         base = dataset_targets(ds.dataset)

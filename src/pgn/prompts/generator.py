@@ -127,11 +127,11 @@ class PromptGenerator(nn.Module):
     ``forward(images)``: (B, 3, H, W) normalised images -> (B, K, D) prompts.
     ``coefficients(images)``: (B, K, N) mixture weights (softmax or sigmoid).
 
-    A pixel-space library (``config.library_space == "pixel"``) needs the backbone whose
-    patch embedding it is mixed through.
+    A pixel-space library (``config.library_space == "pixel"``) needs the model's
+    :class:`~pgn.backbones.PatchEmbedding` (``embedding``), through which its patches are mixed.
     """
 
-    def __init__(self, config: GeneratorConfig, dim: int, backbone=None):
+    def __init__(self, config: GeneratorConfig, dim: int, embedding=None):
         super().__init__()
         self.config = config
         out = config.num_prompts * config.library_size
@@ -146,11 +146,10 @@ class PromptGenerator(nn.Module):
                 last.bias.mul_(config.output_init_scale)
         init = {} if config.library_init_std is None else {"init_std": config.library_init_std}
         if config.library_space == "pixel":
-            if backbone is None:
-                raise PGNError("a pixel-space library needs the backbone's patch embedding")
-            pre = backbone.preprocessing
-            self.library = PixelTokenLibrary(config.library_size, backbone.patch_size, backbone.patch_embed_weight(),
-                                             backbone.patch_embed_bias(), pre.mean, pre.std, **init)
+            if embedding is None:
+                raise PGNError("a pixel-space library needs the model's patch embedding")
+            self.library = PixelTokenLibrary(config.library_size, embedding.patch_size, embedding.weight,
+                                             embedding.bias, embedding.mean, embedding.std, **init)
         else:
             self.library = TokenLibrary(config.library_size, dim, **init)
         if config.channels_last:
@@ -197,13 +196,13 @@ class InputIndependentPixelPrompts(nn.Module):
     ``forward(images)``: (B, 3, H, W) -> (B, K, D) patch embeddings; ``patches(images)``: (B, K, 3, P, P).
     """
 
-    def __init__(self, num_prompts: int, backbone):
+    def __init__(self, num_prompts: int, embedding):
+        """``embedding``: the model's :class:`~pgn.backbones.PatchEmbedding`."""
         super().__init__()
         if num_prompts < 1:
             raise PGNError(f"num_prompts must be >= 1 for IIP, got {num_prompts}")
-        pre = backbone.preprocessing
-        self.library = PixelTokenLibrary(num_prompts, backbone.patch_size, backbone.patch_embed_weight(),
-                                         backbone.patch_embed_bias(), pre.mean, pre.std)
+        self.library = PixelTokenLibrary(num_prompts, embedding.patch_size, embedding.weight, embedding.bias,
+                                         embedding.mean, embedding.std)
         self.register_buffer("choice", torch.eye(num_prompts), persistent=False)  # (K, K): prompt k is patch k
 
     @property

@@ -358,8 +358,14 @@ class DataParallelModel:
     @property
     def synchronised(self) -> list[str]:
         """The top-level parts whose gradients DDP averages (for tests and logs)."""
-        return sorted({name.split(".")[0] for name, p in self.net.named_parameters() if p.requires_grad}
-                      if self.forward is not self.net else set())
+        if self.forward is self.net:
+            return []
+        # A classifier's parts by the names an adapter saves them under (its input adapter's prompts, head...).
+        from ..model import PromptedClassifier
+
+        parts = (self.net.trainable_modules().items() if isinstance(self.net, PromptedClassifier)
+                 else self.net.named_children())
+        return sorted(name for name, part in parts if any(p.requires_grad for p in part.parameters()))
 
     def close(self) -> None:
         # Drop the DDP wrapper now: it holds the process group, which must not outlive

@@ -46,7 +46,7 @@ def metrics_of(sums: dict) -> dict:
     return {"loss": sums["loss_sum"] / n, "top1": sums["correct1"] / n, "top5": sums["correct5"] / n, "n": n}
 
 
-def evaluate(model: nn.Module, loader, device: str = "cpu", precision: str = "fp32",
+def evaluate_loader(model: nn.Module, loader, device: str = "cpu", precision: str = "fp32",
              progress: bool = True, desc: str = "eval") -> dict:
     """Mean loss, top-1 and top-5 accuracy of ``model`` over ``loader``, in a resolved ``precision``."""
     return metrics_of(evaluation_sums(model, loader, device, precision, progress, desc))
@@ -54,13 +54,14 @@ def evaluate(model: nn.Module, loader, device: str = "cpu", precision: str = "fp
 
 def has_mixtures(model: nn.Module) -> bool:
     """Whether ``model``'s prompts are image-dependent mixtures over a library (a PGN)."""
-    prompts = getattr(model, "prompts", None)
-    return prompts is not None and hasattr(prompts, "coefficients") and hasattr(prompts, "library")
+    from ..prompts import PromptGenerator
+
+    return isinstance(getattr(model, "prompts", None), PromptGenerator)
 
 
 def _features_with(model: nn.Module, images: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
     """(B, F) features of ``images`` prompted with the given (B, K, N) mixture ``coefficients``."""
-    if getattr(model.backbone, "pixel_only", False):  # prompted in pixels: the canvas with those patches
+    if not model.backbone.takes_tokens:  # prompted in pixels: the canvas with those patches
         return model.backbone(model.layout.compose(images, model.prompts.library.patches(coefficients)))
     prompts = model.prompts.library(coefficients)                                # (B, K, D)
     return model.backbone.encode(model.layout.latent_tokens(model.backbone, images, prompts))

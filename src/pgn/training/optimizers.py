@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import PGNError
 from ..model import PromptedClassifier
+from ..prompts import PromptGenerator
 from .config import TrainConfig
 
 NOT_PROMPTS = ("head", "backbone")
@@ -22,7 +23,7 @@ def param_groups(model: PromptedClassifier) -> dict[str, nn.Module]:
     """The trained parts by name, in the model's order: a PGN's prompts split into generator and library."""
     parts = {}
     for name, module in model.trainable_modules().items():
-        if name == "prompts" and hasattr(module, "net") and hasattr(module, "library"):
+        if name == "prompts" and isinstance(module, PromptGenerator):
             parts["generator"], parts["library"] = module.net, module.library
         else:
             parts[name] = module

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..adapter import load_adapter
 from ..errors import PGNError
 from ..model import PromptedClassifier
 from .checkpoint import checkpoint_rows, latest_checkpoint, load_state
@@ -26,7 +25,7 @@ def restore(model: PromptedClassifier, optimizer, scheduler, run_dir: Path, cfg:
     else:
         checkpoint = latest_checkpoint(run_dir)
         state = load_state(checkpoint, device)
-        loaded, _ = load_adapter(checkpoint, backbone=model.backbone, map_location=device)
+        loaded = PromptedClassifier.from_pretrained(checkpoint, backbone=model.backbone, map_location=device)
         weights = loaded.trainable_modules().state_dict()
         rows = checkpoint_rows(checkpoint)
     model.trainable_modules().load_state_dict(weights)
@@ -92,7 +91,7 @@ def _load_resume_shared(model: PromptedClassifier, run_dir: Path, ctx: DistConte
         try:
             checkpoint = latest_checkpoint(run_dir)
             state = load_state(checkpoint)
-            loaded, _ = load_adapter(checkpoint, backbone=model.backbone, map_location="cpu")
+            loaded = PromptedClassifier.from_pretrained(checkpoint, backbone=model.backbone, map_location="cpu")
             payload = {"weights": loaded.trainable_modules().state_dict(), "state": state,
                        "rows": checkpoint_rows(checkpoint)}
         except PGNError as e:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from ..adapter import AdapterConfig
+from ..adapter_format import AdapterConfig
 from ..data import DataSpec
 from ..errors import PGNError
 from ..files import LOCK_FILE, RUN_MARKER, mark_owned, write_json
@@ -60,3 +60,12 @@ def write_run_config(run_dir: Path, model: PromptedClassifier, adapter_cfg: Adap
         config["distributed"] = {"world_size": ctx.world_size, "global_batch_size": ctx.world_size * cfg.batch_size,
                                  "lr_scale": scale}
     write_json(run_dir / "config.json", config)
+
+
+def default_run_dir(method: str, dataset: str) -> Path:
+    """Where a run goes when none is named: ``runs/<method>-<dataset>-<YYYYmmdd-HHMMSS>`` (the one rule of
+    ``pgn.train`` and ``pgn train``); a dataset name's ``:`` and ``/`` (``folder:PATH``) become ``_``."""
+    import time
+
+    safe = dataset.replace(":", "_").replace("/", "_")
+    return Path("runs") / f"{method}-{safe}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -1,4 +1,12 @@
-"""One readable training loop for every method (PGN, IIP, linear probe).
+"""One readable training loop for every registered method (:mod:`pgn.methods`; zero-shot trains nothing).
+
+What a run directory holds once an epoch has finished (:mod:`pgn.training.checkpoint` has it in full):
+``config.json`` (what was trained, written once at the start: :mod:`pgn.training.run_dir`); one
+``checkpoints/epoch-NNNN/``, the last complete epoch (``adapter.safetensors``, ``adapter_config.json``,
+``trainer_state.pt``, ``metrics.json``), renamed into place in one step, older ones removed; top-level
+copies of its adapter (``adapter.safetensors``, ``adapter_config.json``: what ``pgn eval RUN`` loads) and
+of its rows (``metrics.jsonl``); and :mod:`pgn.files`' ownership marker ``.pgn-run`` and writer lock
+``.pgn.lock``.
 
 The same loop runs data-parallel under ``torchrun`` (see :mod:`pgn.training.distributed`
 and ``docs/distributed.md``): ``train`` notices ``WORLD_SIZE > 1`` in the environment and
@@ -19,13 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorDataset
 
-from ..adapter import AdapterConfig, save_adapter
+from ..adapter_format import AdapterConfig
 from ..data import DataSpec
 from ..data.base import check_classes
 from ..data.device import on_device
 from ..devices import resolve_device
 from ..errors import DivergedError, PGNError
 from ..files import LOCK_FILE, check_owned, run_lock
+from ..heads import LinearHead
 from ..model import PromptedClassifier
 from ..precision import autocast, resolve
 from .checkpoint import latest_checkpoint, read_metrics, save_checkpoint
@@ -94,13 +103,14 @@ def _quiet(*args, **kwargs) -> None:
     pass
 
 
-def train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec, cfg: TrainConfig,
+def run_training(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec, cfg: TrainConfig,
           run_dir: str | Path, resume: bool = False, log=None) -> dict:
     """Train ``model``'s prompts and head on ``data.train``; evaluate on ``data.test`` every
     ``cfg.eval_every`` epochs and after the last (an epoch's metrics row then has no ``test_*`` keys).
 
-    Writes into ``run_dir``: ``config.json``, ``metrics.jsonl`` (one JSON row per epoch),
-    the adapter after every epoch and ``trainer_state.pt`` for ``resume``.
+    Writes into ``run_dir`` the layout of this module's docstring: ``config.json``, a checkpoint
+    after every epoch (the adapter, ``trainer_state.pt`` for ``resume``, the rows so far) and the
+    top-level adapter and ``metrics.jsonl`` (one JSON row per epoch) copied from it.
     Returns the last epoch's metrics row.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) this is one of ``WORLD_SIZE`` data-parallel
@@ -164,7 +174,7 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
         write_run_config(run_dir, model, adapter_cfg, data, cfg, ctx, batches.augment, scale)
     barrier()
 
-    if not resume and cfg.head_init == "zero" and hasattr(model.head, "fc"):
+    if not resume and cfg.head_init == "zero" and isinstance(model.head, LinearHead):
         nn.init.zeros_(model.head.fc.weight)  # an ablation: no gradient reaches the features at step 0
         nn.init.zeros_(model.head.fc.bias)
     monitor = OptimizerMonitor(optimizer, model.prompts)
@@ -203,7 +213,7 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
             state = trainer_state(optimizer, scheduler, epoch, ctx)
             if main:
                 # Weights, trainer state and every metrics row so far, as one directory renamed into place.
-                save_checkpoint(run_dir, epoch + 1, lambda d: save_adapter(model, adapter_cfg, d), state, rows)
+                save_checkpoint(run_dir, epoch + 1, lambda d: model.save_pretrained(d), state, rows)
             barrier()  # the files of this epoch are complete before any rank goes on
     finally:
         parts.close()  # no DDP, BatchNorm again: the model that is returned is plain

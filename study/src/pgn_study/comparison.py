@@ -30,12 +30,13 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Subset
 
-from pgn.adapter import AdapterConfig, adapter_config, build_classifier
+from pgn.adapter_format import AdapterConfig, adapter_config
 from pgn.backbones.base import FrozenBackbone
 from pgn.data import DataSpec
 from pgn.errors import DivergedError, PGNError
 from pgn.files import write_json
-from pgn.training import TrainConfig, train
+from pgn.model import PromptedClassifier
+from pgn.training import TrainConfig, run_training
 
 logger = logging.getLogger(__name__)
 
@@ -253,14 +254,14 @@ class Runner:
             shutil.rmtree(key)
         acfg = method_config(method, self.backbone, data, self.cfg.img_size, variant)
         # Built from the run's seed: a method's init never depends on which runs came before it.
-        model = build_classifier(acfg, self.backbone, seed=seed)
+        model = PromptedClassifier.from_config(acfg, self.backbone, seed=seed)
         tcfg = train_config(method, lr, epochs or self.cfg.epochs, seed, self.cfg.precision, head_lr, variant,
                             batch_size=self.cfg.batch_size, device=self.cfg.device, num_workers=self.cfg.num_workers,
                             eval_every=self.cfg.eval_every)
         t0 = time.perf_counter()
         diverged = None
         try:
-            row = train(model, acfg, data, tcfg, key, log=lambda *_: None)
+            row = run_training(model, acfg, data, tcfg, key, log=lambda *_: None)
         except DivergedError as e:
             row, diverged = {"test_top1": None}, str(e)  # a diverging rate is a result, not a crash
         trainable = model.num_trainable()

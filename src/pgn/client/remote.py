@@ -1,8 +1,8 @@
 """Classify through a model you can only send images to: the client side of input-space deployment.
 
-:class:`RemoteClassifier` holds an exported adapter (generator, prompt library, and a linear head
-unless the model's own head scores) and a model endpoint (:mod:`pgn.deployment.endpoints`: ``pgn
-serve``, an Open Inference Protocol server, or a Python callable). For each batch it composes the
+:class:`RemoteClassifier` holds an exported adapter (:class:`~pgn.input_adapter.InputAdapter`:
+generator, prompt library, and a linear head unless the model's own head scores) and a model endpoint
+(:mod:`pgn.client.endpoints`: ``pgn serve``, an Open Inference Protocol server, or a Python callable). For each batch it composes the
 prompted canvases locally, sends only images, and turns what comes back into class scores: the
 endpoint's embeddings through the exported head, or, for a hosted classifier, its own scores as they are.
 """
@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from ..errors import PGNError
-from .deployable import Composer
+from ..input_adapter import InputAdapter
 from .endpoints import Endpoint, PgnServeEndpoint
+from .wire import check_answer
 
 __all__ = ["RemoteClassifier"]
 
@@ -24,18 +25,25 @@ __all__ = ["RemoteClassifier"]
 class RemoteClassifier:
     """``RemoteClassifier(export_dir, endpoint)``; ``logits(images)``: (B, 3, S, S) normalised -> (B, C).
 
-    ``endpoint``: a URL of ``pgn serve``, or any :mod:`pgn.deployment.endpoints` endpoint (the Open
+    ``endpoint``: a URL of ``pgn serve``, or any :mod:`pgn.client.endpoints` endpoint (the Open
     Inference Protocol of KServe/MLServer/Triton, or a Python callable around a vendor's API).
     """
 
-    def __init__(self, adapter: str | Path | Composer, endpoint: str | Endpoint, *, batch: int = 16,
+    def __init__(self, adapter: str | Path | InputAdapter, endpoint: str | Endpoint, *, batch: int = 16,
                  timeout: float = 60):
-        self.composer = adapter if isinstance(adapter, Composer) else Composer.load(adapter)
+        self.adapter = adapter if isinstance(adapter, InputAdapter) else InputAdapter.from_pretrained(adapter)
+        if self.adapter.deploy is None:
+            raise PGNError("this adapter has no deploy section; export it (`pgn export`) and load the export")
         self.endpoint = endpoint if isinstance(endpoint, Endpoint) else PgnServeEndpoint(endpoint, timeout=timeout)
         self.batch = batch
-        self.class_names = self.composer.class_names
-        if self.composer.remote_head:
+        self.class_names = self.adapter.class_names
+        if self.adapter.reads_scores:
             self._check_remote_classes()
+
+    @property
+    def composer(self) -> InputAdapter:
+        """The exported adapter (this name is kept for callers of earlier versions)."""
+        return self.adapter
 
     @property
     def client(self):
@@ -45,12 +53,12 @@ class RemoteClassifier:
     def _check_remote_classes(self) -> None:
         where = self.endpoint.url or self.endpoint.kind
         served = self.endpoint.classes()
-        if self.composer.label_map is not None:  # the task reads some of the classifier's own classes
-            want = int(self.composer.config["source_classes"])
+        if self.adapter.label_map is not None:  # the task reads some of the classifier's own classes
+            want = self.adapter.deploy.outputs
             if served is not None and len(served) != want:
                 raise PGNError(f"{where} scores {len(served)} classes, but this adapter's label mapping reads a "
                                f"classifier of {want}; serve the model it was trained on "
-                               f"({self.composer.config.get('backbone')})")
+                               f"({self.adapter.config.backbone})")
             return
         if served is None and self.endpoint.kind == "pgn":
             raise PGNError(f"{where} answers embeddings only, but this adapter was trained against the "
@@ -62,7 +70,7 @@ class RemoteClassifier:
         from ..backbones.openclip import DEFAULT_TEMPLATE
 
         served_template = self.endpoint.template()
-        trained = self.composer.config.get("template")
+        trained = self.adapter.config.template
         if served_template is not None or (trained is not None and self.endpoint.kind == "pgn"):
             trained = trained or DEFAULT_TEMPLATE
             if served_template != trained:
@@ -84,45 +92,41 @@ class RemoteClassifier:
         """PIL image -> (3, S, S) normalised tensor, the adapter's preprocessing."""
         from ..data import eval_transform
 
-        return eval_transform(self.composer.img_size, self.composer.mean, self.composer.std)
+        return eval_transform(self.adapter.img_size, self.adapter.mean, self.adapter.std)
 
     def scores_of_canvases(self, canvases: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 canvases the model receives as they are -> (B, C) class scores (the model's
         own head through the endpoint, or the exported head on the endpoint's embeddings)."""
-        if self.composer.remote_head:
-            return self._mapped(self.endpoint.scores(canvases))
-        return self._logits(self.endpoint.embeddings(canvases))
+        if self.adapter.reads_scores:
+            return self._mapped(self.endpoint.scores(canvases), len(canvases))
+        return self._logits(self.endpoint.embeddings(canvases), len(canvases))
 
-    def _mapped(self, scores) -> torch.Tensor:
-        """The server's own scores as the task's: through the label mapping, where the adapter has one."""
-        scores = torch.as_tensor(np.asarray(scores))
-        mapping = self.composer.label_map
-        if mapping is None:
-            return scores
-        want = int(self.composer.config["source_classes"])
-        if scores.ndim != 2 or scores.shape[1] != want:
-            where = self.endpoint.url or self.endpoint.kind
-            raise PGNError(f"{where} answers scores of shape {tuple(scores.shape)}, but this adapter's label "
-                           f"mapping reads {want} classes; serve the model it was trained on "
-                           f"({self.composer.config.get('backbone')})")
-        return scores[:, mapping]
+    @property
+    def _where(self) -> str:
+        return f"{self.endpoint.url or self.endpoint.kind}" + (f" (model {self.endpoint.model!r})"
+                                                               if getattr(self.endpoint, "model", None) else "")
 
-    def _logits(self, embeddings) -> torch.Tensor:
-        """The exported head on the endpoint's embeddings, after checking they are the width it was trained on."""
-        want = int(self.composer.config["feature_dim"])
-        got = np.asarray(embeddings).shape
-        if len(got) != 2 or got[1] != want:
-            where = self.endpoint.url or self.endpoint.kind
-            raise PGNError(f"{where} answers embeddings of shape {got}, but this adapter's head reads {want} "
-                           f"features; serve the model it was trained on ({self.composer.config.get('backbone')})")
-        return self.composer.logits(embeddings)
+    def _mapped(self, scores, rows: int) -> torch.Tensor:
+        """The server's own (rows, S) scores as the task's: through the label mapping, where the adapter has one.
+        Checked first (:func:`pgn.client.wire.check_answer`): one row per image, S columns, finite numbers."""
+        mapping = self.adapter.label_map
+        what = ("scores (the label mapping reads a classifier's)" if mapping is not None
+                else "class scores (one per class of the adapter)")
+        scores = torch.from_numpy(check_answer(scores, rows, self.adapter.deploy.outputs, self._where, what))
+        return scores if mapping is None else scores[:, mapping]
+
+    def _logits(self, embeddings, rows: int) -> torch.Tensor:
+        """The exported head on the endpoint's (rows, F) embeddings, after the same checks (F: the head's width)."""
+        embeddings = check_answer(embeddings, rows, self.adapter.deploy.outputs, self._where,
+                                  "embedding values (the exported head reads them)")
+        return self.adapter.logits(embeddings)
 
     def scores_of_pngs(self, pngs: list[bytes]) -> torch.Tensor:
         """PNG images as they are -> (B, C) class scores; ``pgn serve`` takes the files, others the pixels."""
-        if hasattr(self.endpoint, "scores_of_pngs"):
-            if self.composer.remote_head:
-                return self._mapped(self.endpoint.scores_of_pngs(pngs))
-            return self._logits(self.endpoint.embeddings_of_pngs(pngs))
+        if isinstance(self.endpoint, PgnServeEndpoint):  # it takes the files as they are
+            if self.adapter.reads_scores:
+                return self._mapped(self.endpoint.scores_of_pngs(pngs), len(pngs))
+            return self._logits(self.endpoint.embeddings_of_pngs(pngs), len(pngs))
         import io
 
         from PIL import Image
@@ -131,7 +135,7 @@ class RemoteClassifier:
 
     def canvases(self, images: torch.Tensor) -> np.ndarray:
         """(B, 3, S, S) normalised -> (B, Hc, Wc, 3) uint8: the prompted images the model receives."""
-        return self.composer.to_uint8(self.composer.canvas(images))
+        return self.adapter.canvases(images)
 
     def logits(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, 3, S, S) normalised images -> (B, C) class scores; only PNG canvases are sent."""

@@ -3,8 +3,8 @@ or class scores out.
 
 The server knows nothing about prompts. For input-space deployment a client composes the prompted
 canvas itself and sends it here; the server runs the model's own, unmodified forward
-(:mod:`pgn.serving.models` says which, per library). Concurrent requests are gathered into one
-forward (:mod:`pgn.serving.batching`), fairly, in the precision it is given (fp32 unless asked; ``/info`` names it).
+(:mod:`pgn.server.models` says which, per library). Concurrent requests are gathered into one
+forward (:mod:`pgn.server.batching`), fairly, in the precision it is given (fp32 unless asked; ``/info`` names it).
 
 Endpoints (every error answers ``{"detail": "<one line>"}``):
 
@@ -39,16 +39,16 @@ from fastapi import FastAPI, File, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..backbones.base import FrozenBackbone
+from ..backbones.base import FrozenModel
 from ..errors import PGNError
 from ..pixels import from_uint8
 from ..precision import autocast
 from ..precision import check as check_precision
 from ..precision import resolve as resolve_precision
+from ..web.net import bind, is_loopback, run_app
+from ..web.uploads import BodySizeLimit, Reject, error, install_error_handlers, read_image
 from .batching import Batcher
 from .models import ServedModel, served_model
-from .net import bind, is_loopback, run_app
-from .uploads import BodySizeLimit, Reject, error, install_error_handlers, read_image
 
 log = logging.getLogger(__name__)
 __all__ = ["ServerConfig", "create_app", "serve", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MAX_SIDE", "DEFAULT_MAX_BATCH"]
@@ -146,10 +146,10 @@ def normalise(pixels: np.ndarray, mean, std) -> torch.Tensor:
     return from_uint8(pixels, mean, std)
 
 
-def create_app(model: ServedModel | FrozenBackbone, config: ServerConfig | None = None, **options) -> FastAPI:
+def create_app(model: ServedModel | FrozenModel, config: ServerConfig | None = None, **options) -> FastAPI:
     """The FastAPI app serving ``model``'s unmodified forward (see the module docstring).
 
-    ``model``: a :class:`~pgn.serving.models.ServedModel`, or a backbone (served for embeddings).
+    ``model``: a :class:`~pgn.server.models.ServedModel`, or a backbone (served for embeddings).
     ``config``: its :class:`ServerConfig`; or ``options``, that config's fields (``max_side=512``).
     """
     if not isinstance(model, ServedModel):

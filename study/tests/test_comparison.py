@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny_vit
+from helpers import make_tiny_vit
 
 from pgn.data import build_dataset
 from pgn.errors import PGNError

@@ -6,7 +6,7 @@ head, or (B, F) embeddings for an exported linear head. Three kinds:
 * :class:`PgnServeEndpoint`: ``pgn serve`` (PNG uploads, ``/classify`` and ``/embed``);
 * :class:`OpenInferenceEndpoint`: any server that speaks the Open Inference Protocol's REST API
   (``POST /v2/models/{name}/infer``: KServe, Seldon MLServer, NVIDIA Triton, TorchServe's KServe
-  mode), with a configurable tensor layout: ``uint8-hwc`` (the canvas as it is) or ``float-chw``
+  mode), with a configurable tensor format: ``uint8-hwc`` (the canvas as it is) or ``float-chw``
   (normalised on the client with the adapter's mean and std, for models exported without their
   preprocessing);
 * :class:`CallableEndpoint`: any Python function ``canvases -> scores`` (or embeddings), e.g. a few
@@ -22,10 +22,25 @@ import numpy as np
 
 from ..errors import PGNError
 
-__all__ = ["CallableEndpoint", "Endpoint", "OpenInferenceEndpoint", "PgnServeEndpoint", "endpoint"]
+__all__ = ["CallableEndpoint", "Endpoint", "OpenInferenceEndpoint", "PgnServeEndpoint", "TENSOR_FORMATS", "endpoint"]
 
 KINDS = ("pgn", "oip")
-LAYOUTS = ("uint8-hwc", "float-chw")
+TENSOR_FORMATS = ("uint8-hwc", "float-chw")  # how a canvas travels as an OIP tensor (not pgn.layouts)
+# The Open Inference Protocol's numeric tensor datatypes (BYTES, strings, is not an answer pgn can read).
+NUMERIC_DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
+                     "FP64", "BF16")
+
+
+def http_client(url: str, timeout: float):
+    """An ``httpx.Client`` for ``url`` that never follows redirects, or one line saying the URL is malformed."""
+    import httpx
+
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise PGNError(f"the API URL {url!r} must start with http:// or https://")
+    try:
+        return httpx.Client(base_url=url, timeout=timeout, follow_redirects=False)
+    except (httpx.InvalidURL, ValueError) as e:
+        raise PGNError(f"the API URL {url!r} is malformed ({e})") from None
 
 
 class Endpoint:
@@ -60,16 +75,16 @@ class PgnServeEndpoint(Endpoint):
     kind = "pgn"
 
     def __init__(self, url: str, timeout: float = 60):
-        from ..serving import EmbeddingClient
+        from .pgn_serve import EmbeddingClient
 
         self.url = url
         self.client = EmbeddingClient(url, timeout=timeout)
 
     @staticmethod
     def _pngs(canvases: np.ndarray) -> list[bytes]:
-        from .deployable import Composer
+        from ..input_adapter import InputAdapter
 
-        return Composer.png_bytes(canvases)
+        return InputAdapter.png_bytes(canvases)
 
     def scores(self, canvases):
         return np.asarray(self.client.classify_png(self._pngs(canvases)), dtype=np.float32)
@@ -98,7 +113,7 @@ class PgnServeEndpoint(Endpoint):
 class OpenInferenceEndpoint(Endpoint):
     """A model served over the Open Inference Protocol (REST), e.g. KServe, MLServer or Triton.
 
-    ``model``: the model's name on the server; ``input_name``: its input tensor; ``layout``:
+    ``model``: the model's name on the server; ``input_name``: its input tensor; ``tensor_format``:
     ``uint8-hwc`` sends (B, H, W, 3) UINT8 as the canvas is, ``float-chw`` sends (B, 3, H, W) FP32
     normalised with ``mean``/``std``; ``output``: the output tensor to read (default: the first);
     ``answers``: ``scores`` (the model's own head), ``embeddings``, or None (whatever the output is,
@@ -108,73 +123,73 @@ class OpenInferenceEndpoint(Endpoint):
 
     kind = "oip"
 
-    def __init__(self, url: str, model: str, *, input_name: str = "input", layout: str = "uint8-hwc",
+    def __init__(self, url: str, model: str, *, input_name: str = "input", tensor_format: str = "uint8-hwc",
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  output: str | None = None, answers: str | None = None, class_names: Sequence[str] | None = None,
                  timeout: float = 60):
-        import httpx
-
-        if layout not in LAYOUTS:
-            raise PGNError(f"unknown tensor layout {layout!r}; choose {' or '.join(LAYOUTS)}")
-        if layout == "float-chw" and (mean is None or std is None):
-            raise PGNError("layout float-chw normalises on the client: give the model's mean and std")
+        if tensor_format not in TENSOR_FORMATS:
+            raise PGNError(f"unknown tensor format {tensor_format!r}; choose {' or '.join(TENSOR_FORMATS)}")
+        if tensor_format == "float-chw" and (mean is None or std is None):
+            raise PGNError("tensor format float-chw normalises on the client: give the model's mean and std")
         if answers not in (None, "scores", "embeddings"):
             raise PGNError(f"answers must be scores or embeddings, got {answers!r}")
-        self.url, self.model, self.input_name, self.layout = url.rstrip("/"), model, input_name, layout
+        self.url, self.model, self.input_name, self.tensor_format = url.rstrip("/"), model, input_name, tensor_format
         self.mean = None if mean is None else np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
         self.std = None if std is None else np.asarray(std, np.float32).reshape(1, 3, 1, 1)
         self.output, self.answers = output, answers
         self._classes = None if class_names is None else list(class_names)
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self.deadline = float(timeout)
+        self._http = http_client(self.url, timeout)
 
     def _post(self, body: dict) -> dict:
-        import httpx
+        from .wire import request_json
 
         path = f"/v2/models/{self.model}/infer"
-        try:
-            r = self._http.post(path, json=body)
-        except httpx.ConnectError:
-            raise PGNError(f"no inference server answers at {self.url}; start it, or check the URL") from None
-        except httpx.HTTPError as e:
-            raise PGNError(f"request to {self.url}{path} failed: {type(e).__name__}: {e}") from None
-        if r.status_code >= 400:
-            try:
-                detail = r.json().get("error", r.text)
-            except ValueError:
-                detail = r.text
-            raise PGNError(f"{self.url}{path} answered {r.status_code}: {' '.join(str(detail).split())[:300]}")
-        try:
-            return r.json()
-        except ValueError:
-            raise PGNError(f"{self.url}{path} answered non-JSON content; is it an Open Inference Protocol "
-                           "server?") from None
+        return request_json(self._http, "POST", path, json=body, where=f"{self.url}{path}", deadline=self.deadline,
+                            unreachable="start the inference server, or check the URL")
 
     def infer(self, canvases: np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) uint8 -> the output tensor, (B, ...) float32."""
+        """(B, H, W, 3) uint8 -> the output tensor, (B, ...) float32 (finite numbers, checked)."""
+        from .wire import _finite
+
         canvases = np.asarray(canvases)
         if canvases.dtype != np.uint8 or canvases.ndim != 4 or canvases.shape[-1] != 3:
             raise PGNError(f"canvases must be (B, H, W, 3) uint8, got {canvases.dtype} {canvases.shape}")
-        if self.layout == "uint8-hwc":
+        if self.tensor_format == "uint8-hwc":
             tensor, datatype = canvases, "UINT8"
         else:
             chw = canvases.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
             tensor, datatype = (chw - self.mean) / self.std, "FP32"
         body = {"inputs": [{"name": self.input_name, "shape": list(tensor.shape), "datatype": datatype,
                             "data": tensor.reshape(-1).tolist()}]}
-        outputs = self._post(body).get("outputs") or []
+        where = f"{self.url} (model {self.model!r})"
+        outputs = self._post(body).get("outputs")
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+            raise PGNError(f"{where} answered 'outputs' that is not a list of tensors; is it an Open Inference "
+                           "Protocol server?")
         if not outputs:
-            raise PGNError(f"{self.url} answered no outputs for model {self.model!r}")
+            raise PGNError(f"{where} answered no outputs")
         chosen = outputs[0] if self.output is None else next((o for o in outputs if o.get("name") == self.output),
                                                              None)
         if chosen is None:
-            raise PGNError(f"{self.model!r} has no output {self.output!r}; it answers "
+            raise PGNError(f"{where} has no output {self.output!r}; it answers "
                            f"{', '.join(str(o.get('name')) for o in outputs)}")
-        data = np.asarray(chosen["data"], dtype=np.float32)
+        name, shape, datatype, data = chosen.get("name"), chosen.get("shape"), chosen.get("datatype"), chosen.get("data")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise PGNError(f"{where}: output {name!r} has no valid 'shape' (got {str(shape)[:60]})")
+        if datatype not in NUMERIC_DATATYPES:
+            raise PGNError(f"{where}: output {name!r} has datatype {str(datatype)[:20]!r}; pgn reads numbers "
+                           f"({', '.join(NUMERIC_DATATYPES)})")
+        if not isinstance(data, list):
+            raise PGNError(f"{where}: output {name!r} has no 'data' list")
         try:
-            return data.reshape(chosen["shape"])
-        except ValueError:
-            raise PGNError(f"{self.model!r}'s output {chosen.get('name')!r} holds {data.size} values, not its "
-                           f"shape {chosen['shape']}") from None
+            values = np.asarray(data, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise PGNError(f"{where}: output {name!r} holds values that are not numbers") from None
+        if values.size != int(np.prod(shape)):
+            raise PGNError(f"{where}: output {name!r} holds {values.size} values, not its shape {shape}")
+        return _finite(values.reshape(shape), where, f"output {name!r}")
 
     def scores(self, canvases):
         if self.answers == "embeddings":
@@ -207,9 +222,12 @@ class CallableEndpoint(Endpoint):
         self.url = getattr(fn, "__name__", "a callable")
 
     def _call(self, canvases):
-        out = np.asarray(self.fn(np.asarray(canvases)), dtype=np.float32)
-        if out.ndim != 2 or out.shape[0] != len(canvases):
-            raise PGNError(f"{self.url} returned shape {out.shape} for {len(canvases)} canvases; expected (B, C)")
+        from .wire import to_table
+
+        out = to_table(self.fn(np.asarray(canvases)), self.url, "values")
+        if out.shape[0] != len(canvases):
+            raise PGNError(f"{self.url} answered {out.shape[0]} rows of values for {len(canvases)} images; a model "
+                           "answers one row per image")
         return out
 
     def scores(self, canvases):

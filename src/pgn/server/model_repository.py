@@ -2,12 +2,12 @@
 
     export_model("efficientnet-lite0", "models")      # models/efficientnet-lite0/1/model.onnx + config.pbtxt
 
-The adapter stays on the client (:class:`~pgn.deployment.RemoteClassifier`); the server runs only the frozen
+The adapter stays on the client (:class:`~pgn.client.RemoteClassifier`); the server runs only the frozen
 model's own forward. The graph takes what the adapter sends, (B, H, W, 3) UINT8 RGB canvases (input
 ``input``), applies the model's own normalisation, and answers ``embeddings`` (a ViT's feature) or ``scores``
 (a classifier's own head). The layout is the one NVIDIA Triton reads (``NAME/config.pbtxt``,
 ``NAME/1/model.onnx``) and KServe's Triton and ONNX runtimes serve; both speak the Open Inference Protocol,
-which :class:`~pgn.deployment.endpoints.OpenInferenceEndpoint` calls.
+which :class:`~pgn.client.endpoints.OpenInferenceEndpoint` calls.
 
 Every export is checked before it is kept: ONNX Runtime runs random canvases through the file and the
 answers must equal the PyTorch forward's within ``tolerance`` (relative to the answers' scale); the
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backbones import FrozenBackbone, create_backbone
+from ..backbones import FrozenModel, create_backbone
 from ..errors import PGNError
 from ..files import write_json
 
@@ -42,14 +42,14 @@ class ExportedGraph(nn.Module):
     grouping that float addition keeps exact, ``(0 + p) + e == e + p``).
     """
 
-    def __init__(self, backbone: FrozenBackbone, img_size: int):
+    def __init__(self, backbone: FrozenModel, img_size: int):
         super().__init__()
         self.backbone = backbone
         pre = backbone.preprocessing
         self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1))
-        self.pixel_only = getattr(backbone, "pixel_only", False)
-        if not self.pixel_only:
+        self.takes_tokens = backbone.takes_tokens
+        if self.takes_tokens:
             grid = backbone.grid_for(img_size, img_size)
             with torch.no_grad():
                 zeros = torch.zeros(1, *grid, backbone.width)
@@ -59,7 +59,7 @@ class ExportedGraph(nn.Module):
     def forward(self, canvases: torch.Tensor) -> torch.Tensor:
         x = canvases.permute(0, 3, 1, 2).to(torch.float32).div(255)  # as pgn.pixels.from_uint8
         x = x.sub(self.mean).div(self.std)
-        if self.pixel_only:
+        if not self.takes_tokens:  # a classifier of pixels: its own forward, its scores
             return self.backbone(x)
         grid = self.backbone.embed_patches(x)                            # (B, h, w, D)
         B, h, w, D = grid.shape
@@ -85,7 +85,7 @@ def _config_pbtxt(name: str, img_size: int, output: str, width: int) -> str:
             f'output [\n  {{\n    name: "{output}"\n    data_type: TYPE_FP32\n    dims: [ -1, {width} ]\n  }}\n]\n')
 
 
-def export_model(backbone: str | FrozenBackbone, out_dir: str | Path, *, name: str | None = None,
+def export_model(backbone: str | FrozenModel, out_dir: str | Path, *, name: str | None = None,
                  img_size: int | None = None, weights: str | None = None, tolerance: float = TOLERANCE,
                  samples: int = 4) -> Path:
     """Write ``backbone``'s unmodified forward as ``out_dir/NAME/1/model.onnx`` with its Triton config.
@@ -108,8 +108,7 @@ def export_model(backbone: str | FrozenBackbone, out_dir: str | Path, *, name: s
     target = out_dir / name
     if target.exists():
         raise PGNError(f"{target} exists already; remove it or choose another `name`")
-    pixel_only = getattr(bb, "pixel_only", False)
-    output = "scores" if pixel_only else "embeddings"
+    output = "embeddings" if bb.takes_tokens else "scores"
     graph = ExportedGraph(bb, size).eval()
     rng = np.random.default_rng(0)
     canvases = rng.integers(0, 256, (samples, size, size, 3), dtype=np.uint8)

@@ -1,13 +1,13 @@
-"""A small client for the embedding server (:mod:`pgn.serving.server`)."""
+"""A small client for the embedding server (:mod:`pgn.server.server`, ``pgn serve``), on the client side of the wire."""
 from __future__ import annotations
 
 import io
 from typing import Sequence
 
-import httpx
 import numpy as np
 
 from ..errors import PGNError
+from .wire import to_table
 
 __all__ = ["EmbeddingClient"]
 
@@ -35,7 +35,9 @@ class EmbeddingClient:
     def __init__(self, base_url: str, timeout: float = 60):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        from .endpoints import http_client
+
+        self._http = http_client(self.base_url, timeout)
         self._info: dict | None = None
 
     # --- plumbing ---
@@ -49,29 +51,10 @@ class EmbeddingClient:
         self.close()
 
     def _request(self, method: str, path: str, **kw) -> dict:
-        url = self.base_url + path
-        try:
-            r = self._http.request(method, path, **kw)
-        except httpx.ConnectError:
-            raise PGNError(f"embedding server at {self.base_url} is not reachable; start one with "
-                           "`pgn serve --backbone NAME` or check the URL") from None
-        except httpx.TimeoutException:
-            raise PGNError(f"embedding server at {url} did not answer within {self.timeout} s; "
-                           "raise the timeout or send fewer images per request") from None
-        except httpx.HTTPError as e:
-            raise PGNError(f"request to {url} failed: {type(e).__name__}: {e}") from None
-        if r.status_code >= 400:
-            try:
-                detail = r.json().get("detail", r.text)
-            except ValueError:
-                detail = r.text
-            detail = " ".join(str(detail).split())[:500] or r.reason_phrase
-            raise PGNError(f"server at {url} answered {r.status_code}: {detail}")
-        try:
-            return r.json()
-        except ValueError:
-            raise PGNError(f"server at {url} answered {r.status_code} with non-JSON content; "
-                           "is this a pgn embedding server?") from None
+        from .wire import request_json
+
+        return request_json(self._http, method, path, where=f"server at {self.base_url + path}", deadline=self.timeout,
+                            unreachable="start one with `pgn serve --backbone NAME`, or check the URL", **kw)
 
     # --- API ---
     def health(self) -> dict:
@@ -114,13 +97,14 @@ class EmbeddingClient:
         for chunk in self._chunks(images):
             files = [("files", (f"image{i}.png", data, "image/png")) for i, data in enumerate(chunk)]
             out = self._request("POST", "/embed", files=files)
-            e = np.asarray(out["embeddings"], dtype=np.float32)
-            if e.ndim != 2 or e.shape[0] != len(chunk):
-                raise PGNError(f"server at {self.base_url}/embed answered {e.shape[0] if e.ndim else 0} embeddings "
-                               f"for {len(chunk)} images; is this a pgn embedding server?")
+            where = f"server at {self.base_url}/embed"
+            e = to_table(out.get("embeddings"), where, "embeddings")
+            if e.shape[0] != len(chunk):
+                raise PGNError(f"{where} answered {e.shape[0]} embeddings for {len(chunk)} images; is this a pgn "
+                               "embedding server?")
             embs.append(e)
             if out.get("logits") is not None:
-                logits.append(np.asarray(out["logits"], dtype=np.float32))
+                logits.append(to_table(out["logits"], where, "logits"))
         emb = np.concatenate(embs)
         return emb, (np.concatenate(logits) if len(logits) == len(embs) else None)
 
@@ -134,9 +118,10 @@ class EmbeddingClient:
         out = []
         for chunk in self._chunks(images):
             files = [("files", (f"image{i}.png", data, "image/png")) for i, data in enumerate(chunk)]
-            scores = np.asarray(self._request("POST", "/classify", files=files).get("scores"), dtype=np.float32)
-            if scores.ndim != 2 or scores.shape[0] != len(chunk):
-                raise PGNError(f"server at {self.base_url}/classify answered scores of shape {scores.shape} for "
-                               f"{len(chunk)} images; is this a pgn model server?")
+            where = f"server at {self.base_url}/classify"
+            scores = to_table(self._request("POST", "/classify", files=files).get("scores"), where, "scores")
+            if scores.shape[0] != len(chunk):
+                raise PGNError(f"{where} answered scores of shape {scores.shape} for {len(chunk)} images; is this a "
+                               "pgn model server?")
             out.append(scores)
         return np.concatenate(out)

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from ..backbones.base import FrozenBackbone
+from ..backbones.base import FrozenModel
 from ..errors import PGNError
 
 __all__ = ["ServedModel", "served_model", "read_class_file"]
@@ -41,11 +41,11 @@ class ServedModel:
     ``None`` for any multiple of the patch size.
     """
 
-    def __init__(self, backbone: FrozenBackbone, classes: Sequence[str] | None = None, template: str | None = None):
+    def __init__(self, backbone: FrozenModel, classes: Sequence[str] | None = None, template: str | None = None):
         self.backbone = backbone.eval()
         self.name = backbone.name
         self.family = backbone.family
-        self.description = getattr(backbone, "description", "")
+        self.description = backbone.description
         self.patch_size = int(backbone.patch_size)
         self.width = int(backbone.width)
         self.feature_dim = int(backbone.feature_dim)
@@ -53,7 +53,7 @@ class ServedModel:
         self.native_size = backbone.served_size
         self.template: str | None = None  # the zero-shot prompt its scores read (CLIP), reported by /info
         self.head = None
-        zero_shot = hasattr(backbone, "zero_shot_head")
+        zero_shot = backbone.has_zero_shot_head
         if template is not None and not zero_shot:
             raise PGNError("a prompt template applies to CLIP's zero-shot head only")
         outputs = backbone.classifier_outputs
@@ -88,7 +88,7 @@ class ServedModel:
         return self.head(embedding.float()) if self.head is not None else own
 
 
-def served_model(backbone: FrozenBackbone, classes: Sequence[str] | None = None,
+def served_model(backbone: FrozenModel, classes: Sequence[str] | None = None,
                  template: str | None = None) -> ServedModel:
     """``backbone``'s own forward for the server; ``classes`` turns on class scores (CLIP: zero-shot)."""
     return ServedModel(backbone, classes, template)

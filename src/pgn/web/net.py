@@ -3,7 +3,7 @@ server of the tests and benchmarks.
 
 The listening socket is bound here, not by uvicorn, so that a busy port or an unknown host is a one-line
 PGNError before anything starts; uvicorn then runs on that socket with pgn's HTTP protocol
-(:mod:`pgn.serving.http_protocol`: unparseable requests answered in the server's one-line JSON).
+(:mod:`pgn.web.http_protocol`: unparseable requests answered in the server's one-line JSON).
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import PGNError
-from ..serving.uploads import BodySizeLimit, Reject, error, install_error_handlers, read_image
+from ..web.uploads import BodySizeLimit, Reject, error, install_error_handlers, read_image
 from .remote import RemoteClassifier
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def create_page_app(remote: RemoteClassifier, samples: list[tuple[str, bytes]] |
 
     ``samples``: (name, PNG/JPEG bytes) of example images the page offers to pick from.
     """
-    composer = remote.composer
+    adapter = remote.adapter
     tf = remote.transform
     samples = list(samples or [])
     server = remote.client.info()
@@ -67,18 +67,18 @@ def create_page_app(remote: RemoteClassifier, samples: list[tuple[str, bytes]] |
         pil = read_image(data, "the upload", formats=None)  # any format Pillow reads: the page resizes it
         x = tf(pil).unsqueeze(0)  # (1, 3, S, S) normalised, the adapter's preprocessing
         canvas = remote.canvases(x)
-        plain = composer.to_uint8(x)  # what the model would receive without the adapter
-        with_adapter = remote.scores_of_pngs(composer.png_bytes(canvas))[0]
-        without = remote.scores_of_pngs(composer.png_bytes(plain))[0]
+        plain = adapter.to_uint8(x)  # what the model would receive without the adapter
+        with_adapter = remote.scores_of_pngs(adapter.png_bytes(canvas))[0]
+        without = remote.scores_of_pngs(adapter.png_bytes(plain))[0]
         return {"image": _data_url(plain[0]), "canvas": _data_url(canvas[0]),
                 "with": _top(with_adapter, remote.class_names), "without": _top(without, remote.class_names),
                 "model": server.get("backbone"),
-                "head": "the model's own head (scores from the API)" if composer.remote_head else
+                "head": "the model's own head (scores from the API)" if adapter.reads_scores else
                         "the exported linear head on the embedding from the API"}
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        return PAGE.replace("{{title}}", f"{server.get('backbone')} adapted to {composer.config.get('dataset') or 'your task'}")
+        return PAGE.replace("{{title}}", f"{server.get('backbone')} adapted to {adapter.config.dataset or 'your task'}")
 
     @app.get("/samples")
     def sample_list() -> dict:
@@ -133,10 +133,10 @@ def dataset_samples(name: str, n: int = 12) -> list[tuple[str, bytes]]:
 def run_app(adapter: str, api: str, samples: str | None = None, host: str = "127.0.0.1", port: int = 7860) -> None:
     """Serve the page until interrupted (blocks)."""
 
-    from ..serving.net import bind, is_loopback, run_app
+    from ..web.net import bind, is_loopback, run_app
 
     remote = RemoteClassifier(adapter, api)
-    dataset = remote.composer.config.get("dataset")
+    dataset = remote.adapter.config.dataset
     if samples is not None:
         offered = sample_files(samples)
     elif dataset:

@@ -10,20 +10,67 @@ builds and trains its models through pgn's public API, as any user would.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
-from pgn.cli.main import _add_precision_arg, _Parser, as_flags
 from pgn.devices import resolve_device
-from pgn.errors import PGNError
-from pgn.precision import describe, resolve
+from pgn.errors import SETTING, PGNError
+from pgn.precision import PRECISIONS, describe, resolve
 
 from . import comparison
 from .comparison import METHODS
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pgn-bench", description="the paper's comparison: linear probe, IIP, VP, PGN, fine-tuning; lr "
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line on stderr and exit status 2 (as ``pgn``'s are); it also keeps
+    each destination's long flag, so library messages can name the flags (:func:`as_flags`)."""
+
+    def __init__(self, *args, **kwargs):
+        self.flags: dict[str, str] = {}  # dest -> its first long option; filled by add_argument
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        long = [o for o in action.option_strings if o.startswith("--")]
+        if long:
+            self.flags.setdefault(action.dest, long[0])
+        return action
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+def add_precision_arg(p: argparse.ArgumentParser) -> None:
+    """``--precision {auto,fp32,bf16}`` (default auto), with ``--bf16`` / ``--fp32`` as its aliases."""
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto (default: bf16 autocast where the device runs it natively, else fp32), fp32 or bf16; "
+                        "the choice is printed and recorded")
+    p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="alias of --precision bf16")
+    p.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="alias of --precision fp32")
+
+
+# Library names (pgn.errors: `setting` / `setting=value` in a message) whose flag here has another destination.
+FLAG_OF = {"root": "data_root", "backbone_weights": "weights", "num_workers": "workers"}
+
+
+def as_flags(message: str, parser: Parser) -> str:
+    """A library message with each `setting` / `setting=value` it names as the flag that sets it here;
+    a setting no flag sets keeps its library name, without the quoting."""
+
+    def flag(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2)
+        option = parser.flags.get(FLAG_OF.get(name, name))
+        if option is None:
+            return m.group(0)[1:-1]
+        return option if value is None else f"{option} {value}"
+
+    return SETTING.sub(flag, message)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="pgn-bench", description="the paper's comparison: linear probe, IIP, VP, PGN, fine-tuning; lr "
                                               "on a validation split, several seeds, cached per run")
     p.add_argument("--datasets", nargs="+", default=None, help="default: elpv fashion-mnist elpv4")
     p.add_argument("--methods", nargs="+", default=None, help="default: linear iip vp pgn pgn-frame finetune")
@@ -39,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stratified seed-0 subset of a dataset (default: fashion-mnist=1000x1000); repeatable")
     p.add_argument("--quick", action="store_true",
                    help="minutes: elpv only, 400/200 images, 1 epoch, 1 seed, two rates per method")
-    _add_precision_arg(p)
+    add_precision_arg(p)
     p.add_argument("--runs", default="runs/bench-compare", help="cache of finished runs (resumes from it)")
     p.add_argument("--record", default=None, help="also keep each finished run's result JSON here, laid out like "
                                                    "--runs (small; commit it to resume from a fresh clone)")
