@@ -138,3 +138,58 @@ def test_pgn_compose_takes_old_and_new_exports(tmp_path):
         assert r.returncode == 0, r.stderr
         assert Image.open(tmp_path / f"{name}.png").size == (64, 64)
     assert "not an exported adapter" in one_line_error(pgn("compose", "--adapter", tmp_path, img, "--out", tmp_path / "x.png"))
+
+
+def _export_fixture(tmp_path, seed):
+    model = pgn_lib.create_model(make_tiny_vit(), "pgn", classes=["a", "b"], img_size=64, num_prompts=2,
+                                 library_size=4, widths=(4, 4, 4, 4), layout="frame", library_space="pixel", seed=seed)
+    model.eval().save_pretrained(tmp_path / f"run{seed}")
+    return tmp_path / f"run{seed}", model.backbone
+
+
+def test_an_export_is_replaced_as_one_unit_and_a_crash_leaves_the_previous_one(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from safetensors.torch import load_file
+
+    run1, bb = _export_fixture(tmp_path, 1)
+    run2, _ = _export_fixture(tmp_path, 2)
+    out = export_adapter(run1, tmp_path / "export", backbone=bb)
+    first = load_file(str(out / "adapter.safetensors"))
+    assert stat.S_IMODE(os.stat(out).st_mode) & 0o055 == 0o055  # readable by a server running as another user
+
+    def crash(self, directory, extra_state=None):  # dies after the weights, before the config
+        from pgn.files import save_safetensors
+
+        save_safetensors({k: v.contiguous() for k, v in self.state_dict().items()}, Path(directory) / "adapter.safetensors")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(InputAdapter, "save_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_adapter(run2, tmp_path / "export", backbone=bb)
+    monkeypatch.undo()
+    kept = load_file(str(out / "adapter.safetensors"))
+    assert all(torch.equal(kept[k], first[k]) for k in first)  # the previous export, whole
+    InputAdapter.from_pretrained(out)
+    # A kill (no unwinding) leaves the partial folder; the next export of that name removes it.
+    partial = tmp_path / ".export.x1y2.pgn-partial"
+    (partial / "junk").mkdir(parents=True)
+    export_adapter(run2, tmp_path / "export", backbone=bb)
+    assert not partial.exists() and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    second = load_file(str(out / "adapter.safetensors"))
+    assert any(not torch.equal(second[k], first[k]) for k in first)  # now the new one
+
+
+def test_weights_with_nan_are_refused_in_one_line(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    run, bb = _export_fixture(tmp_path, 1)
+    out = export_adapter(run, tmp_path / "export", backbone=bb)
+    state = load_file(str(out / "adapter.safetensors"))
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key].clone().fill_(float("nan"))
+    save_file(state, str(out / "adapter.safetensors"))
+    with pytest.raises(PGNError, match=f"{key}.*NaN or infinite") as e:
+        InputAdapter.from_pretrained(out)
+    assert "\n" not in str(e.value)

@@ -62,7 +62,7 @@ def test_hosted_clip_classifier_deploys_a_pgn_with_scores_only(tmp_path):
     model.save_pretrained(tmp_path / "run")
     export = export_adapter(tmp_path / "run", tmp_path / "export", backbone=clip)
     assert not any(k.startswith("head") for k in __import__("safetensors.torch").torch.load_file(
-        str(export / "deploy.safetensors")))  # nothing of the head travels with the client
+        str(export / "adapter.safetensors")))  # nothing of the head travels with the client
     data = build_dataset("digits", img_size=SIZE, mean=clip.preprocessing.mean, std=clip.preprocessing.std,
                          test_limit=24)
     x = torch.stack([data.test[i][0] for i in range(len(data.test))])
@@ -122,10 +122,10 @@ def test_a_pixel_library_export_carries_nothing_of_the_hosted_model(tmp_path):
                              library_space="pixel", library_size=16, seed=0).eval()
     model.save_pretrained(tmp_path / "run")
     export = export_adapter(tmp_path / "run", tmp_path / "export", backbone=clip)
-    keys = set(load_file(str(export / "deploy.safetensors")))
-    assert keys and all(k.startswith("generator.") for k in keys), sorted(keys)
+    keys = set(load_file(str(export / "adapter.safetensors")))
+    assert keys and all(k.startswith("prompts.") for k in keys), sorted(keys)
     assert not any(clip.patch_embed_weight().shape == t.shape
-                   for t in load_file(str(export / "deploy.safetensors")).values())
+                   for t in load_file(str(export / "adapter.safetensors")).values())
     x = torch.randn(3, 3, SIZE, SIZE)
     with torch.inference_mode():  # the canvas is still the one training saw
         want = model.layout.compose(x, model.prompts.library.patches(model.prompts.coefficients(x)))

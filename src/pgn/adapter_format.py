@@ -300,9 +300,13 @@ def read_adapter_weights(directory: str | Path, map_location: str = "cpu") -> di
     if not path.is_file():
         raise PGNError(f"no adapter weights in {directory}: {WEIGHTS_FILE} is missing")
     try:
-        return load_file(str(path), device=map_location)
+        state = load_file(str(path), device=map_location)
     except (SafetensorError, OSError) as e:
         raise PGNError(f"{path} is corrupt or not a safetensors file ({e}); retrain or restore it") from e
+    for key, tensor in state.items():  # a NaN or an infinity would answer garbage for every image, silently
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise PGNError(f"{path}: tensor {key!r} holds NaN or infinite values; retrain or restore the adapter")
+    return state
 
 
 def check_state(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], what: str) -> None:

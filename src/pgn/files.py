@@ -30,6 +30,75 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+TEMP_DIR_SUFFIX = ".pgn-partial"  # a folder being written next to where it will be published
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty folder next to ``path``; on success it replaces ``path`` as one unit.
+
+    Readers see the previous folder or the new one, never a mix: on Linux the two are swapped with one
+    ``renameat2(RENAME_EXCHANGE)`` (elsewhere, where a folder cannot be swapped, the old one is moved aside
+    first). The folder gets ordinary permissions (0755 under the usual umask; ``mkdtemp`` makes 0700, which
+    a server running as another user cannot read). A kill at any point leaves ``path`` whole, and the
+    partial folder it leaves behind is removed by the next write to ``path`` (:func:`remove_partial_dirs`).
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_partial_dirs(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_DIR_SUFFIX))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        if path.is_dir() and not path.is_symlink() and _exchange(tmp, path):
+            pass  # tmp now holds the previous folder
+        else:
+            if path.exists() or path.is_symlink():
+                old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_DIR_SUFFIX))
+                os.replace(path, old / "old")
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        remove_partial_dirs(path)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False where unsupported."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    return False  # e.g. a file system without the flag: the fallback moves the old folder aside
+
+
+def remove_partial_dirs(path: str | os.PathLike) -> list[Path]:
+    """Remove what an interrupted :func:`atomic_dir` of ``path`` left next to it; returns what was removed."""
+    import shutil
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    gone = []
+    for leftover in path.parent.glob(f".{path.name}.*{TEMP_DIR_SUFFIX}"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+            gone.append(leftover)
+    return gone
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

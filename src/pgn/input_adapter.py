@@ -295,6 +295,9 @@ def _read_legacy_export(directory: Path) -> tuple[AdapterConfig, dict[str, torch
         stored = load_file(str(w_path))
     except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as e:
         raise PGNError(f"{directory} holds a corrupt export ({e}); export it again") from None
+    for key, tensor in stored.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise PGNError(f"{w_path}: tensor {key!r} holds NaN or infinite values; export the adapter again")
     old = validated(LegacyExportConfig, raw, str(cfg_path))
     gen = validated(GeneratorConfig, old.generator, f"{cfg_path} (generator)")
     if old.head == "linear":
@@ -338,7 +341,12 @@ def export_adapter(source: str | Path, out_dir: str | Path, backbone=None) -> Pa
 
     ``backbone``: the frozen backbone to rebuild it on (default: the one its config names).
     """
+    from .files import atomic_dir
     from .model import PromptedClassifier
 
     model = PromptedClassifier.from_pretrained(source, backbone)
-    return model.deployable().save_pretrained(out_dir)
+    out_dir = Path(out_dir)
+    # One unit: a reader (or a kill) sees the previous export or this one, never one's weights with the other's config.
+    with atomic_dir(out_dir) as tmp:
+        model.deployable().save_pretrained(tmp)
+    return out_dir

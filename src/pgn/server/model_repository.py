@@ -16,8 +16,6 @@ measured error is written into ``pgn_model.json`` beside the model.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -116,9 +114,9 @@ def export_model(backbone: str | FrozenModel, out_dir: str | Path, *, name: str 
         from ..pixels import from_uint8
 
         expected = bb(from_uint8(canvases, bb.preprocessing.mean, bb.preprocessing.std)).float().numpy()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))
-    try:
+    from ..files import atomic_dir
+
+    with atomic_dir(target) as tmp:  # readable by the server's user; a kill leaves nothing half-written behind
         (tmp / "1").mkdir()
         onnx_path = tmp / "1" / "model.onnx"
         import warnings
@@ -142,10 +140,6 @@ def export_model(backbone: str | FrozenModel, out_dir: str | Path, *, name: str 
             "output_width": int(got.shape[1]), "mean": list(bb.preprocessing.mean), "std": list(bb.preprocessing.std),
             "patch_size": bb.patch_size, "opset": OPSET, "onnx_vs_torch_relative_error": error,
             "classes": list(getattr(bb, "source_classes", None) or []) or None})
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

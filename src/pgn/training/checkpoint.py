@@ -104,6 +104,9 @@ def save_checkpoint(run_dir: Path, epoch: int, write_adapter, state: dict, rows:
         write_adapter(tmp)
         save_tensors(state, tmp / STATE_FILE)  # a full disk is named as such
         (tmp / ROWS_FILE).write_text(json.dumps(rows))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700: ordinary permissions, like the run's other files
         if final.exists():  # left by an earlier attempt at this epoch that died after its rename
             shutil.rmtree(final)
         os.replace(tmp, final)  # the commit point: one rename of a complete directory
