@@ -61,6 +61,8 @@ def create_model(backbone: str | FrozenBackbone = DEFAULT_BACKBONE, method: str 
         data = build_dataset(dataset, img_size=img_size, root=data_root, download=download)
         classes = classes or data.class_names  # the data names its classes
         method = _with_data_template(method, data)
+    if isinstance(classes, str):
+        raise PGNError(f"classes is the string {classes!r}; pass a list of class names, e.g. classes=['cat', 'dog']")
     if not classes:
         raise PGNError("classes is empty; pass the class names, e.g. classes=['cat', 'dog'], or dataset=NAME "
                        "to take them from the data")
@@ -328,15 +330,18 @@ def _data_of_run(acfg, config: dict, recipe: dict) -> DataSpec:
                              train_limit=first.get("train_limit"), test_limit=first.get("test_limit"),
                              seed=first.get("seed", 0), root=first.get("root"),
                              on_device=bool(first.get("on_device", False)))
-    else:
-        sizes = config.get("dataset", {})
+    else:  # runs from before the data recipe was recorded: the dataset's name and the sizes of its splits
+        recorded = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+        if not acfg.dataset:
+            raise PGNError("cannot resume: the run's config.json records no data (no 'data' section and no dataset "
+                           "name); start a new run")
         data, _ = build_data(acfg.dataset, **sizes, augment=config.get("augment", False),
                              seed=config["train"].get("seed", 0))
         limits = {}
-        if sizes.get("train_size") not in (None, len(data.train)):
-            limits["train_limit"] = sizes["train_size"]
-        if sizes.get("test_size") not in (None, len(data.test)):
-            limits["test_limit"] = sizes["test_size"]
+        if recorded.get("train_size") not in (None, len(data.train)):
+            limits["train_limit"] = recorded["train_size"]
+        if recorded.get("test_size") not in (None, len(data.test)):
+            limits["test_limit"] = recorded["test_size"]
         if limits:
             data, _ = build_data(acfg.dataset, **sizes, augment=config.get("augment", False),
                                  seed=config["train"].get("seed", 0), **limits)

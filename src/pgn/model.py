@@ -172,7 +172,11 @@ class PromptedClassifier(nn.Module):
     def from_pretrained(cls, directory: str | Path, backbone: FrozenModel | None = None,
                         map_location: str = "cpu") -> "PromptedClassifier":
         """The classifier saved in ``directory`` by :meth:`save_pretrained`, on ``backbone`` (default: the one
-        its config names, built), in eval mode; the inverse of :meth:`save_pretrained`."""
+        its config names, built), in eval mode; the inverse of :meth:`save_pretrained`. For a run, its newest
+        complete checkpoint (:func:`pgn.training.checkpoint.adapter_source`)."""
+        from .training.checkpoint import adapter_source
+
+        directory = adapter_source(directory)
         cfg = read_adapter_config(directory)
         if cfg.deploy is not None:
             raise PGNError(f"{directory} is an export for input-space deployment; load it with "
@@ -219,24 +223,65 @@ class PromptedClassifier(nn.Module):
         head = None if cfg.head == "zeroshot" else self.head
         return InputAdapter(config, self.prompts, self.input_prompt, head, self.layout, bb.patch_embedding()).eval()
 
-    @torch.inference_mode()
-    def predict(self, images, top_k: int = 1, batch_size: int = 32) -> list[list[tuple[str, float]]]:
-        """Classify image files, PIL images or a (B, 3, S, S) normalised tensor.
-
-        Returns, per image, the ``top_k`` (class name, probability) pairs, best first.
-        """
+    def _as_batch(self, images) -> torch.Tensor:
+        """What :meth:`predict` accepts -> (B, 3, S, S) normalised float32, or a PGNError naming the problem."""
         from PIL import Image
 
         from .data import load_image
 
-        names = self.class_names
+        size = self.config.img_size
         if isinstance(images, torch.Tensor):
-            batch = images if images.ndim == 4 else images.unsqueeze(0)
-        else:
-            if isinstance(images, (str, os.PathLike, Image.Image)):
-                images = [images]
-            tf = self.transform
-            batch = torch.stack([tf(im if isinstance(im, Image.Image) else load_image(im)) for im in images])
+            return self._checked_tensor(images if images.ndim == 4 else images.unsqueeze(0), size)
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            images = [images]
+        if not isinstance(images, (list, tuple)):
+            raise PGNError(f"predict takes image paths, PIL images or a float32 tensor, not {type(images).__name__}; "
+                           "for a NumPy array use PIL.Image.fromarray")
+        if not images:
+            raise PGNError("predict needs at least one image (got an empty list)")
+        tf, batch = self.transform, []
+        for im in images:
+            if isinstance(im, Image.Image):
+                batch.append(tf(im))
+            elif isinstance(im, (str, os.PathLike)):
+                batch.append(tf(load_image(im)))
+            elif isinstance(im, torch.Tensor) and im.ndim == 3:
+                batch.append(self._checked_tensor(im.unsqueeze(0), size)[0])
+            else:
+                raise PGNError(f"predict takes image paths, PIL images or float32 tensors, not {type(im).__name__}")
+        return torch.stack(batch)
+
+    def _checked_tensor(self, batch: torch.Tensor, size: int) -> torch.Tensor:
+        if batch.ndim != 4 or batch.shape[1] != 3 or tuple(batch.shape[2:]) != (size, size):
+            raise PGNError(f"a tensor for predict is (B, 3, {size}, {size}) or (3, {size}, {size}), got "
+                           f"{tuple(batch.shape)}; use model.transform on a PIL image")
+        if batch.dtype != torch.float32:
+            raise PGNError(f"a tensor for predict is float32 normalised with the adapter's mean and std, got "
+                           f"{batch.dtype}; use model.transform on a PIL image")
+        if not bool(torch.isfinite(batch).all()):
+            raise PGNError("the tensor for predict holds NaN or infinite values")
+        mean, std = torch.tensor(self.config.mean), torch.tensor(self.config.std)
+        lo, hi = float(((0 - mean) / std).min()), float(((1 - mean) / std).max())
+        if float(batch.min()) < lo - 0.5 or float(batch.max()) > hi + 0.5:  # beyond what normalised pixels can be
+            raise PGNError(f"the tensor for predict has values in [{float(batch.min()):.3g}, {float(batch.max()):.3g}], "
+                           f"outside normalised pixels ([{lo:.2f}, {hi:.2f}]): normalise 0-1 pixels with the adapter's "
+                           "mean and std (model.transform does)")
+        return batch
+
+    @torch.inference_mode()
+    def predict(self, images, top_k: int = 1, batch_size: int = 32) -> list[list[tuple[str, float]]]:
+        """Classify image files (paths), PIL images, or a float32 tensor normalised as :attr:`transform` makes it,
+        (B, 3, S, S) or (3, S, S) with S the adapter's ``img_size``; a list of them is a batch.
+
+        Returns, per image, the ``top_k`` (class name, probability) pairs, best first. Anything else is a
+        PGNError naming what is wrong (a uint8 or 0-255 tensor, another size, NaN, an empty list, ...).
+        """
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise PGNError(f"top_k must be a whole number >= 1, got {top_k!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise PGNError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        names = self.class_names
+        batch = self._as_batch(images)
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device

@@ -165,6 +165,17 @@ def to_rgb(img: Image.Image, label: str = "image") -> Image.Image:
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Read an image file as RGB; a missing, corrupt, unsupported or oversized file raises PGNError."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise PGNError(f"image file {path} does not exist; check the path") from None
+    except OSError as e:
+        raise PGNError(f"cannot read image {path} ({e.strerror}); check the path") from None
+    if not stat.S_ISREG(mode):  # a FIFO or a device would block or stream for ever
+        kind = "folder" if stat.S_ISDIR(mode) else "special file (a pipe, socket or device)"
+        raise PGNError(f"{path} is a {kind}, not an image file; pass image files")
     try:
         with pixel_budget():  # our own budget applies, just below
             img = Image.open(path)

@@ -165,10 +165,24 @@ def _digits(train_tf, test_tf) -> DataSpec:
 
 # --------------------------------------------------------------------------- folder
 
+def _refuse_folder_links(path: Path) -> None:
+    """One line for a link to a folder anywhere under ``path``: ImageFolder follows them, so a link to the
+    parent would relabel files and put the same files in both splits."""
+    import os
+
+    for top, dirs, _ in os.walk(path, followlinks=False):
+        for d in dirs:
+            if os.path.islink(os.path.join(top, d)):
+                raise PGNError(f"dataset folder {path}: {Path(top, d)} is a link to a folder, which pgn does not "
+                               "follow (it may lead outside the dataset or loop); copy the images in, or point "
+                               "folder: at the link's target")
+
+
 def _image_folder(path: Path):
-    """torchvision ImageFolder of (PIL image, label) read through :func:`load_image`."""
+    """torchvision ImageFolder of (PIL image, label) read through :func:`load_image`; links to folders refused."""
     from torchvision.datasets import ImageFolder
 
+    _refuse_folder_links(path)
     try:
         return ImageFolder(str(path), loader=load_image)
     except FileNotFoundError as e:  # no class folders, or no image files in them

@@ -31,6 +31,29 @@ class ToRGB:
         return f"{type(self).__name__}()"
 
 
+class BoundedResize(T.Resize):
+    """``T.Resize(size)`` (the shorter side to ``size``), refusing an image whose resized form would exceed the
+    pixel budget (:func:`pgn.data.base.max_image_pixels`): a 100000 x 1 image passes the budget as a file but
+    would grow to 11 million x 112 pixels. Its output is exactly ``T.Resize``'s."""
+
+    def forward(self, img):
+        from ..errors import PGNError
+        from .base import MAX_PIXELS_ENV, max_image_pixels
+
+        if isinstance(img, Image.Image):
+            w, h = img.size
+            if min(w, h) < 1:
+                raise PGNError(f"the image is {w}x{h} pixels: it has no pixels to classify")
+            side = self.size if isinstance(self.size, int) else min(self.size)
+            grown = (max(w, h) * side / min(w, h)) * side
+            limit = max_image_pixels()
+            if grown > limit:
+                raise PGNError(f"a {w}x{h} image would be resized to {grown:,.0f} pixels (its shorter side to {side}), "
+                               f"over the limit of {limit:,}; crop it to a less extreme shape, or raise "
+                               f"{MAX_PIXELS_ENV} if you trust it")
+        return super().forward(img)
+
+
 def eval_transform(
     img_size: int,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -42,7 +65,7 @@ def eval_transform(
     into RGB *after* resizing: the result is identical and resizing one channel is cheaper.
     """
     return T.Compose([
-        T.Resize(img_size, interpolation=BICUBIC),
+        BoundedResize(img_size, interpolation=BICUBIC),
         T.CenterCrop(img_size),
         ToRGB(),
         T.ToTensor(),

@@ -48,10 +48,28 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     counts as its own checkpoint.
     """
     run_dir = Path(run_dir)
-    found = sorted(p for p in (run_dir / CHECKPOINTS).glob("epoch-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    found = sorted(p for p in (run_dir / CHECKPOINTS).glob("epoch-*") if p.is_dir() and not p.name.endswith(".tmp")
+                   and is_complete(p))  # an empty or partly deleted epoch folder is not a checkpoint
     if found:
         return found[-1]
     return run_dir if (run_dir / STATE_FILE).is_file() else None
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` holds every file a checkpoint is written with."""
+    return all((checkpoint / name).is_file() for name in (*ADAPTER_FILES, STATE_FILE))
+
+
+def adapter_source(directory: str | os.PathLike) -> Path:
+    """Where the adapter of ``directory`` is: a run's newest complete checkpoint (the commit point: a run killed
+    between a checkpoint and the copy of its adapter to the run's top level is read at that checkpoint, not at
+    the epoch before), else ``directory`` itself (a saved adapter, an export)."""
+    directory = Path(directory)
+    if (directory / CHECKPOINTS).is_dir():
+        latest = latest_checkpoint(directory)
+        if latest is not None and (latest / ADAPTER_FILES[0]).is_file():
+            return latest
+    return directory
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:

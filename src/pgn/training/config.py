@@ -84,8 +84,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise PGNError(f"{name} must be a positive finite number, got {value}")
-        if self.warmup_epochs is not None and not self.warmup_epochs >= 0:
-            raise PGNError(f"warm-up epochs must be >= 0, got {self.warmup_epochs}")
+        if self.warmup_epochs is not None and not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0):
+            raise PGNError(f"`warmup_epochs` must be a finite number >= 0, got {self.warmup_epochs}")
+        # NumPy's seeding takes 0 .. 2**32 - 1; outside it a run would fail after its data was built.
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise PGNError(f"`seed` must be an integer in 0..{2**32 - 1}, got {self.seed}")
 
     @classmethod
     def paper(cls, **overrides) -> "TrainConfig":

@@ -28,6 +28,13 @@ def restore(model: PromptedClassifier, optimizer, scheduler, run_dir: Path, cfg:
         loaded = PromptedClassifier.from_pretrained(checkpoint, backbone=model.backbone, map_location=device)
         weights = loaded.trainable_modules().state_dict()
         rows = checkpoint_rows(checkpoint)
+    from .run_dir import run_fingerprint
+
+    recorded, current = state.get("run_fingerprint"), run_fingerprint(run_dir)
+    if recorded is not None and current is not None and recorded != current:  # checkpoints before 0.2 hold none
+        raise PGNError(f"cannot resume {run_dir}: its checkpoint was written by another run, or its config.json was "
+                       "edited since (the model, data, seed or recipe differ); restore the run's own config.json, or "
+                       "start a new run")
     model.trainable_modules().load_state_dict(weights)
     try:
         optimizer.load_state_dict(state["optimizer"])
@@ -56,10 +63,13 @@ def restore(model: PromptedClassifier, optimizer, scheduler, run_dir: Path, cfg:
     return start_epoch, rows
 
 
-def trainer_state(optimizer, scheduler, epoch: int, ctx: DistContext) -> dict:
-    """Optimizer, scheduler and RNG states after ``epoch`` (every rank's torch RNG when distributed)."""
+def trainer_state(optimizer, scheduler, epoch: int, ctx: DistContext, fingerprint: str | None = None) -> dict:
+    """Optimizer, scheduler and RNG states after ``epoch`` (every rank's torch RNG when distributed), and the
+    run's fingerprint (:func:`pgn.training.run_dir.run_fingerprint`), which ties the checkpoint to its run."""
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
              **_rng_states()}
+    if fingerprint is not None:
+        state["run_fingerprint"] = fingerprint
     if ctx.distributed:
         state["rng_per_rank"] = gather_objects(torch.get_rng_state())
         state["world_size"] = ctx.world_size

@@ -62,6 +62,30 @@ def write_run_config(run_dir: Path, model: PromptedClassifier, adapter_cfg: Adap
     write_json(run_dir / "config.json", config)
 
 
+# What a resume may change (pgn.api.RESUMABLE, by the names config.json's "train" section uses) and what is
+# plumbing of the machine: neither is part of what the run trains, so neither is in its fingerprint.
+_NOT_THE_RUN = ("epochs", "device", "num_workers", "progress", "eval_every")
+
+
+def run_fingerprint(run_dir: Path) -> str | None:
+    """A hash of what ``run_dir``'s config.json says is trained (model, data, recipe, seed), without what a
+    resume may change; saved with every checkpoint, so that a checkpoint is tied to its run. None: no config."""
+    import hashlib
+    import json
+
+    path = Path(run_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    train = {k: v for k, v in (config.get("train") or {}).items() if k not in _NOT_THE_RUN}
+    what = {"adapter": config.get("adapter"), "train": train, "data": config.get("data"),
+            "augment": config.get("augment")}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
 def default_run_dir(method: str, dataset: str) -> Path:
     """Where a run goes when none is named: ``runs/<method>-<dataset>-<YYYYmmdd-HHMMSS>`` (the one rule of
     ``pgn.train`` and ``pgn train``); a dataset name's ``:`` and ``/`` (``folder:PATH``) become ``_``."""

@@ -52,7 +52,7 @@ from .monitor import OptimizerMonitor
 from .optimizers import build_optimizer
 from .progress import Progress
 from .resume import restore, trainer_state
-from .run_dir import check_run_dir, remove_new_run, write_run_config
+from .run_dir import check_run_dir, remove_new_run, run_fingerprint, write_run_config
 from .schedule import warmup_cosine
 
 logger = logging.getLogger(__name__)
@@ -172,6 +172,7 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
     start_epoch, rows = restore(model, optimizer, scheduler, run_dir, cfg, ctx, log) if resume else (0, [])
     if main:
         write_run_config(run_dir, model, adapter_cfg, data, cfg, ctx, batches.augment, scale)
+    fingerprint = run_fingerprint(run_dir) if main else None  # only the main process writes checkpoints
     barrier()
 
     if not resume and cfg.head_init == "zero" and isinstance(model.head, LinearHead):
@@ -210,7 +211,7 @@ def _train(model: PromptedClassifier, adapter_cfg: AdapterConfig, data: DataSpec
             log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_top1']:.4f}  "
                 f"{test}  ({train_time:.0f}s)")
             rows.append(row)
-            state = trainer_state(optimizer, scheduler, epoch, ctx)
+            state = trainer_state(optimizer, scheduler, epoch, ctx, fingerprint)
             if main:
                 # Weights, trainer state and every metrics row so far, as one directory renamed into place.
                 save_checkpoint(run_dir, epoch + 1, lambda d: model.save_pretrained(d), state, rows)
