@@ -1,6 +1,7 @@
 """Nothing pgn reads is trusted blindly: a run is read at its commit point and resumes only itself, data folders
 stay inside their root, images are bounded after resizing, and every number a user gives is checked."""
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,3 +163,26 @@ def test_a_run_recorded_before_data_recipes_resumes_from_its_dataset_name(tmp_pa
     r = cli("train", "--resume", "--out", run, "--epochs", 2, "--no-progress")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["epoch"] == 2
+
+
+def test_cli_messages_say_what_to_do(tmp_path, tiny_weights):
+    import json
+    import os
+
+    from helpers import one_line_error
+    from helpers import pgn as cli
+
+    line = one_line_error(cli("train", "--dataset", "digits", "--train-limit", 1, "--backbone", "test-vit-timm",
+                              "--img-size", 32))
+    assert "raise --train-limit to at least 10" in line
+    assert "give --backbone too" in one_line_error(cli("predict", "--adapter", tmp_path, "--weights", "w.pt", "x.png"))
+    export = Path(__file__).parent / "fixtures" / "export-v1-labelmap"
+    assert "must start with http://" in one_line_error(cli("predict", "--adapter", export, "--api", "", "x.png"))
+    # A relative --weights is recorded by its absolute path: the run loads from any folder.
+    os.symlink(tiny_weights, tmp_path / "w.safetensors")
+    r = cli("train", "--backbone", "timm:test_vit", "--weights", "w.safetensors", "--dataset", "digits", "--img-size", 32,
+            "--epochs", 1, "--train-limit", 20, "--test-limit", 10, "--method", "linear", "--out", "run", "--no-progress",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    recorded = json.loads((tmp_path / "run" / "adapter_config.json").read_text())["backbone_weights"]
+    assert Path(recorded).is_absolute() and Path(recorded) == (tmp_path / "w.safetensors").resolve()

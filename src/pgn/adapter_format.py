@@ -269,6 +269,9 @@ def adapter_config(backbone, method: str | MethodConfig, classes: Sequence[str],
         raise PGNError(f"options ({', '.join(sorted(options))}) go into the method config itself, e.g. "
                        f"{type(method).__name__}({next(iter(options))}=...)")
     pre = backbone.preprocessing
+    if backbone_weights is not None and Path(backbone_weights).expanduser().is_file():
+        # A local file is recorded by its absolute path, so the run and its export load from any folder.
+        backbone_weights = str(Path(backbone_weights).expanduser().resolve())
     return AdapterConfig(method_config=method, backbone=backbone.name, backbone_width=backbone.width,
                          class_names=list(classes), img_size=img_size, mean=pre.mean, std=pre.std,
                          backbone_weights=backbone_weights, dataset=dataset, extra=dict(extra or {}))

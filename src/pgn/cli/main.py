@@ -145,6 +145,9 @@ def _load(directory, args):
     from ..backbones import create_backbone
     from ..model import PromptedClassifier
 
+    if args.weights and not args.backbone:
+        raise PGNError("--weights is the weights of --backbone; give --backbone too (the adapter's own backbone and "
+                       "weights are used otherwise)")
     backbone = create_backbone(args.backbone, args.weights) if args.backbone else None
     model = PromptedClassifier.from_pretrained(directory, backbone=backbone)
     return model, model.config
@@ -445,7 +448,7 @@ def cmd_eval(args) -> int:
     from ..devices import resolve_device
     from ..precision import resolve as resolve_precision
 
-    if args.api:
+    if args.api is not None:  # an empty --api is an error (the endpoint says so), never a silent local run
         return _eval_api(args)
     if args.method == "zeroshot" and not args.dataset:
         raise PGNError("zero-shot evaluation needs --dataset")
@@ -487,7 +490,7 @@ def cmd_predict(args) -> int:
     from ..precision import resolve as resolve_precision
 
     shown = {}
-    if args.api:  # the server runs the model at its own precision
+    if args.api is not None:  # the server runs the model at its own precision; an empty URL is an error
         with _remote(args, args.adapter) as remote:
             preds = remote.predict(args.images, top_k=args.top_k)
     else:

@@ -74,6 +74,9 @@ def check_classes(data: DataSpec) -> None:
     missing = [name for i, name in enumerate(data.class_names) if i not in present]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        if len(targets) < len(data.class_names):  # a subset too small to hold one image of each class
+            raise PGNError(f"dataset {data.name}: {len(targets)} training image(s) cannot hold one of each of its "
+                           f"{len(data.class_names)} classes; raise `train_limit` to at least {len(data.class_names)}")
         raise PGNError(f"dataset {data.name}: class {missing[0]!r}{more} has no training images; add images for it "
                        "or remove the class")
 
