@@ -194,7 +194,9 @@ def test_torchvision_prompts_and_interface(tv, images):
     assert tv.patch_embed_bias().shape == (768,)
     assert tv.preprocessing.mean == (0.485, 0.456, 0.406) and tv.preprocessing.input_size == 224
     assert all(not p.requires_grad for p in tv.parameters())
-    assert not hasattr(tv, "zero_shot_head")
+    assert tv.takes_tokens and not tv.has_zero_shot_head  # what it declares, checked against what it does:
+    with pytest.raises(PGNError, match="no text tower"):
+        tv.zero_shot_head(["a"], "{}")
 
 
 def test_torchvision_from_local_weights(tv_model, tv_out, tmp_path, images):

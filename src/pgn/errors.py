@@ -17,6 +17,10 @@ class PGNError(RuntimeError):
     """An error the user can fix; its message is one actionable line."""
 
 
+class EndpointError(PGNError):
+    """A model's server (or callable) failed, or answered outside the contract (:mod:`pgn.client.wire`)."""
+
+
 class DivergedError(PGNError):
     """Training diverged: a non-finite loss, weight or running statistic. The last good checkpoint is kept."""
 

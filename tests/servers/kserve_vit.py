@@ -21,7 +21,7 @@ class Backbone(Model):
         super().__init__(name)
         bb = create_backbone(backbone)
         # A classifier prompted in pixels (a CNN) answers its own scores, whatever they are called.
-        names = None if getattr(bb, "pixel_only", False) else [str(i) for i in range(10)]
+        names = None if not bb.takes_tokens else [str(i) for i in range(10)]
         self.served = served_model(bb, names if answer == "scores" else None)
         self.answer = answer
         self.ready = True

@@ -22,7 +22,7 @@ from fastapi import FastAPI, File, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import PGNError
+from ..errors import EndpointError, PGNError
 from ..web.uploads import BodySizeLimit, Reject, error, install_error_handlers, read_image
 from .remote import RemoteClassifier
 
@@ -98,9 +98,10 @@ def create_page_app(remote: RemoteClassifier, samples: list[tuple[str, bytes]] |
         data = await file.read()
         try:
             return JSONResponse(await run_in_threadpool(classify, data))
-        except PGNError as e:  # the model's API failed or refused: the page says which
-            status = 502 if "server at" in str(e) or "not reachable" in str(e) else 422
-            return error(status, str(e))
+        except EndpointError as e:  # the model's API failed, or answered outside the contract
+            return error(502, str(e))
+        except PGNError as e:  # the upload itself: not an image, too large once resized, ...
+            return error(422, str(e))
 
     return app
 

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import PGNError
+from ..errors import EndpointError, PGNError
 
 __all__ = ["CallableEndpoint", "Endpoint", "OpenInferenceEndpoint", "PgnServeEndpoint", "TENSOR_FORMATS", "endpoint"]
 
@@ -165,30 +165,30 @@ class OpenInferenceEndpoint(Endpoint):
         where = f"{self.url} (model {self.model!r})"
         outputs = self._post(body).get("outputs")
         if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
-            raise PGNError(f"{where} answered 'outputs' that is not a list of tensors; is it an Open Inference "
+            raise EndpointError(f"{where} answered 'outputs' that is not a list of tensors; is it an Open Inference "
                            "Protocol server?")
         if not outputs:
-            raise PGNError(f"{where} answered no outputs")
+            raise EndpointError(f"{where} answered no outputs")
         chosen = outputs[0] if self.output is None else next((o for o in outputs if o.get("name") == self.output),
                                                              None)
         if chosen is None:
-            raise PGNError(f"{where} has no output {self.output!r}; it answers "
+            raise EndpointError(f"{where} has no output {self.output!r}; it answers "
                            f"{', '.join(str(o.get('name')) for o in outputs)}")
         name, shape, datatype, data = chosen.get("name"), chosen.get("shape"), chosen.get("datatype"), chosen.get("data")
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                   for d in shape):
-            raise PGNError(f"{where}: output {name!r} has no valid 'shape' (got {str(shape)[:60]})")
+            raise EndpointError(f"{where}: output {name!r} has no valid 'shape' (got {str(shape)[:60]})")
         if datatype not in NUMERIC_DATATYPES:
-            raise PGNError(f"{where}: output {name!r} has datatype {str(datatype)[:20]!r}; pgn reads numbers "
+            raise EndpointError(f"{where}: output {name!r} has datatype {str(datatype)[:20]!r}; pgn reads numbers "
                            f"({', '.join(NUMERIC_DATATYPES)})")
         if not isinstance(data, list):
-            raise PGNError(f"{where}: output {name!r} has no 'data' list")
+            raise EndpointError(f"{where}: output {name!r} has no 'data' list")
         try:
             values = np.asarray(data, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):
-            raise PGNError(f"{where}: output {name!r} holds values that are not numbers") from None
+            raise EndpointError(f"{where}: output {name!r} holds values that are not numbers") from None
         if values.size != int(np.prod(shape)):
-            raise PGNError(f"{where}: output {name!r} holds {values.size} values, not its shape {shape}")
+            raise EndpointError(f"{where}: output {name!r} holds {values.size} values, not its shape {shape}")
         return _finite(values.reshape(shape), where, f"output {name!r}")
 
     def scores(self, canvases):
@@ -226,7 +226,7 @@ class CallableEndpoint(Endpoint):
 
         out = to_table(self.fn(np.asarray(canvases)), self.url, "values")
         if out.shape[0] != len(canvases):
-            raise PGNError(f"{self.url} answered {out.shape[0]} rows of values for {len(canvases)} images; a model "
+            raise EndpointError(f"{self.url} answered {out.shape[0]} rows of values for {len(canvases)} images; a model "
                            "answers one row per image")
         return out
 

@@ -53,8 +53,9 @@ class EmbeddingClient:
     def _request(self, method: str, path: str, **kw) -> dict:
         from .wire import request_json
 
-        return request_json(self._http, method, path, where=f"server at {self.base_url + path}", deadline=self.timeout,
-                            unreachable="start one with `pgn serve --backbone NAME`, or check the URL", **kw)
+        return request_json(self._http, method, path, where=f"embedding server at {self.base_url + path}",
+                            deadline=self.timeout, unreachable="start one with `pgn serve --backbone NAME`, or check the URL",
+                            **kw)
 
     # --- API ---
     def health(self) -> dict:
