@@ -24,8 +24,9 @@ Library layout (data flows one way)::
     analysis.py, plots.py, demo.py   what a run learned, pictures, `make demo`
     server/        runs next to the model: the model server (each library's own forward, dynamic batching,
                    hosted-classifier mode) and the model-repository export for Triton / KServe / MLServer
-    client/        runs on the client: endpoints (pgn serve, the Open Inference Protocol, a callable),
-                   RemoteClassifier, the pgn app page; server/ and client/ never import each other
+    client/        runs on the client: endpoints (pgn serve, the Open Inference Protocol, a callable), the
+                   contract every answer meets (wire.py), RemoteClassifier, the pgn app page;
+                   server/ and client/ never import each other
     web/           the HTTP plumbing both sides' web servers share (bounded uploads, loopback binding)
     files.py, validation.py, paths.py, errors.py   atomic writes and run locks, typed configs, cache dir, PGNError
 The command line (``pgn.cli``) sits on top; the library never imports it. The method comparison
