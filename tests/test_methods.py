@@ -55,7 +55,7 @@ def test_every_method_creates_trains_saves_loads_and_predicts_the_same(method, o
 
     model.save_pretrained(tmp_path / "adapter")
     raw = json.loads((tmp_path / "adapter" / CONFIG_FILE).read_text())
-    assert raw["format_version"] == FORMAT_VERSION == 2 and raw["method"] == method
+    assert raw["format_version"] == FORMAT_VERSION == 3 and raw["method"] == method
     assert raw["method_config"] == method_config_dict(model.config.method_config)
     assert not {"generator", "num_prompts", "vp_pad", "layout"} & set(raw)  # no flat union of every method's fields
     loaded = pgn.load(tmp_path / "adapter", device="cpu")
@@ -151,7 +151,7 @@ def test_saved_method_configs_are_validated_field_by_field(tmp_path):
             ({"method": "linear"}, "unknown field 'arch'"),  # another method's config: refused, not dropped
             ({"method_config": {**good["method_config"], "library_size": "many"}}, "library_size"),
             ({"method_config": {**good["method_config"], "layout": "sideways"}}, "unknown layout 'sideways'"),
-            ({"format_version": 3}, "newer pgn"),
+            ({"format_version": 4}, "newer pgn"),
             ({"format_version": 0}, "not a version")):
         (tmp_path / CONFIG_FILE).write_text(json.dumps({**good, **change}))
         with pytest.raises(PGNError, match=message) as e:
@@ -167,7 +167,7 @@ def test_a_format_1_config_becomes_the_methods_own_config():
                   generator={"num_prompts": 8, "library_size": 32, "input_size": 48, "library_space": "latent"})
     pgn_cfg = AdapterConfig.from_dict({**common, "method": "pgn"}, "v1")
     assert pgn_cfg.method_config == PGNConfig(num_prompts=8, library_size=32, generator_size=48)
-    assert pgn_cfg.generator["input_size"] == 48 and pgn_cfg.format_version == 2
+    assert pgn_cfg.generator["input_size"] == 48 and pgn_cfg.format_version == 3
     assert AdapterConfig.from_dict({**common, "method": "vp"}, "v1").method_config == pgn.VPConfig(pad=6)
     assert AdapterConfig.from_dict({**common, "method": "iip"}, "v1").method_config == pgn.IIPConfig(num_prompts=8)
     old_head = {k: v for k, v in common.items() if k != "head_norm"}  # before the normalised head: raw features
