@@ -251,11 +251,10 @@ class InputAdapter(nn.Module):
         else:  # a pixel library's patches are sent as they are: the model's embedding is never needed here
             p = deploy.patch_size
             embedding = PatchEmbedding(torch.zeros(1, 3, p, p), torch.zeros(1), pre)
-        if config.method_config.method != "pgn" or (not getattr(config.method_config, "library_space", None) == "pixel"
-                                                     and embedding.width < 2):
-            if config.method_config.method != "pgn":
-                raise PGNError(f"{directory}: only PGN adapters are exported for input-space deployment "
-                               f"(this one is {config.method!r})")
+        if config.method != "pgn":
+            raise PGNError(f"{directory}: only PGN adapters are exported for input-space deployment "
+                           f"(this one is {config.method!r})")
+        if config.method_config.library_space != "pixel" and embedding.width < 2:
             raise PGNError(f"{directory / WEIGHTS_FILE} lacks the model's patch embedding its latent library needs; "
                            "export the adapter again")
         adapter = cls.build(config, embedding, deploy.outputs, zero_shot_head=lambda *_: None)
