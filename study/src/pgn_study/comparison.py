@@ -382,8 +382,8 @@ def select_and_test(runner: "Runner", root: Path, method: str, data: DataSpec, v
             "std": statistics.stdev(done) if len(done) > 1 else 0.0,
             "trainable_parameters": tests[0]["trainable_parameters"] if tests else None,
             "device": tests[0].get("device") if tests else None, "batch_size": tests[0].get("batch_size") if tests else None,
-            # Results recorded before precision was stored come from fp32 runs (their cache key has no suffix).
-            "precision": ", ".join(sorted({t.get("precision", "fp32") for t in tests})) if tests else None,
+            # A result recorded before precision was stored says nothing about it: shown as such, not as a default.
+            "precision": ", ".join(sorted({t.get("precision", "not recorded") for t in tests})) if tests else None,
             "seconds": round(sum(t["seconds"] for t in tests), 1),
             "train_sizes": [len(data.train), len(data.test)],
             # per seed that measured it (fractions): what the image-specific mixtures add over the mean / shuffled
@@ -412,7 +412,7 @@ def accuracy_table(results: dict, methods: Sequence[str] = METHODS) -> list[str]
             f"{res[m]['lr']:g}" if m in res else "n/a" for m in methods) + " |")
     for name, res in results.items():  # what each cell ran in, read from its own records
         lines.append(f"| precision, {name} | " + " | ".join(
-            (res[m].get("precision") or "fp32") if m in res else "n/a" for m in methods) + " |")
+            (res[m].get("precision") or "not recorded") if m in res else "n/a" for m in methods) + " |")
     for name, res in results.items():  # PGN's input dependence, where its runs measured it
         if any((res[m].get("input_dependence") or {}).get("mean_mixture") for m in methods if m in res):
             lines.append(f"| input dependence, {name}: drop with mean / shuffled mixtures (points) | " + " | ".join(

@@ -1,0 +1,230 @@
+"""Figures rendered from the committed records, so the text around them cannot drift.
+
+Every accuracy figure in the README's results table, and the headline figures of the study pages that
+carry a marked block, is computed here from the result JSONs under ``docs/records`` (what
+``pgn-bench --record`` keeps: one file per finished run). A block in a Markdown file is delimited by::
+
+    <!-- figures:NAME (rendered by python benchmarks/render_figures.py; do not edit) -->
+    ...
+    <!-- /figures:NAME -->
+
+``python benchmarks/render_figures.py`` rewrites every block from the records (idempotent: a second run
+changes nothing); ``--check`` only compares, and tests/test_figures.py fails when a block differs from what
+the records give. A cell whose seeds are not all recorded is shown as pending, never filled from elsewhere.
+
+Standings use the comparison's own rule (:func:`pgn_study.comparison.standing`): a difference of mean test
+top-1 counts as beyond the spread when its size exceeds ``sqrt(std_a^2 + std_b^2)`` of the two cells.
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[3]
+RECORDS = ROOT / "docs" / "records"
+SEEDS = 3
+
+# The 10-epoch comparison (benchmarks/comparison_e10.py): its tasks, in the table's order.
+E10_TASKS = {"elpv": ("ELPV", "elpv-1000x656-112px-e10", "1,000 / 656"),
+             "fashion-mnist": ("Fashion-MNIST", "fashion-mnist-1000x1000-112px-e10", "1,000 / 1,000"),
+             "elpv4": ("ELPV-4", "elpv4-1000x656-112px-e10", "1,000 / 656")}
+E10_METHODS = {"linear": "linear probe", "vp": "VP", "iip": "IIP", "pgn": "PGN", "pgn-frame": "PGN, frame",
+               "finetune": "fine-tuning"}
+_SEED = re.compile(r"^test-(?P<key>.+)-seed(?P<seed>\d+)\.json$")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One method on one task: the recorded seeds' test top-1 (fractions) and what they ran on."""
+
+    top1: tuple[float, ...]
+    seeds: int
+    precisions: tuple[str, ...]
+    devices: tuple[str, ...]
+
+    @property
+    def complete(self) -> bool:
+        return len(self.top1) >= self.seeds
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(self.top1)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.top1) if len(self.top1) > 1 else 0.0
+
+    def summary(self) -> dict:
+        """The shape :func:`pgn_study.comparison.standing` reads."""
+        return {"mean": self.mean, "std": self.std}
+
+    def text(self) -> str:
+        if not self.top1:
+            return "pending"
+        if not self.complete:
+            return f"pending ({len(self.top1)} of {self.seeds} seeds)"
+        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}"
+
+
+def read_cell(folder: Path, seeds: int = SEEDS) -> Cell:
+    """The test runs recorded in one method folder (``test-<rate>-seed<s>.json``; one rate per folder).
+
+    A record written before precision was stored says nothing about it: it counts as "not recorded",
+    never as a default.
+    """
+    found: dict[str, dict[int, dict]] = {}
+    for path in sorted(folder.glob("test-*.json")) if folder.is_dir() else []:
+        if m := _SEED.match(path.name):
+            found.setdefault(m["key"], {})[int(m["seed"])] = json.loads(path.read_text())
+    if len(found) > 1:
+        raise ValueError(f"{folder}: test runs at more than one rate ({', '.join(sorted(found))}); a cell has one")
+    runs = next(iter(found.values()), {})
+    runs = {s: r for s, r in runs.items() if s < seeds and r.get("top1") is not None}
+    return Cell(top1=tuple(runs[s]["top1"] for s in sorted(runs)), seeds=seeds,
+                precisions=tuple(sorted({r.get("precision", "not recorded") for r in runs.values()})),
+                devices=tuple(sorted({r.get("device", "not recorded") for r in runs.values()})))
+
+
+def e10_cells(records: Path = RECORDS) -> dict[str, dict[str, Cell]]:
+    """The 10-epoch comparison's cells as recorded now: ``{task: {method: Cell}}``."""
+    return {task: {m: read_cell(records / "recipe-study" / folder / m) for m in E10_METHODS}
+            for task, (_, folder, _) in E10_TASKS.items()}
+
+
+def generator_recipe_cells(records: Path = RECORDS) -> dict[str, Cell]:
+    """The generator study's recipe rows (PGN, the same protocol as the comparison's, seeded models)."""
+    return {task: read_cell(records / "generator-study" / folder / "pgn")
+            for task, (_, folder, _) in E10_TASKS.items() if (records / "generator-study" / folder).is_dir()}
+
+
+def compare_cells(a: Cell, b: Cell) -> str:
+    """'a minus b ± spread, where it stands' in points, by the comparison's rule; 'pending' when either is."""
+    from pgn_study.comparison import standing
+
+    if not (a.complete and b.complete):
+        return "pending"
+    t = standing({"task": {"a": a.summary(), "b": b.summary()}}, "a", ("b",))["b"]["per_task"]["task"]
+    d, s = 100 * t["difference"], 100 * t["spread"]
+    where = ("ahead" if d > 0 else "behind" if d < 0 else "level") + (
+        ", beyond the spread" if abs(d) > s else ", within the spread")
+    return f"{d:+.2f} ± {s:.2f} ({where})"
+
+
+def _short_device(device: str) -> str:
+    m = re.match(r"(CPU|CUDA|GPU) \((?P<what>[^,]+)(?:, [^,]+)*?(?:, (?P<threads>\d+) threads?)?\)$", device)
+    if not m:
+        return device
+    name = m["what"].replace("(R)", "").replace(" Processor", "").strip()
+    return f"{name}" + (f", {m['threads']} thread{'s' if m['threads'] != '1' else ''}" if m["threads"] else "")
+
+
+def provenance(cells: list[Cell]) -> str:
+    """'fp32 on AMD EPYC, 1 thread and Intel Xeon, 1 thread': what the given cells' records name."""
+    precisions = sorted({p for c in cells for p in c.precisions})
+    devices = sorted({_short_device(d) for c in cells for d in c.devices})
+    return f"precision {' and '.join(precisions) or 'not recorded'}; machines: {'; '.join(devices) or 'not recorded'}"
+
+
+def readme_results(records: Path = RECORDS) -> str:
+    """The README's results table: the 10-epoch comparison as recorded, and PGN's standing against the probe."""
+    cells = e10_cells(records)
+    gen = generator_recipe_cells(records)
+    lines = ["| test top-1 (%), 3 seeds | " + " | ".join(E10_METHODS.values()) + " |",
+             "|---|" + "---|" * len(E10_METHODS)]
+    for task, (name, _, sizes) in E10_TASKS.items():
+        lines.append(f"| {name} ({sizes}) | " + " | ".join(cells[task][m].text() for m in E10_METHODS) + " |")
+    lines += ["", "PGN minus the linear probe, points (difference of means ± combined seed spread): " + "; ".join(
+        f"{name} {compare_cells(cells[t]['pgn'], cells[t]['linear'])}" for t, (name, _, _) in E10_TASKS.items()) + "."]
+    if gen:
+        lines += ["The generator study's recipe rows (the same protocol, seeded models; docs/records/generator-study): "
+                  "PGN " + ", ".join(f"{E10_TASKS[t][0]} {c.text()}" for t, c in gen.items())
+                  + "; against the probe above: " + "; ".join(
+                      f"{E10_TASKS[t][0]} {compare_cells(c, cells[t]['linear'])}" for t, c in gen.items()) + "."]
+    every = [c for row in cells.values() for c in row.values() if c.top1] + [c for c in gen.values() if c.top1]
+    lines += [f"Records: {provenance(every)}. \"pending\": seeds being re-run under today's code "
+              "(the unseeded runs they replace are kept in docs/records/recipe-study-unseeded, and shown nowhere)."]
+    return "\n".join(lines)
+
+
+def results_standing(records: Path = RECORDS) -> str:
+    """results.md's standing of PGN and PGN-frame against every other method, per task, as recorded."""
+    cells = e10_cells(records)
+    lines = []
+    for method in ("pgn", "pgn-frame"):
+        others = [m for m in E10_METHODS if m != method]
+        lines += [f"| {E10_METHODS[method]} minus ... (points) | " + " | ".join(E10_METHODS[m] for m in others) + " |",
+                  "|---|" + "---|" * len(others)]
+        for task, (name, _, _) in E10_TASKS.items():
+            lines.append(f"| {name} | " + " | ".join(compare_cells(cells[task][method], cells[task][m]) for m in others)
+                         + " |")
+        lines.append("")
+    gen = generator_recipe_cells(records)
+    if gen:
+        others = [m for m in E10_METHODS if m != "pgn"]
+        lines += ["The generator study's PGN recipe rows (seeded) against the comparison's cells:", "",
+                  "| PGN (generator study) minus ... (points) | " + " | ".join(E10_METHODS[m] for m in others) + " |",
+                  "|---|" + "---|" * len(others)]
+        for task, c in gen.items():
+            lines.append(f"| {E10_TASKS[task][0]} ({c.text()}) | "
+                         + " | ".join(compare_cells(c, cells[task][m]) for m in others) + " |")
+        lines.append("")
+    every = [c for row in cells.values() for c in row.values() if c.top1] + [c for c in gen.values() if c.top1]
+    lines.append(f"Records: {provenance(every)}.")
+    return "\n".join(lines)
+
+
+def demo_seed_steps(records: Path = RECORDS) -> str:
+    """demo-seeds.md's headline: per precision, the largest library step of each seed and its ratio to the next."""
+    lines = ["| precision | seed with the largest library step | its step | the next largest (seed) | ratio |",
+             "|---|---|---|---|---|"]
+    for folder in sorted((records / "demo-seeds").glob("elpv-*")):
+        steps = {}
+        for path in sorted((folder / "pgn").glob("test-*-seed*.json")):
+            run = json.loads(path.read_text())
+            seed = int(_SEED.match(path.name)["seed"])
+            steps[seed] = max(e.get("update/library", 0.0) for e in run["epochs"])
+        if len(steps) < 2:
+            continue
+        (s1, v1), (s2, v2) = sorted(steps.items(), key=lambda kv: -kv[1])[:2]
+        precision = "bf16" if folder.name.endswith("-bf16") else "fp32"
+        lines.append(f"| {precision} | {s1} | {v1:.2e} | {v2:.2e} ({s2}) | {v1 / v2:.1f}x |")
+    return "\n".join(lines)
+
+
+# Which block is rendered into which file.
+BLOCKS: dict[str, tuple[str, Callable[[Path], str]]] = {
+    "readme-results": ("README.md", readme_results),
+    "results-standing": ("docs/results.md", results_standing),
+    "demo-seed-steps": ("docs/results.md", demo_seed_steps),
+}
+_BLOCK = re.compile(r"(<!-- figures:(?P<name>[\w-]+) [^>]*-->\n)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
+
+
+def render_text(text: str, records: Path = RECORDS) -> str:
+    """``text`` with every marked block re-rendered from ``records``."""
+    def fill(m: re.Match) -> str:
+        return m.group(1) + BLOCKS[m["name"]][1](records) + "\n" + m.group(4)
+    return _BLOCK.sub(fill, text)
+
+
+def blocks_in(text: str) -> dict[str, str]:
+    """``{name: body}`` of the marked blocks in ``text``."""
+    return {m["name"]: m["body"] for m in _BLOCK.finditer(text)}
+
+
+def render(root: Path = ROOT, check: bool = False) -> list[str]:
+    """Rewrite (or, with ``check``, only compare) every block; returns the files that differ(ed)."""
+    changed = []
+    for rel in sorted({f for f, _ in BLOCKS.values()}):
+        path = root / rel
+        text = path.read_text()
+        new = render_text(text, root / "docs" / "records")
+        if new != text:
+            changed.append(rel)
+            if not check:
+                path.write_text(new)
+    return changed
