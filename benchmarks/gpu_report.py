@@ -36,7 +36,8 @@ def main() -> None:
     lines = [
         "# The comparison on a GPU: full Fashion-MNIST at 224 px",
         "",
-        f"Rendered by `python benchmarks/gpu_report.py` from the metrics in [{RUN}]({RUN.name}/). "
+        f"Rendered by `python benchmarks/gpu_report.py` from the metrics in `{RUN}/` "
+        f"([pgn.metrics.jsonl]({RUN.name}/pgn.metrics.jsonl), [linear.metrics.jsonl]({RUN.name}/linear.metrics.jsonl)). "
         f"The run: `{COMMAND}` on one NVIDIA H200 (torch 2.11.0+cu130, timm 1.0.31, bf16 autocast), "
         "the embedded backbone (DINOv2 ViT-S/14 fine-tuned for saliency), 60,000 training and 10,000 test images, "
         f"{EPOCHS} epochs scheduled (linear warm-up over 15, cosine to lr/100), batch 256, one seed. "
@@ -70,7 +71,7 @@ def main() -> None:
         f"Training accuracy tells the same story (PGN {100 * pg[-1]['train_top1']:.1f} at epoch {last}, the probe "
         f"{100 * lin[-1]['train_top1']:.1f} at epoch {EPOCHS}): with 60,000 images and 224 px the generator has "
         "something to learn that a linear map of the frozen CLS feature cannot express. One seed: read the gap as "
-        "indicative, not as the 3-seed, validation-chosen comparison of docs/comparison.md.",
+        "indicative, not as the 3-seed, validation-chosen comparison of [comparison-e10.md](comparison-e10.md).",
         "",
         "## Speed",
         "",
