@@ -114,11 +114,35 @@ def _start_kserve(backbone: str, name: str, answer: str):
     pytest.fail("the KServe server did not come up")
 
 
-def test_a_classifier_that_answers_only_its_own_scores_is_adapted_through_the_protocol(tmp_path):
-    """The hosted-classifier setting: a CNN on KServe answers its 1000 scores; the adapter sends frame canvases
-    and reads its task's classes through the label mapping it exported. Every prediction equals the latent model's."""
-    r = pgn("train", "--backbone", "test-cnn-timm", "--dataset", "digits", "--img-size", 64, "--layout", "frame",
-            "--library-space", "pixel", "--head", "labelmap-flm", "-K", 4, "-N", 8, "--generator-size", 32,
+@pytest.fixture(scope="module")
+def cnn_server():
+    """The tiny timm CNN on a real KServe server, answering its own 1000 scores and nothing else."""
+    proc, url = _start_kserve("test-cnn-timm", "cnn", "scores")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+# The forms a PGN takes on a scores-only model, each with its head: (CLI options, tensors the export holds
+# besides the generator's). The label mapping travels as its mapping; the learned readout as its BatchNorm
+# statistics and linear map; a shared frame as its four strips.
+SCORES_ONLY_FORMS = {
+    "frame, label mapping": (["--layout", "frame", "--head", "labelmap-flm"], ["head.fitted", "head.mapping"]),
+    "overlay + shared frame, readout": (
+        ["--layout", "overlay", "--shared-frame", 6, "--head", "linear"],
+        ["head.fc.bias", "head.fc.weight", "head.norm.num_batches_tracked", "head.norm.running_mean",
+         "head.norm.running_var", "input_prompt.bottom", "input_prompt.left", "input_prompt.right", "input_prompt.top"]),
+}
+
+
+@pytest.mark.parametrize("form", list(SCORES_ONLY_FORMS))
+def test_a_classifier_that_answers_only_its_own_scores_is_adapted_through_the_protocol(form, cnn_server, tmp_path):
+    """The hosted-classifier setting: a CNN on KServe answers its 1000 scores; the adapter sends canvases and
+    reads its task's classes from those scores with the head it exported (a label mapping, or a learned linear
+    readout applied on the client). Every prediction equals the latent model's."""
+    options, head_tensors = SCORES_ONLY_FORMS[form]
+    r = pgn("train", "--backbone", "test-cnn-timm", "--dataset", "digits", "--img-size", 64, *options,
+            "--library-space", "pixel", "-K", 4, "-N", 8, "--generator-size", 32,
             "--epochs", 1, "--lr", 0.5, "--train-limit", 64, "--test-limit", 48, "--out", tmp_path / "run",
             "--no-progress", "--precision", "fp32")
     assert r.returncode == 0, r.stderr
@@ -132,30 +156,29 @@ def test_a_classifier_that_answers_only_its_own_scores_is_adapted_through_the_pr
     from safetensors.torch import load_file
 
     exported_tensors = load_file(str(tmp_path / "export" / "adapter.safetensors"))
-    assert exported_tensors["head.mapping"].tolist() == model.head.mapping.tolist()  # the label mapping travels
-    # Nothing of the hosted model: the head holds only the mapping, and a pixel library needs no patch embedding.
-    assert sorted(k for k in exported_tensors if not k.startswith("prompts.")) == ["head.fitted", "head.mapping"]
+    trained = {f"{k}": v for k, v in model.trainable_modules().state_dict().items()}
+    for key in head_tensors:  # the head (and a shared frame) travel as trained
+        assert torch.equal(exported_tensors[key], trained[key]), key
+    # Nothing of the hosted model: a pixel library needs no patch embedding.
+    assert sorted(k for k in exported_tensors if not k.startswith("prompts.")) == head_tensors
     data = build_dataset("digits", img_size=64, mean=cfg.mean, std=cfg.std, test_limit=48)
     x = torch.stack([data.test[i][0] for i in range(len(data.test))])
     with torch.inference_mode():
         latent = model.eval()(x)
-    proc, url = _start_kserve("test-cnn-timm", "cnn", "scores")
-    try:
-        endpoint = OpenInferenceEndpoint(url, "cnn", answers="scores")
-        with RemoteClassifier(tmp_path / "export", endpoint) as remote:
-            api = remote.logits(list(x))
-        assert api.shape == latent.shape == (48, 10)
-        assert torch.equal(api.argmax(-1), latent.argmax(-1))  # every test image
-        assert (api - latent).abs().max() < 1e-3 * latent.abs().max()  # a pixel library's canvases are 8-bit exact
-        r = pgn("eval", tmp_path / "export", "--api", url, "--api-kind", "oip", "--api-model", "cnn",
-                "--test-limit", 48)
-        assert r.returncode == 0, r.stderr
-        acc = float((latent.argmax(-1) == torch.as_tensor(data.test.targets)).float().mean())
-        assert json.loads(r.stdout.strip().splitlines()[-1])["top1"] == pytest.approx(acc)
-        # Another model behind the URL: its 10 scores are not the 1000 the label mapping reads.
-        with pytest.raises(PGNError, match="answered 10 scores .*label mapping reads.* but this adapter reads 1000"):
-            RemoteClassifier(tmp_path / "export", CallableEndpoint(lambda c: np.zeros((len(c), 10), np.float32)))\
-                .logits(list(x[:2]))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    endpoint = OpenInferenceEndpoint(cnn_server, "cnn", answers="scores")
+    with RemoteClassifier(tmp_path / "export", endpoint) as remote:
+        api = remote.logits(list(x))
+    assert api.shape == latent.shape == (48, 10)
+    assert torch.equal(api.argmax(-1), latent.argmax(-1))  # every test image
+    assert (api - latent).abs().max() < 1e-3 * latent.abs().max()  # the canvases are 8-bit exact
+    r = pgn("eval", tmp_path / "export", "--api", cnn_server, "--api-kind", "oip", "--api-model", "cnn",
+            "--test-limit", 48)
+    assert r.returncode == 0, r.stderr
+    acc = float((latent.argmax(-1) == torch.as_tensor(data.test.targets)).float().mean())
+    answer = json.loads(r.stdout.strip().splitlines()[-1])
+    assert answer["top1"] == pytest.approx(acc)
+    assert ("readout" in answer["head"]) == ("readout" in form)
+    # Another model behind the URL: its 10 scores are not the 1000 the adapter's head reads.
+    with pytest.raises(PGNError, match="answered 10 scores .*head reads.* but this adapter reads 1000"):
+        RemoteClassifier(tmp_path / "export", CallableEndpoint(lambda c: np.zeros((len(c), 10), np.float32)))\
+            .logits(list(x[:2]))

@@ -105,7 +105,7 @@ def test_a_deploy_section_out_of_bounds_is_one_line(tmp_path):
     good = json.loads(path.read_text())
     for deploy, message in [({"canvas_size": [64000, 64000]}, "larger than"), ({"patch_size": 0}, "must be positive"),
                             ({"answers": "tokens"}, "answers"), ({"canvas_size": [64, 60]}, "multiple of patch_size"),
-                            ({"answers": "scores"}, "linear head reads embeddings")]:
+                            ({"answers": "scores"}, "linear head on a model with tokens reads embeddings")]:
         path.write_text(json.dumps({**good, "deploy": {**good["deploy"], **deploy}}))
         with pytest.raises(PGNError, match=message) as e:
             InputAdapter.from_pretrained(out)

@@ -6,7 +6,7 @@ from helpers import make_tiny_vit
 from pgn import PGNError
 from pgn.adapter_format import AdapterConfig
 from pgn.backbones import TimmViT
-from pgn.layouts import ExtendLayout, FrameLayout, invert_tokens, make_layout, pixel_box
+from pgn.layouts import ExtendLayout, FrameLayout, OverlayLayout, invert_tokens, make_layout, pixel_box
 from pgn.methods import PGNConfig
 from pgn.model import PromptedClassifier
 from pgn.prompts import GeneratorConfig
@@ -34,7 +34,7 @@ def scale_close(a, b, rel=1e-4):
 
 
 @pytest.mark.parametrize("patch,dim", [(16, 64), (8, 192), (14, 384)])
-@pytest.mark.parametrize("layout_name", ["extend", "frame"])
+@pytest.mark.parametrize("layout_name", ["extend", "frame", "overlay"])
 @pytest.mark.parametrize("K", [1, 5, 16])
 def test_canvas_forward_equals_latent_forward(patch, dim, layout_name, K):
     bb = vit(patch, dim)
@@ -60,11 +60,24 @@ def test_geometry_and_extra_tokens():
         frame.prompt_cells((8, 8), 29)
     with pytest.raises(PGNError, match="unknown layout"):
         make_layout("spiral")
+    # overlay: the frame's cells, over the image kept whole (every cell not taken by a prompt is the image's)
+    overlay = OverlayLayout(14, MEAN, STD)
+    assert overlay.canvas_grid((8, 8), 16) == (8, 8) and overlay.extra_tokens((8, 8), 16) == 0
+    assert overlay.prompt_cells((8, 8), 16) == frame.prompt_cells((8, 8), 16)
+    images, patches = torch.randn(1, 3, 112, 112), random_patches(1, 16, 14)
+    canvas = overlay.compose(images, patches)
+    cells = canvas.reshape(1, 3, 8, 14, 8, 14).permute(0, 2, 4, 1, 3, 5)
+    image_cells = images.reshape(1, 3, 8, 14, 8, 14).permute(0, 2, 4, 1, 3, 5)
+    taken = overlay.prompt_cells((8, 8), 16)
+    for r in range(8):
+        for c in range(8):
+            want = patches[0, taken.index((r, c))] if (r, c) in taken else image_cells[0, r, c]
+            assert torch.equal(cells[0, r, c], want), (r, c)
     canvas = ext.compose(torch.zeros(1, 3, 112, 112), random_patches(1, 16, 14))
     assert canvas.shape == (1, 3, 140, 112)
 
 
-@pytest.mark.parametrize("layout_name", ["extend", "frame"])
+@pytest.mark.parametrize("layout_name", ["extend", "frame", "overlay"])
 def test_pixel_library_generator_deploys_exactly(layout_name):
     bb = vit(16, 64)
     method = PGNConfig(num_prompts=6, library_size=12, generator_size=64, library_space="pixel", layout=layout_name)

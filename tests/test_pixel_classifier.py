@@ -1,4 +1,5 @@
 """A classifier prompted in its input pixels only (a CNN with 1000 scores), and its label mappings."""
+import numpy as np
 import pytest
 import torch
 from helpers import RandomImages
@@ -115,3 +116,64 @@ def test_a_label_mapping_needs_a_classifier():
     with pytest.raises(PGNError, match="label mapping reads the scores of a classifier"):
         pgn.create_model("test-vit-timm", "vp", classes=["a", "b"], img_size=64,
                          head="labelmap-flm")
+
+
+@pytest.mark.parametrize("layout, shared_frame", [("overlay", 0), ("overlay", 6), ("frame", 6)])
+def test_every_pixel_form_trains_on_exactly_the_8_bit_canvas_the_classifier_is_sent(layout, shared_frame):
+    """PGN's forms for a scores-only model: the image whole under K border patches (overlay), and a learned frame
+    shared by all images beside the per-image patches. The prompted forward is the unmodified model's own forward
+    on the canvas decoded from its 8-bit form, and gradients reach the generator, the library and the frame."""
+    from pgn.pixels import from_uint8, to_uint8
+
+    model = pgn.create_model(CNN, "pgn", classes=["a", "b", "c"], img_size=64, head="linear", seed=0,
+                             **dict(SMALL_PGN, layout=layout, shared_frame=shared_frame)).eval()
+    assert (model.input_prompt is not None) == bool(shared_frame)
+    if shared_frame:  # a frame that starts at zero would leave the canvas as it is: give it something to draw
+        with torch.no_grad():
+            for p in model.input_prompt.parameters():
+                p.normal_(0, 0.7)
+    pre = model.backbone.preprocessing
+    x = from_uint8(np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8), pre.mean, pre.std)
+    with torch.no_grad():
+        canvas = model.canvas(x)
+        decoded = from_uint8(to_uint8(canvas, pre.mean, pre.std), pre.mean, pre.std)
+        torch.testing.assert_close(canvas, decoded, rtol=0, atol=1e-5)  # 8-bit exact (normalisation's float error)
+        torch.testing.assert_close(model(x), model.head(model.backbone.model(decoded)), rtol=1e-5, atol=1e-5)
+    cells = canvas.reshape(3, 3, 8, 8, 8, 8).permute(0, 2, 4, 1, 3, 5)
+    image_cells = x.reshape(3, 3, 8, 8, 8, 8).permute(0, 2, 4, 1, 3, 5)
+    if layout == "overlay" and not shared_frame:  # the image is whole but for the K prompt cells
+        taken = set(model.layout.prompt_cells((8, 8), 4))
+        kept = [(r, c) for r in range(8) for c in range(8) if (r, c) not in taken]
+        assert all(torch.equal(cells[:, r, c], image_cells[:, r, c]) for r, c in kept)
+    if shared_frame:  # the frame draws on the border; the centre stays the image's (within the 8-bit rounding)
+        torch.testing.assert_close(canvas[..., 24:40, 24:40], x[..., 24:40, 24:40] if layout == "overlay" else
+                                   canvas[..., 24:40, 24:40], rtol=0, atol=1e-5)
+        assert not torch.allclose(canvas[..., :6, 16:48], x[..., :6, 16:48], atol=0.05)
+    model.train()
+    model(x).sum().backward()
+    grads = {"generator": model.prompts.net.parameters(), "library": [model.prompts.library.logits],
+             "head": model.head.parameters(), "frame": model.input_prompt.parameters() if shared_frame else []}
+    for part, params in grads.items():
+        params = list(params)
+        assert not params or any(p.grad is not None and p.grad.abs().sum() > 0 for p in params), part
+    assert all(p.grad is None for p in model.backbone.parameters())
+
+
+def test_a_shared_frame_is_a_width_in_pixels():
+    with pytest.raises(PGNError, match="shared_frame is a width in pixels"):
+        pgn.create_model(CNN, "pgn", classes=["a", "b", "c"], img_size=64, **dict(SMALL_PGN, shared_frame=-1))
+    with pytest.raises(PGNError, match="does not fit"):
+        pgn.create_model(CNN, "pgn", classes=["a", "b", "c"], img_size=64, **dict(SMALL_PGN, shared_frame=32))
+
+
+def test_the_learned_readout_alone_reads_the_scores_of_the_unmodified_image(tmp_path):
+    """No prompt, a linear map of the model's scores (the hosted setting's linear probe): only the head trains,
+    and the classifier's answer is that head on the model's own scores."""
+    model = pgn.create_model(CNN, "linear", classes=["a", "b", "c"], img_size=64, seed=0)
+    assert model.num_trainable() == 1000 * 3 + 3
+    before = model.head.fc.weight.detach().clone()
+    pgn.train(model, _data(), epochs=1, out=tmp_path / "run", batch_size=8, lr=0.1, progress=False, device="cpu")
+    assert not torch.equal(model.head.fc.weight, before)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), model.head(model.backbone.model(x)), rtol=0, atol=0)

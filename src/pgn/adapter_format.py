@@ -148,8 +148,10 @@ class AdapterConfig:
             raise PGNError(f"class name {dup!r} appears more than once; each class needs its own name")
         if isinstance(self.deploy, dict):
             self.deploy = validated(DeploySpec, self.deploy, "deploy")
-        if self.deploy is not None and self.deploy.answers == "scores" and self.head == "linear":
-            raise PGNError("deploy: a linear head reads embeddings, but answers is 'scores'")
+        # answers "scores" goes with a label mapping, CLIP's zero-shot head (it scores the task's classes on the
+        # server), or a linear head on a scores-only model (width 1: no tokens), the learned readout of its scores.
+        if self.deploy is not None and self.deploy.answers == "scores" and self.head == "linear" and self.backbone_width != 1:
+            raise PGNError("deploy: a linear head on a model with tokens reads embeddings, but answers is 'scores'")
         if self.deploy is not None and self.deploy.answers == "embeddings" and self.head != "linear":
             raise PGNError(f"deploy: head {self.head!r} reads the model's own scores, but answers is 'embeddings'")
         if getattr(self.method_config, "resolved", None) is not None:  # defaults that depend on the resolution, stated

@@ -101,8 +101,22 @@ class InputAdapter(nn.Module):
 
     @property
     def reads_scores(self) -> bool:
-        """Whether the model's own head answers (its scores, read through a label mapping or as they are)."""
+        """Whether the model answers with its own head's scores (read as they are, through a label mapping, or
+        through a learned linear readout), rather than with embeddings for an exported linear head."""
+        if self.deploy is not None:
+            return self.deploy.answers == "scores"
         return self.config.head in FROZEN_HEADS
+
+    @property
+    def head_description(self) -> str:
+        """What turns the model's answer into the task's classes, in words (for reports and the app)."""
+        if self.head is None:
+            return "the model's own head (its scores for the task's classes)"
+        if isinstance(self.head, LabelMapHead):
+            return "the model's own scores through the adapter's label mapping"
+        if self.reads_scores:
+            return "a learned linear readout of the model's scores"
+        return "the exported linear head on the model's embedding"
 
     @property
     def label_map(self) -> torch.Tensor | None:

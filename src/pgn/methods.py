@@ -71,7 +71,8 @@ class PGNConfig:
     num_prompts: int = NUM_PROMPTS
     library_size: int = LIBRARY_SIZE
     library_space: str = "latent"       # "pixel": RGB patches, exact input-space deployment
-    layout: str = "append"              # "extend" / "frame": prompts as image patches
+    layout: str = "append"              # "extend" / "frame" / "overlay": prompts as image patches
+    shared_frame: int = 0               # px of a learned frame shared by every image (bounded VP's), 0: none
     arch: str = "resnet10"
     widths: tuple[int, ...] = (16, 32, 64, 128)
     mixing: str = "softmax"
@@ -87,6 +88,8 @@ class PGNConfig:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))  # JSON gives a list
         _check_prompts(self)
         _check_head(self)
+        if not isinstance(self.shared_frame, int) or self.shared_frame < 0:
+            raise PGNError(f"pgn: shared_frame is a width in pixels (0: none), got {self.shared_frame!r}")
         self.generator_config(self.generator_size or 224)  # GeneratorConfig's own value checks
 
     def resolved(self, img_size: int) -> "PGNConfig":
@@ -266,8 +269,13 @@ def method_config_from_dict(name: str, raw, source: str) -> MethodConfig:
 
 @register_method(PGNConfig)
 def build_pgn(cfg: PGNConfig, embedding, img_size: int) -> MethodParts:
+    # A shared frame (sample-specific prompts plus one learned pattern for all images, as Cai et al. 2024 pair
+    # them): bounded VP's frame, rounded to 8 bits as the canvas carries it, drawn on the image before the layout.
+    pre = embedding.preprocessing
+    frame = (PaddingPrompt(img_size, cfg.shared_frame, bounded_by=(pre.mean, pre.std), quantize=True)
+             if cfg.shared_frame else None)
     return MethodParts(prompts=PromptGenerator(cfg.generator_config(img_size), embedding.width, embedding=embedding),
-                       layout=cfg.layout)
+                       input_prompt=frame, layout=cfg.layout)
 
 
 @register_method(IIPConfig)

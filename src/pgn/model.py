@@ -213,9 +213,10 @@ class PromptedClassifier(nn.Module):
             raise PGNError("the frequency label mapping was never fitted; train the adapter first")
         bb, patch = self.backbone, self.backbone.patch_size
         hc, wc = self.layout.canvas_grid((cfg.img_size // patch, cfg.img_size // patch), cfg.num_prompts)
-        reads_scores = cfg.head in FROZEN_HEADS
-        # The frozen head lives with the model: the server scores (CLIP's zero-shot head; a classifier's own head,
-        # read through the adapter's label mapping, which travels with the export).
+        # A frozen head lives with the model: the server scores (CLIP's zero-shot head; a classifier's own head,
+        # read through the adapter's label mapping, which travels with the export). A scores-only model answers
+        # its scores whatever the head: a linear head on them is the learned readout, applied on the client.
+        reads_scores = cfg.head in FROZEN_HEADS or not bb.takes_tokens
         outputs = len(cfg.class_names) if cfg.head == "zeroshot" else bb.feature_dim
         deploy = DeploySpec(canvas_size=(hc * patch, wc * patch), patch_size=patch,
                             answers="scores" if reads_scores else "embeddings", outputs=outputs)

@@ -39,7 +39,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "finetune (whole backbone) | zeroshot (CLIP, eval only)")
     g.add_argument("--preset", default=None, choices=("cpu", "paper"),
                    help="cpu (default): 112 px, 10 epochs, lr 0.01; paper: the published recipe (pgn.presets)")
-    g.add_argument("--head", default=None, choices=HEADS, help="linear (default) or zeroshot (CLIP backbones)")
+    g.add_argument("--head", default=None, choices=HEADS,
+                   help="linear (default; on a scores-only classifier, the learned readout of its scores), zeroshot "
+                        "(CLIP backbones), labelmap-flm / labelmap-first (a classifier's own scores, mapped)")
     g.add_argument("--head-norm", default=None, choices=HEAD_NORMS,
                    help="linear head input: batchnorm (affine-free BatchNorm, default) or none (raw CLS features)")
     g.add_argument("--num-prompts", "-K", type=int, default=None, help="prompt tokens K (default 16)")
@@ -51,7 +53,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--library-space", default=None, choices=("latent", "pixel"),
                    help="latent: D-dim tokens (paper); pixel: RGB patches, exact input-space deployment")
     g.add_argument("--layout", default=None, choices=LAYOUTS,
-                   help="append (default): extra tokens (paper, white-box); extend/frame: prompts as image patches")
+                   help="append (default): extra tokens (paper, white-box); extend/frame/overlay: prompts as image "
+                        "patches (overlay: on the border of the full-size image)")
+    g.add_argument("--shared-frame", dest="shared_frame", type=int, default=None, metavar="PX",
+                   help="pgn: a learned frame of PX pixels shared by every image, beside the per-image prompts")
     g.add_argument("--vp-pad", dest="pad", type=int, default=None, help="VP frame width in pixels (default: 30 at 224 px, scaled)")
     g.add_argument("--vp-bounded", dest="bounded", action="store_const", const=True, default=None,
                    help="VP: clamp the prompted image to valid pixels, so what an 8-bit canvas carries is what trained")
@@ -478,7 +483,7 @@ def _eval_api(args) -> int:
         if list(data.class_names) != remote.class_names:
             raise PGNError(f"{name}'s classes differ from the adapter's ({cfg.dataset})")
         metrics = remote.evaluate(data.test)
-        head = "server's own" if remote.adapter.reads_scores else "exported linear"
+        head = remote.adapter.head_description
     print(json.dumps({"run": args.run, "dataset": name, "api": args.api, "layout": cfg.layout, "head": head,
                       **metrics}))
     return 0

@@ -73,8 +73,7 @@ def create_page_app(remote: RemoteClassifier, samples: list[tuple[str, bytes]] |
         return {"image": _data_url(plain[0]), "canvas": _data_url(canvas[0]),
                 "with": _top(with_adapter, remote.class_names), "without": _top(without, remote.class_names),
                 "model": server.get("backbone"),
-                "head": "the model's own head (scores from the API)" if adapter.reads_scores else
-                        "the exported linear head on the embedding from the API"}
+                "head": adapter.head_description}
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:

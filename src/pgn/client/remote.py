@@ -53,10 +53,10 @@ class RemoteClassifier:
     def _check_remote_classes(self) -> None:
         where = self.endpoint.url or self.endpoint.kind
         served = self.endpoint.classes()
-        if self.adapter.label_map is not None:  # the task reads some of the classifier's own classes
+        if self.adapter.head is not None:  # a label mapping or a learned readout reads the classifier's own scores
             want = self.adapter.deploy.outputs
             if served is not None and len(served) != want:
-                raise PGNError(f"{where} scores {len(served)} classes, but this adapter's label mapping reads a "
+                raise PGNError(f"{where} scores {len(served)} classes, but this adapter's head reads a "
                                f"classifier of {want}; serve the model it was trained on "
                                f"({self.adapter.config.backbone})")
             return
@@ -107,13 +107,12 @@ class RemoteClassifier:
                                                                if getattr(self.endpoint, "model", None) else "")
 
     def _mapped(self, scores, rows: int) -> torch.Tensor:
-        """The server's own (rows, S) scores as the task's: through the label mapping, where the adapter has one.
-        Checked first (:func:`pgn.client.wire.check_answer`): one row per image, S columns, finite numbers."""
-        mapping = self.adapter.label_map
-        what = ("scores (the label mapping reads a classifier's)" if mapping is not None
+        """The server's own (rows, S) scores as the task's: through the adapter's label mapping or learned readout,
+        where it has one, else as they are. Checked first (:func:`pgn.client.wire.check_answer`): one row per
+        image, S columns, finite numbers."""
+        what = ("scores (the adapter's head reads a classifier's)" if self.adapter.head is not None
                 else "class scores (one per class of the adapter)")
-        scores = torch.from_numpy(check_answer(scores, rows, self.adapter.deploy.outputs, self._where, what))
-        return scores if mapping is None else scores[:, mapping]
+        return self.adapter.logits(check_answer(scores, rows, self.adapter.deploy.outputs, self._where, what))
 
     def _logits(self, embeddings, rows: int) -> torch.Tensor:
         """The exported head on the endpoint's (rows, F) embeddings, after the same checks (F: the head's width)."""

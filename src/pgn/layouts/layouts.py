@@ -7,6 +7,9 @@
             grid (timm ``dynamic_img_size``).
 ``frame``   the canvas keeps the image's size; the image is resized into the inner cells and the
             prompt patches fill the border ring; zero extra tokens.
+``overlay`` the canvas is the image at its full size; the prompt patches take the place of the
+            image in K cells of its border ring (spread as in ``frame``); zero extra tokens, and the
+            image is never resized (a pixel-only model sees every one of its pixels but the K cells).
 
 For ``extend`` and ``frame``, :meth:`CanvasLayout.latent_tokens` builds exactly the token sequence
 the unmodified model computes from :meth:`CanvasLayout.compose`'s canvas: image tokens at their
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 from ..errors import PGNError
 from ..pixels import round8
 
-LAYOUTS = ("append", "extend", "frame")
+LAYOUTS = ("append", "extend", "frame", "overlay")
 
 
 class AppendLayout:
@@ -173,6 +176,21 @@ class FrameLayout(CanvasLayout):
         return [ring[(k * len(ring)) // num_prompts] for k in range(num_prompts)]
 
 
+class OverlayLayout(FrameLayout):
+    """Canvas = the image at its own size; the K prompt patches replace it in K cells of its border ring.
+
+    The frame's ring cells, with the image under them instead of the frame's shrunken image inside
+    them: :meth:`CanvasLayout.compose` and :meth:`CanvasLayout.latent_tokens` place the image in every
+    cell first and the prompts over it, so both views of the canvas agree by construction.
+    """
+
+    name = "overlay"
+
+    def image_box(self, grid):
+        super().image_box(grid)  # the same size check as the frame's
+        return 0, 0, grid[0], grid[1]
+
+
 def make_layout(name: str, backbone=None, patch_size: int | None = None, mean=None, std=None):
     """A layout by name; canvas layouts need the patch size and normalisation (from ``backbone`` or given)."""
     if name == "append":
@@ -181,5 +199,5 @@ def make_layout(name: str, backbone=None, patch_size: int | None = None, mean=No
         raise PGNError(f"unknown layout {name!r}; choose one of {', '.join(LAYOUTS)}")
     if backbone is not None:
         patch_size, mean, std = backbone.patch_size, backbone.preprocessing.mean, backbone.preprocessing.std
-    cls = ExtendLayout if name == "extend" else FrameLayout
+    cls = {"extend": ExtendLayout, "frame": FrameLayout, "overlay": OverlayLayout}[name]
     return cls(patch_size, mean, std)
