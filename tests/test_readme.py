@@ -1,5 +1,5 @@
-"""The README runs as written: its Python example and every command of "Using it", "Input-space
-deployment" and "The black-box flow", in order, in a fresh copy of the checkout, as a newcomer would.
+"""The README runs as written: its Python example and every command of the README and of the guide pages
+it sends a newcomer to (:data:`SOURCES`), in order, in a fresh copy of the checkout, as a newcomer would.
 
 The test changes sizes only, through :data:`SUBSTITUTIONS` (fewer epochs and images); servers started
 with ``&`` are started, waited for and stopped by PID. A line whose comment says ``(needs ...)`` is
@@ -21,7 +21,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-SECTIONS = ("## Using it", "## Input-space deployment", "### The black-box flow", "### A real hosted classifier")
+# (file, section): every bash block of each, in this order (later commands use what earlier ones made).
+SOURCES = (("README.md", "## Quickstart"), ("README.md", "## Deploy as pixels to an unmodified model"),
+           ("README.md", "## Reproducing the paper"), ("docs/guide/quickstart.md", "## From the command line"),
+           ("docs/guide/deployment.md", "## The model servers people already run"),
+           ("docs/guide/deployment.md", "## The black-box flow, as a person sees it"),
+           ("docs/guide/deployment.md", "## A real hosted classifier, scores only"))
+QUICKSTART = SOURCES[0]
 
 # The one substitution table: option -> the value the test uses, from the README's value. Options a
 # command does not state are added where :data:`ADD` says (train and eval of a dataset), never to a
@@ -41,8 +47,8 @@ NEEDS = {
 }
 
 
-def section(name: str) -> str:
-    text = README.read_text()
+def section(name: str, path: str = "README.md") -> str:
+    text = (ROOT / path).read_text()
     start = text.index(name)
     level = name.split(" ")[0]
     rest = text[start + len(name):]
@@ -50,15 +56,13 @@ def section(name: str) -> str:
     return rest[:end.start()] if end else rest
 
 
-def using_it_example() -> str:
-    return re.search(r"```python\n(.*?)```", section("## Using it"), re.S).group(1)
+def quickstart_example(path: str = "README.md", name: str = "## Quickstart") -> str:
+    return re.search(r"```python\n(.*?)```", section(name, path), re.S).group(1)
 
 
-def commands(name: str) -> list[str]:
-    """The command lines of the section's bash blocks, outside its subsections' blocks."""
-    text = section(name)
-    if name == "## Input-space deployment":
-        text = text[:text.index("### The black-box flow")]
+def commands(path: str, name: str) -> list[str]:
+    """The command lines of the section's bash blocks."""
+    text = section(name, path)
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         lines += [ln for ln in block.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
@@ -115,33 +119,32 @@ def checkout(tmp_path_factory):
     return copy
 
 
-@pytest.mark.once
-def test_the_readme_runs_as_written(checkout):
-    pytest.importorskip("elpv_dataset")
-    pytest.importorskip("onnx")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    example = using_it_example()
+def run_example(checkout: Path, python: str, env: dict) -> None:
+    """The quickstart's Python example, as written, with ``python``; its printout is checked."""
+    example = quickstart_example()
     # imports, create, train, save, load, an image, predict: short, and nothing prepared for it
     assert len([line for line in example.splitlines() if line.strip()]) <= 10
     (checkout / "example.py").write_text(example)
-    r = subprocess.run([sys.executable, "example.py"], cwd=checkout, capture_output=True, text=True, env=env,
-                       timeout=900)
+    r = subprocess.run([python, "example.py"], cwd=checkout, capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     printed = ast.literal_eval(r.stdout.strip().splitlines()[-1])
     assert len(printed[0]) == 2 and printed[0][0][0] in ("functional", "defective") and printed[0][0][1] >= 0.5
     assert (checkout / "runs" / "elpv-py" / "metrics.jsonl").read_text().count("\n") == 1  # one epoch trained
 
+
+def run_commands(checkout: Path, python: str, env: dict, sources=SOURCES) -> tuple[int, list[str]]:
+    """Every command of ``sources`` in order (servers started, waited for, stopped); (ran, skipped)."""
     skipped, ran = [], 0
-    for name in SECTIONS:
+    for path, name in sources:
         servers = []
         try:
-            for line in commands(name):
+            for line in commands(path, name):
                 argv, background, need = parse(line)
-                assert argv[0] in ("pgn", "pgn-bench"), f"a README command that is not pgn: {line}"
                 if need and not NEEDS.get(need, lambda: False)():
                     skipped.append(f"{line.strip()} [{need}]")
                     continue
-                cmd = [sys.executable, "-m", "pgn" if argv[0] == "pgn" else "pgn_study", *argv[1:]]
+                assert argv[0] in ("pgn", "pgn-bench"), f"a command that is not pgn: {line}"
+                cmd = [python, "-m", "pgn" if argv[0] == "pgn" else "pgn_study", *argv[1:]]
                 if background:
                     proc = subprocess.Popen(cmd, cwd=checkout, env=env, stdout=subprocess.PIPE,
                                             stderr=subprocess.STDOUT, text=True)
@@ -151,7 +154,7 @@ def test_the_readme_runs_as_written(checkout):
                     _wait_until_up(proc, f"http://127.0.0.1:{port}/" + ("health" if argv[1] == "serve" else ""), line)
                 else:
                     r = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True, timeout=900)
-                    assert r.returncode == 0, f"README command failed: {line}\n{r.stderr[-3000:]}"
+                    assert r.returncode == 0, f"{path} command failed: {line}\n{r.stderr[-3000:]}"
                 ran += 1
         finally:
             for proc in servers:  # stopped by PID
@@ -160,14 +163,44 @@ def test_the_readme_runs_as_written(checkout):
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+    return ran, skipped
+
+
+@pytest.mark.once
+def test_the_readme_runs_as_written(checkout):
+    pytest.importorskip("elpv_dataset")
+    pytest.importorskip("onnx")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run_example(checkout, sys.executable, env)
+    ran, skipped = run_commands(checkout, sys.executable, env)
     assert ran >= 15, (ran, skipped)
     assert all("needs" in s for s in skipped)
     print("skipped: " + "; ".join(skipped))
 
 
+def test_the_quickstart_runs_from_the_wheel(checkout):
+    """CI's wheel check (.ci/wheel-check): the quickstart with the Python of a fresh environment holding only the
+    built wheel (PGN_WHEEL_PYTHON), never this checkout's sources."""
+    python = os.environ.get("PGN_WHEEL_PYTHON")
+    if not python:
+        pytest.skip("PGN_WHEEL_PYTHON is not set: run by .ci/wheel-check (make wheel-check)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    where = subprocess.run([python, "-c", "import pgn; print(pgn.__file__)"], cwd=checkout, capture_output=True,
+                           text=True, env=env, check=True).stdout.strip()
+    assert "site-packages" in where and not where.startswith(str(ROOT)), where  # the wheel's pgn, not a checkout's
+    run_example(checkout, python, env)
+    ran, skipped = run_commands(checkout, python, env, (QUICKSTART,))
+    assert ran == 4 and not skipped, (ran, skipped)
+
+
+def test_the_guide_shows_the_readme_example():
+    """The quickstart page repeats the README's Python example; they may not drift apart."""
+    assert quickstart_example("docs/guide/quickstart.md", "## From Python") == quickstart_example()
+
+
 def test_a_broken_readme_command_would_fail_this_test():
     """What the runner above reads: every command, its substitutions, its marks."""
-    lines = [ln for name in SECTIONS for ln in commands(name)]
+    lines = [ln for path, name in SOURCES for ln in commands(path, name)]
     assert any("--resume" in ln for ln in lines) and any(ln.rstrip().split("#")[0].rstrip().endswith("&")
                                                          for ln in lines)
     argv, background, need = parse("pgn train --dataset elpv --epochs 5 --out runs/x   # PGN")
