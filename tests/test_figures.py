@@ -1,0 +1,84 @@
+"""Figures cannot drift from their records: every marked block of the README and the study pages equals what
+``pgn_study.figures`` renders from docs/records, and the README states no accuracy outside such a block."""
+import json
+import re
+import shutil
+
+import pytest
+
+from pgn_study import figures
+from pgn_study.comparison import standing
+
+ROOT = figures.ROOT
+
+
+def test_every_figure_block_equals_what_the_records_give():
+    differing = figures.render(ROOT, check=True)
+    assert not differing, f"re-render with `python benchmarks/render_figures.py`: {differing}"
+    for rel, names in (("README.md", {"readme-results"}), ("docs/results.md", {"results-standing", "demo-seed-steps"})):
+        assert names <= set(figures.blocks_in((ROOT / rel).read_text())), (rel, names)
+
+
+def test_a_hand_edited_figure_is_caught_and_rendered_back():
+    text = (ROOT / "README.md").read_text()
+    body = figures.blocks_in(text)["readme-results"]
+    number = re.search(r"\d+\.\d\d ± \d+\.\d\d", body).group(0)
+    edited = text.replace(body, body.replace(number, "99.99 ± 0.01", 1))
+    assert edited != text and figures.render_text(edited) == figures.render_text(text)
+
+
+@pytest.fixture()
+def records(tmp_path):
+    """A copy of the records the README's table reads, to change."""
+    for study in ("recipe-study", "generator-study"):
+        shutil.copytree(figures.RECORDS / study, tmp_path / study)
+    return tmp_path
+
+
+def test_a_changed_or_missing_record_changes_the_table(records):
+    before = figures.readme_results(records)
+    assert before == figures.readme_results(figures.RECORDS)
+    cell = records / "recipe-study" / "elpv4-1000x656-112px-e10" / "linear"
+    seed0 = sorted(cell.glob("test-*-seed0.json"))[0]
+    run = json.loads(seed0.read_text())
+    run["top1"] -= 0.05
+    seed0.write_text(json.dumps(run))
+    changed = figures.readme_results(records)
+    assert changed != before
+    seed0.unlink()  # a seed not yet recorded: the cell is pending, never filled from elsewhere
+    assert "pending (2 of 3 seeds)" in figures.readme_results(records).splitlines()[4]
+
+
+def test_a_cell_reads_its_seeds_and_names_what_they_ran_on(tmp_path):
+    for seed, top1 in enumerate((0.80, 0.82, 0.84)):
+        run = {"top1": top1, "device": "CPU (AMD EPYC, x86_64, 1 threads)"} | ({"precision": "bf16"} if seed else {})
+        (tmp_path / f"test-lr0.01-seed{seed}.json").write_text(json.dumps(run))
+    cell = figures.read_cell(tmp_path)
+    assert cell.complete and cell.text() == "82.00 ± 2.00"
+    assert cell.precisions == ("bf16", "not recorded")  # a record without a precision is not shown as fp32
+    assert figures.provenance([cell]) == "precision bf16 and not recorded; machines: AMD EPYC, 1 thread"
+    (tmp_path / "test-lr0.1-seed0.json").write_text(json.dumps({"top1": 0.5}))
+    with pytest.raises(ValueError, match="more than one rate"):
+        figures.read_cell(tmp_path)
+
+
+def test_a_standing_uses_the_comparisons_rule():
+    def cell(*top1):
+        return figures.Cell(top1=top1, seeds=len(top1), precisions=("fp32",), devices=("x",))
+
+    a, b = cell(0.86, 0.86, 0.87), cell(0.85, 0.85, 0.86)
+    s = standing({"t": {"a": a.summary(), "b": b.summary()}}, "a", ("b",))["b"]["per_task"]["t"]
+    assert figures.compare_cells(a, b) == f"{100 * s['difference']:+.2f} ± {100 * s['spread']:.2f} (ahead, beyond the spread)"
+    assert figures.compare_cells(cell(0.80, 0.90, 0.85), b).endswith("(behind, within the spread)")
+    assert figures.compare_cells(figures.Cell((0.80, 0.90), 3, ("fp32",), ("x",)), b) == "pending"  # a seed short
+
+
+def _prose(text: str) -> str:
+    """``text`` less fenced code and rendered blocks."""
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    return re.sub(r"<!-- figures:.*?<!-- /figures:[\w-]+ -->", "", text, flags=re.S)
+
+
+def test_the_readme_states_no_figure_outside_a_rendered_block():
+    prose = _prose((ROOT / "README.md").read_text())
+    assert not re.findall(r"\d+\.\d+ ?%|±|\b\d{2}\.\d{2}\b", prose)
