@@ -509,7 +509,9 @@ def write_report(path: Path, comparison: dict, meta: dict, throughput: dict | No
     from pgn.files import atomic_path
 
     results = comparison["results"]
-    lines = ["# Results", "", "## Accuracy: the paper's comparison on the embedded backbone", "",
+    tasks = ", ".join(results)
+    lines = [f"# The method comparison: {tasks}, {meta['epochs']} epochs", "",
+             "## Accuracy: the paper's comparison on the embedded backbone", "",
              f"Command: `{meta['command']}` on {meta['machine']}, {meta['precision']}; backbone "
              f"{meta['backbone']} at {meta['img_size']} px. The runs below took {meta['seconds_of_all_runs']:,} s "
              f"of training and testing in all; this call trained {meta['runs_trained_this_call']} of them "
