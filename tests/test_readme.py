@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 # (file, section): every bash block of each, in this order (later commands use what earlier ones made).
 SOURCES = (("README.md", "## Quickstart"), ("README.md", "## Deploy as pixels to an unmodified model"),
-           ("README.md", "## Reproducing the paper"), ("docs/guide/quickstart.md", "## From the command line"),
+           ("README.md", "## Reproducing the paper"), ("docs/guide/quickstart.md", "## More commands"),
            ("docs/guide/deployment.md", "## The model servers people already run"),
            ("docs/guide/deployment.md", "## The black-box flow, as a person sees it"),
            ("docs/guide/deployment.md", "## A real hosted classifier, scores only"))
@@ -193,9 +193,12 @@ def test_the_quickstart_runs_from_the_wheel(checkout):
     assert ran == 4 and not skipped, (ran, skipped)
 
 
-def test_the_guide_shows_the_readme_example():
-    """The quickstart page repeats the README's Python example; they may not drift apart."""
+def test_the_guide_shows_the_readmes_quickstart_and_deployment():
+    """The guide repeats the README's example and command blocks (run once, from the README); they may not drift."""
     assert quickstart_example("docs/guide/quickstart.md", "## From Python") == quickstart_example()
+    assert commands("docs/guide/quickstart.md", "## From the command line") == commands(*QUICKSTART)
+    deploy = ("README.md", "## Deploy as pixels to an unmodified model")
+    assert commands("docs/guide/deployment.md", "## Deploy in six commands") == commands(*deploy) and deploy in SOURCES
 
 
 def test_a_broken_readme_command_would_fail_this_test():
