@@ -146,7 +146,7 @@ def readme_results(records: Path = RECORDS) -> str:
                       f"{E10_TASKS[t][0]} {compare_cells(c, cells[t]['linear'])}" for t, c in gen.items()) + "."]
     every = [c for row in cells.values() for c in row.values() if c.top1] + [c for c in gen.values() if c.top1]
     lines += [f"Records: {provenance(every)}. \"pending\": seeds being re-run under today's code "
-              "(the unseeded runs they replace are kept in docs/records/recipe-study-unseeded, and shown nowhere)."]
+              "(the unseeded runs they replace are kept in docs/records/recipe-study-unseeded; no standing here uses them)."]
     return "\n".join(lines)
 
 
