@@ -403,3 +403,147 @@ def evaluate(model: PromptedClassifier, data: str | DataSpec | None = None, *, t
         raise PGNError(f"{spec.name} has classes {list(spec.class_names)[:5]}..., but the model was trained on "
                        f"{cfg.dataset} with {len(cfg.class_names)} classes")
     return dict(evaluate_loop(model, loader, device, precision, progress), precision=precision)
+
+
+# --------------------------------------------------------------------------- training through a model's endpoint
+
+def train_through_api(api, data: str | DataSpec, method: str | MethodConfig = "vp", out: str | Path | None = None, *,
+                      api_kind: str = "pgn", api_model: str | None = None, api_input: str = "input",
+                      api_tensor_format: str = "uint8-hwc", api_output: str | None = None, timeout: float = 60,
+                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                      img_size: int | None = None, cell_size: int | None = None, train_limit: int | None = None,
+                      test_limit: int | None = None, data_root: str | None = None, download: bool = False,
+                      init: str | Path | None = None, log=None, **options) -> dict:
+    """Train ``method``'s adapter on ``data`` through a model you can only query; its weights are never loaded.
+
+    ``api``: the model's URL (``api_kind`` ``pgn``: ``pgn serve``; ``oip``: an Open Inference Protocol server,
+    with ``api_model`` its name there), an :class:`~pgn.client.Endpoint`, or a Python function ``(B, H, W, 3)
+    uint8 canvases -> (B, S) scores``. Every forward is a call with the 8-bit canvases deployment sends.
+    ``method``: ``vp`` (bounded), ``iip`` or ``pgn`` with prompts in the pixels (``library_space="pixel"``,
+    ``layout="frame"``), or ``linear``: the learned readout of the model's scores, one query per training image
+    (the baseline a prompt must beat); a name with its config's fields among ``options``, or a config.
+    The model's preprocessing (``mean``, ``std``, ``img_size``, ``cell_size``: the prompt cells' side) comes from
+    ``pgn serve``'s ``/info``; other servers and functions need it given. ``options``: fields of
+    :class:`~pgn.blackbox.ZerothOrderConfig` (``steps``, ``epochs``, ``batch_size``, ``max_queries``,
+    ``max_calls``, ``answers``, ``trainable``, ``head_lr``, ``retries``, ``seed``...) and SPSA-GC's settings
+    as ``spsa_a``, ``spsa_c``, ``spsa_o``, ``spsa_alpha``, ``spsa_gamma``, ``spsa_q``, ``spsa_momentum``,
+    ``spsa_gradient_correction``, ``spsa_subspace`` (:class:`~pgn.blackbox.SPSAConfig`, BlackVIP's defaults).
+    ``init``: an adapter to warm-start from (a prompt trained with gradients on a model you have, or a readout
+    trained through this endpoint). Writes the run into ``out`` and returns its last metrics row (calls, images
+    sent, accuracy, and ``stopped``: ``done`` or ``budget``).
+    """
+    from .blackbox import SPSAConfig, ZerothOrderConfig, train_zeroth_order
+    from .files import check_not_in_use
+
+    if out is not None:
+        check_not_in_use(out)
+    _ZO_SPSA = {f"spsa_{f.name}": f.name for f in fields(SPSAConfig)}  # noqa: N806  (SPSA-GC's settings, prefixed)
+    zo_fields = {f.name for f in fields(ZerothOrderConfig)} - {"spsa"}
+    spsa = {_ZO_SPSA[k]: options.pop(k) for k in list(options) if k in _ZO_SPSA}
+    zo = {k: options.pop(k) for k in list(options) if k in zo_fields}
+    if isinstance(method, str):
+        method = method_config_of(method, **options)
+    elif options:
+        raise PGNError(f"unknown option(s) {', '.join(sorted(options))}: give the method's in its config, and "
+                       f"training's among {', '.join(sorted(zo_fields | set(_ZO_SPSA)))}")
+    config = ZerothOrderConfig(**zo, spsa=SPSAConfig(**spsa))
+    ep, record = _endpoint_of(api, api_kind, dict(model=api_model, input_name=api_input,
+                                                  tensor_format=api_tensor_format, output=api_output, mean=mean,
+                                                  std=std, timeout=timeout))
+    model_input = _model_input(ep, api_kind, mean, std, img_size, cell_size, config.batch_size)
+    if isinstance(data, str):
+        data = build_dataset(data, img_size=model_input.img_size, mean=model_input.mean, std=model_input.std,
+                             train_limit=train_limit, test_limit=test_limit, seed=config.seed, root=data_root,
+                             download=download)
+    out = Path(out) if out is not None else default_run_dir(method.method, data.name)
+    row = train_zeroth_order(ep, data, method, model_input, out, config, init=init, endpoint_record=record,
+                             log_line=log or _main_log)
+    return {"run": str(out), **row}
+
+
+def resume_through_api(run: str | Path, api=None, *, log=None, **options) -> dict:
+    """Continue the zeroth-order run in ``run`` exactly as it was configured, bit for bit.
+
+    ``api``: the endpoint (default: the URL recorded in the run; a Python function must be given again);
+    ``options`` may change only what :data:`pgn.blackbox.RESUMABLE` lists (``steps``, ``epochs``,
+    ``max_queries``, ``max_calls``, ``retries``, ``backoff``, ``progress``...). Returns the last metrics row.
+    """
+    import json
+
+    from .blackbox import RESUMABLE, ModelInput, SPSAConfig, ZerothOrderConfig, train_zeroth_order
+    from .files import check_not_in_use
+    from .methods import method_config_from_dict
+
+    run = Path(run)
+    check_not_in_use(run)
+    path = run / "config.json"
+    try:
+        settings = json.loads(path.read_text())["zeroth_order"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise PGNError(f"{run} is not a run trained through an endpoint (no zeroth-order settings in {path}); "
+                       "resume a gradient-trained run with `pgn.resume`") from None
+    unknown = sorted(set(options) - set(RESUMABLE))
+    if unknown:
+        raise PGNError(f"a resumed run keeps its own {', '.join(unknown)}; it may change only {', '.join(RESUMABLE)}")
+    recorded = dict(settings["zeroth_order"])
+    recorded.update({k: v for k, v in options.items() if v is not None})
+    config = ZerothOrderConfig(**{**recorded, "spsa": SPSAConfig(**recorded["spsa"])})
+    method = method_config_from_dict(settings["method"], settings["method_config"], str(path))
+    mi = settings["model_input"]
+    model_input = ModelInput(**{**mi, "mean": tuple(mi["mean"]), "std": tuple(mi["std"])})
+    record = settings.get("endpoint") or {}
+    if api is None:
+        if not record.get("url"):
+            raise PGNError(f"{run} was trained through a Python endpoint; give it again (`api`)")
+        api = record["url"]
+    ep, record = _endpoint_of(api, record.get("kind", "pgn"), {**record.get("options", {}), "mean": model_input.mean,
+                                                                 "std": model_input.std})
+    recipe = settings["data"]
+    data = build_dataset(recipe["name"], img_size=model_input.img_size, mean=model_input.mean, std=model_input.std,
+                         train_limit=recipe.get("train_limit"), test_limit=recipe.get("test_limit"),
+                         seed=recipe.get("seed", 0), root=recipe.get("root"))
+    row = train_zeroth_order(ep, data, method, model_input, run, config, init=settings.get("init"), resume=True,
+                             endpoint_record=record, log_line=log or _main_log)
+    return {"run": str(run), **row}
+
+
+def _endpoint_of(api, kind: str, options: dict):
+    """(the endpoint, how it was reached: what a resume from the command line reconnects with)."""
+    from .client.endpoints import CallableEndpoint, Endpoint, endpoint
+
+    if isinstance(api, Endpoint):
+        return api, {"kind": api.kind, "url": api.url if isinstance(api.url, str) and "://" in api.url else None}
+    if callable(api):
+        return CallableEndpoint(api), {"kind": "callable", "url": None}
+    if kind == "oip":
+        keep = {k: options.get(k) for k in ("model", "input_name", "tensor_format", "output")}
+        ep = endpoint(api, "oip", **keep, mean=options.get("mean"), std=options.get("std"), answers="scores",
+                      timeout=options.get("timeout", 60))
+        return ep, {"kind": "oip", "url": api, "options": keep}
+    return endpoint(api, kind, timeout=options.get("timeout", 60)), {"kind": kind, "url": api}
+
+
+def _model_input(ep, kind: str, mean, std, img_size, cell_size, batch: int):
+    """The model's preprocessing: from ``pgn serve``'s /info, else as given (the protocol has no field for it)."""
+    from .blackbox import ModelInput
+
+    info = ep.client.info() if kind == "pgn" and getattr(ep, "client", None) is not None else None
+    if info is not None:
+        if "/classify" not in (info.get("endpoints") or []):
+            raise PGNError(f"{ep.url} answers embeddings only; training through it reads the model's class scores "
+                           "(serve a classifier)")
+        max_batch = int(info.get("max_batch") or batch)
+        if batch > max_batch:
+            raise PGNError(f"`batch_size` {batch} is more than {ep.url} takes in one request ({max_batch}); a call "
+                           "is one request: lower it")
+        mi = ModelInput.from_pgn_serve(info, img_size, cell_size)
+        if mean is not None or std is not None:
+            mi = ModelInput(tuple(mean or mi.mean), tuple(std or mi.std), mi.img_size, mi.cell_size, mi.outputs,
+                            mi.name)
+        return mi
+    missing = [n for n, v in (("mean", mean), ("std", std), ("img_size", img_size)) if v is None]
+    if missing:
+        raise PGNError(f"{getattr(ep, 'url', '') or 'this endpoint'} does not publish the model's preprocessing; give "
+                       f"{', '.join(f'`{m}`' for m in missing)} (and `cell_size`, the prompt cells' side)")
+    return ModelInput(tuple(mean), tuple(std), int(img_size), int(cell_size or 16),
+                      name=f"oip:{ep.model}" if getattr(ep, "model", None) else "api")
