@@ -19,6 +19,8 @@ Library layout (data flows one way)::
     api.py         create_model / train / resume / evaluate / load: the Python entry point
     precision.py   fp32 / bf16 / auto, resolved once; devices.py: the default device and absent ones
     training/      the training loop, atomic checkpoints, optimiser monitor, evaluation, schedule, DDP
+    blackbox/      training through a model's endpoint (no weights): SPSA-GC / subspace SPSA, the query
+                   budget and its ledger, retries, exact resume
     multi.py       one PGN over several datasets (a head per dataset)
     released.py    the paper's released checkpoints as adapters
     analysis.py, plots.py, demo.py   what a run learned, pictures, `make demo`
@@ -36,13 +38,13 @@ from .errors import PGNError
 
 __version__ = "0.1.0"
 _METHOD_CONFIGS = ("PGNConfig", "IIPConfig", "VPConfig", "LinearConfig", "FinetuneConfig", "ZeroShotConfig")
-__all__ = ["InputAdapter", "PGNError", "__version__", "create_model", "evaluate", "load", "resume", "train",
-           *_METHOD_CONFIGS]
+_API = ("create_model", "evaluate", "load", "resume", "train", "train_through_api", "resume_through_api")
+__all__ = ["InputAdapter", "PGNError", "__version__", *_API, *_METHOD_CONFIGS]
 
 
 def __getattr__(name: str):
     # The API pulls in torch and the backbones: import it on first use, so ``import pgn`` stays cheap.
-    if name in ("create_model", "evaluate", "load", "resume", "train"):
+    if name in _API:
         from . import api
 
         return getattr(api, name)
