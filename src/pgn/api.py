@@ -484,7 +484,8 @@ def resume_through_api(run: str | Path, api=None, *, log=None, **options) -> dic
                        "resume a gradient-trained run with `pgn.resume`") from None
     unknown = sorted(set(options) - set(RESUMABLE))
     if unknown:
-        raise PGNError(f"a resumed run keeps its own {', '.join(unknown)}; it may change only {', '.join(RESUMABLE)}")
+        raise PGNError(f"a resumed run keeps its own {', '.join(f'`{k}`' for k in unknown)}; it may change only "
+                       f"{', '.join(f'`{k}`' for k in RESUMABLE)}")
     recorded = dict(settings["zeroth_order"])
     recorded.update({k: v for k, v in options.items() if v is not None})
     config = ZerothOrderConfig(**{**recorded, "spsa": SPSAConfig(**recorded["spsa"])})

@@ -59,7 +59,7 @@ class SPSAConfig:
         if not 0 <= self.momentum < 1:
             raise PGNError(f"`spsa_momentum` must be in [0, 1), got {self.momentum}")
         if not isinstance(self.subspace, int) or self.subspace < 0:
-            raise PGNError(f"`subspace` is a dimension (0: none), got {self.subspace!r}")
+            raise PGNError(f"`spsa_subspace` is a dimension (0: none), got {self.subspace!r}")
 
     def gains(self, step: int) -> tuple[float, float]:
         """(a_k, c_k) at ``step`` (1-based)."""

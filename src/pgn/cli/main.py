@@ -117,6 +117,53 @@ def _add_api_args(p) -> None:
     g.add_argument("--api-output", default=None, help="oip: the output tensor to read (default: the first)")
 
 
+def _add_zeroth_order_args(p) -> None:
+    """``pgn train --api URL --zeroth-order``: pgn.train_through_api's settings (pgn.blackbox)."""
+    from ..blackbox.spsa import SPSAConfig
+    from ..blackbox.trainer import ANSWERS, TRAINABLE
+
+    d = SPSAConfig()
+    g = _group(p, "zeroth-order training through --api (pgn.blackbox)")
+    g.add_argument("--zeroth-order", action="store_true",
+                   help="train through --api with SPSA-GC: every forward is a call with 8-bit canvases")
+    g.add_argument("--steps", type=_positive_int, default=None, help="SPSA steps (default: --epochs over the data)")
+    g.add_argument("--max-queries", type=_positive_int, default=None, help="the most images the run sends, all told")
+    g.add_argument("--max-calls", type=_positive_int, default=None, help="the most calls the run sends, all told")
+    for name, help_ in (("a", "step gain a: a_k = a / (k + o)^alpha"), ("c", "perturbation c: c_k = c / k^gamma"),
+                        ("o", "step gain offset o"), ("alpha", "step decay alpha"), ("gamma", "perturbation decay gamma"),
+                        ("momentum", "gradient correction's beta")):
+        g.add_argument(f"--spsa-{name}", type=float, default=None, help=f"{help_} (default {getattr(d, name)}, BlackVIP)")
+    g.add_argument("--spsa-q", type=_positive_int, default=None, help=f"directions per step, 2 calls each (default {d.q})")
+    g.add_argument("--no-gradient-correction", dest="spsa_gradient_correction", action="store_const", const=False,
+                   default=None, help="plain SPSA (no look-ahead)")
+    g.add_argument("--subspace", dest="spsa_subspace", type=int, default=None, metavar="D",
+                   help="search a random D-dimensional subspace of the prompt (0: all of it; default 0)")
+    g.add_argument("--trainable", default=None, choices=TRAINABLE, help="which prompt parameters are searched (all)")
+    g.add_argument("--answers", default=None, choices=ANSWERS, help="what the API's scores are (default logits)")
+    g.add_argument("--readout-epochs", type=_positive_int, default=None, help="--method linear: passes over the scores")
+    g.add_argument("--retries", type=int, default=None, help="retries of a failed call (default 3)")
+    g.add_argument("--backoff", type=float, default=None, help="seconds before the first retry, doubled after (0.5)")
+    g.add_argument("--api-timeout", dest="timeout", type=float, default=None, help="seconds per call (default 60)")
+    g.add_argument("--init", default=None, help="warm-start from this adapter (same method and sizes)")
+    g.add_argument("--mean", type=_floats3, default=None, help="the model's normalisation mean R,G,B (non-pgn APIs)")
+    g.add_argument("--std", type=_floats3, default=None, help="the model's normalisation std R,G,B (non-pgn APIs)")
+    g.add_argument("--cell-size", type=_positive_int, default=None, help="prompt cell side in px (non-pgn APIs: 16)")
+    g.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints (1)")
+    g.add_argument("--log-every", type=_positive_int, default=None, help="steps per metrics row (10)")
+    g.add_argument("--no-final-eval", dest="evaluate", action="store_const", const=False, default=None,
+                   help="do not score the test split through the API at the end")
+
+
+def _floats3(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers R,G,B, got {text!r}")
+    return values
+
+
 def _remote(args, adapter):
     """The RemoteClassifier for ``adapter`` behind ``--api`` of ``--api-kind``."""
     from ..client import RemoteClassifier, endpoint
@@ -278,6 +325,10 @@ def build_parser(keep_defaults: bool = True) -> _Parser:
     _add_train_args(p)
     p.add_argument("--out", default=None, help="run directory (default: runs/<method>-<dataset>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--api", default=None, help="train through a model's inference API at this URL (with "
+                                               "--zeroth-order): its weights are never loaded")
+    _add_api_args(p)
+    _add_zeroth_order_args(p)
 
     p = parser.add_command(sub, "eval", help="evaluate a trained adapter on a dataset's test split")
     p.add_argument("run", nargs="?", help="run or adapter directory (with --api: an exported adapter)")
@@ -421,6 +472,8 @@ def cmd_train(args) -> int:
         raise PGNError("zero-shot CLIP needs no training: run `pgn eval --method zeroshot --backbone clip-vit-b32 --dataset NAME`")
     if args.resume and not args.out:
         raise PGNError("--resume needs --out RUN_DIR naming the run to continue")
+    if args.api or args.zeroth_order:
+        return _train_through_api(args)
     if args.resume:
         out = args.out
         row = resume(out, args.epochs if "epochs" in args.given else None, device=args.device,
@@ -445,6 +498,45 @@ def cmd_train(args) -> int:
                              on_device=args.on_device)
     if _is_main():
         print(json.dumps({"run": str(out), **row}))
+    return 0
+
+
+# `pgn train --zeroth-order` options that go to pgn.train_through_api as they are named (given ones only: the
+# presets' values are for gradient training).
+_ZEROTH_ORDER = ("steps", "epochs", "batch_size", "head_lr", "seed", "max_queries", "max_calls", "spsa_a", "spsa_c",
+                 "spsa_o", "spsa_alpha", "spsa_gamma", "spsa_q", "spsa_momentum", "spsa_gradient_correction",
+                 "spsa_subspace", "trainable", "answers", "readout_epochs", "retries", "backoff", "checkpoint_every",
+                 "log_every", "evaluate")
+
+
+def _train_through_api(args) -> int:
+    """``pgn train --api URL --zeroth-order``: pgn.train_through_api, or with --resume pgn.resume_through_api."""
+    from ..api import resume_through_api, train_through_api
+    from ..methods import method_config_of, method_options
+
+    if not args.zeroth_order:
+        raise PGNError("training through --api estimates gradients from the API's answers: add --zeroth-order")
+    given = {k: getattr(args, k) for k in _ZEROTH_ORDER if k in args.given or k in ("spsa_gradient_correction",
+                                                                                      "evaluate")}
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.no_progress:
+        given["progress"] = False
+    if args.resume:
+        row = resume_through_api(args.out, args.api, **given)
+    else:
+        if not args.api:
+            raise PGNError("--zeroth-order trains through a model's API: give its URL with --api")
+        names = method_options()
+        method = method_config_of(args.method, {n: getattr(args, n, None) for n in names},
+                                  **{n: getattr(args, n) for n in sorted(args.given & names)})
+        img_size = args.img_size if "img_size" in args.given else None
+        row = train_through_api(args.api, args.dataset, method, args.out, api_kind=args.api_kind,
+                                api_model=args.api_model, api_input=args.api_input,
+                                api_tensor_format=args.api_tensor_format, api_output=args.api_output,
+                                timeout=args.timeout or 60, mean=args.mean, std=args.std, img_size=img_size,
+                                cell_size=args.cell_size, train_limit=args.train_limit, test_limit=args.test_limit,
+                                data_root=args.data_root, download=args.download, init=args.init, **given)
+    print(json.dumps(row))
     return 0
 
 
