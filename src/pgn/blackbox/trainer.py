@@ -401,8 +401,9 @@ def train_zeroth_order(endpoint, data, method, model_input: ModelInput, out: str
         try:
             return _train(endpoint, data, method, model_input, out, config, init, new, endpoint_record or {}, say)
         except BaseException:
-            if fresh and latest_checkpoint(out) is None:
-                remove_new_run(out)  # a run that failed before its first checkpoint leaves nothing behind
+            if fresh and latest_checkpoint(out) is None:  # a run that failed before its first checkpoint leaves nothing
+                (out / LEDGER_FILE).unlink(missing_ok=True)
+                remove_new_run(out)
             raise
 
 
@@ -479,7 +480,8 @@ def _train(endpoint, data, method, model_input: ModelInput, out: Path, cfg: Zero
             _setup(run, method, say)
         except BudgetExhausted as e:
             raise PGNError(f"{e}; nothing was trained") from None
-        run.checkpoint()  # step 0: the setup's answers are never bought twice
+        if ledger.calls_sent:  # step 0: the setup's answers (the probe, a label mapping) are never bought twice
+            run.checkpoint()
     return _loop(run, method, budget, reserve, say, tqdm)
 
 
@@ -576,7 +578,8 @@ def _loop(run: _Run, method, budget: QueryBudget, reserve: tuple[int, int], say,
         summed = _train_readout(run)
         run.step = run.total_steps = cfg.readout_epochs
         return _finish(run, _row(run, [], **summed), "done", budget, reserve, say)
-    stopped, last_saved, window = "done", run.step, []
+    # A fresh run with no checkpoint yet (nothing sent before its first step) is removed if that step fails.
+    stopped, last_saved, window = "done", run.step if latest_checkpoint(run.run_dir) else -1, []
     bar = tqdm(total=run.total_steps, initial=min(run.step, run.total_steps), desc="zeroth-order", leave=False,
                disable=None if cfg.progress else True, dynamic_ncols=True)
     try:
