@@ -102,6 +102,11 @@ def _data(name: str, pre):
     return build_dataset(name, img_size=IMG, mean=pre.mean, std=pre.std, train_limit=limits[0], test_limit=limits[1])
 
 
+def _recorded_precision(rows: list[dict], cfg) -> str:
+    """The precision(s) the rows' runs recorded ("not recorded" for records made before it was stored)."""
+    return " and ".join(sorted({r["precision"] for r in rows if r.get("precision")})) or cfg.precision
+
+
 def _meta(args, cfg, t0) -> dict:
     return {"command": "python benchmarks/recipe_study.py " + " ".join(sys.argv[1:]),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
@@ -156,7 +161,8 @@ def ablations(args) -> None:
         rows.append({"method": "linear", "variant": variant.name, "what": what, **s})
     meta = {**_meta(args, cfg, t0), "epochs": cfg.epochs, "seeds": cfg.seeds, "grid": args.grid,
             "split": [len(data.train), len(data.test)],
-            "recipe_lr": lr, "recipe_val_top1_by_lr": recipe["val_top1_by_lr"]}
+            "recipe_lr": lr, "recipe_val_top1_by_lr": recipe["val_top1_by_lr"],
+            "precision": _recorded_precision(rows, cfg)}
     write_json(DOCS / "ablations.json", {"meta": meta, "rows": rows})
     _render_ablations(meta, rows)
 
@@ -201,7 +207,7 @@ def generator(args) -> None:
             # what made the rows, from their records (a report rendered elsewhere names the machines that ran them)
             "command": _study_command(sys.argv[1:]),
             "machine": " and ".join(sorted(devices)) or "no run finished", "seconds_of_all_runs": round(seconds),
-            "splits": {name: list(SUBSETS[name]) for name in SUBSETS}}
+            "splits": {name: list(SUBSETS[name]) for name in SUBSETS}, "precision": _recorded_precision(rows, cfg)}
     write_json(DOCS / "ablations-generator.json", {"meta": meta, "rows": rows})
     ablation = json.loads((DOCS / "ablations.json").read_text())
     _render_ablations(ablation["meta"], ablation["rows"])
