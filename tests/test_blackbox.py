@@ -291,14 +291,12 @@ def _client(weights, *args):
 
 @pytest.fixture(scope="module")
 def served_cnn(tmp_path_factory):
-    """``pgn serve`` holding the tiny CNN's weights in a real file; the client must never open it."""
-    from safetensors.torch import save_file
-
+    """``pgn serve`` holding the tiny CNN's weights in a real file; the client must never open it. A PyTorch file,
+    read through Python's ``open`` (an audited event; safetensors opens its files from Rust, unseen by audit hooks)."""
     from pgn.backbones import create_backbone
 
-    weights = tmp_path_factory.mktemp("model") / "cnn.safetensors"
-    bb = create_backbone("test-cnn-timm")
-    save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, str(weights))
+    weights = tmp_path_factory.mktemp("model") / "cnn.pth"
+    torch.save(create_backbone("test-cnn-timm").model.state_dict(), weights)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "pgn", "serve", "--backbone", "test-cnn-timm", "--weights",
                                str(weights), "--port", str(port), "--precision", "fp32"],
@@ -340,6 +338,11 @@ def test_through_pgn_serve_the_weights_are_never_opened_and_the_budget_is_exact(
     assert _served(url) - before == row["images_sent"]  # the server counted exactly what the ledger did
     assert json.loads((tmp_path / "run" / "queries.json").read_text())["images_sent"] == row["images_sent"]
     assert "stopped at the query budget after step 4" in out
+    # The audit can fail: a command that builds the model does open its weights, and is stopped.
+    control = _client(weights, "train", "--backbone", "test-cnn-timm", "--weights", weights, "--method", "vp",
+                      "--dataset", "digits", "--train-limit", 8, "--test-limit", 8, "--out", tmp_path / "gradients")
+    _, err = control.communicate(timeout=600)
+    assert control.returncode == 97 and "opened the model's weights" in err
 
 
 def test_through_pgn_serve_a_killed_run_resumes_bit_exactly(served_cnn, tmp_path):
