@@ -212,3 +212,26 @@ def fresh_classifier(method: str):
     vit = make_tiny_vit()  # seeds torch
     acfg = adapter_cfg(method, vit, dataset="labelled")
     return PromptedClassifier.from_config(acfg, vit), acfg
+
+
+KSERVE_SERVER = Path(__file__).parent / "servers" / "kserve_vit.py"
+
+
+def start_kserve(backbone: str, name: str, answer: str):
+    """A real KServe server (tests/servers/kserve_vit.py) of ``backbone`` on a free loopback port, answering
+    ``answer`` (scores or embeddings) as model ``name``; (the process, its URL). Skips where kserve is absent."""
+    pytest.importorskip("kserve", reason="kserve is not installed (the Makefile installs it with the test extras)")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(KSERVE_SERVER), backbone, str(port), answer, name],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        if proc.poll() is not None:
+            pytest.fail("the KServe server exited: " + proc.stdout.read()[-3000:])
+        try:
+            if httpx.get(f"{url}/v2/models/{name}/ready", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail("the KServe server did not come up")

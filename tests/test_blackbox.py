@@ -378,3 +378,25 @@ def test_cli_misuse_is_one_line(served_cnn, tmp_path):
     r = pgn(*TRAIN, "--api", url, "--batch-size", 100, "--out", tmp_path / "d")
     assert "more than" in one_line_error(r)
     assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_through_a_real_kserve_server_the_call_budget_is_exact(tmp_path):
+    """The Open Inference Protocol (KServe): no preprocessing published, so it is given; the width is probed."""
+    from helpers import start_kserve
+
+    proc, url = start_kserve("test-cnn-timm", "cnn", "scores")
+    try:
+        # 1 probe call, 4 calls a step, 2 evaluation calls held back: 10 calls fit one step, not two.
+        r = pgn("train", "--api", url, "--api-kind", "oip", "--api-model", "cnn", "--zeroth-order", "--method", "vp",
+                "--vp-pad", 8, "--vp-bounded", "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--img-size", 64,
+                "--cell-size", 8, "--dataset", "digits", "--train-limit", 20, "--test-limit", 10, "--steps", 5,
+                "--batch-size", 8, "--spsa-q", 2, "--max-calls", 10, "--no-progress", "--out", tmp_path / "run")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (row["step"], row["calls"], row["stopped"]) == (1, 7, "budget")
+    from pgn.blackbox import load_trained
+
+    assert load_trained(tmp_path / "run").deploy.outputs == 1000  # probed from the first answer
