@@ -474,6 +474,9 @@ def cmd_train(args) -> int:
         raise PGNError("--resume needs --out RUN_DIR naming the run to continue")
     if args.api or args.zeroth_order:
         return _train_through_api(args)
+    stray = sorted(args.given & (set(_ZEROTH_ORDER + _API_ONLY) - {"epochs", "batch_size", "head_lr", "seed"}))
+    if stray:
+        raise PGNError(f"`{stray[0]}` applies to training through a model's API (--api URL --zeroth-order)")
     if args.resume:
         out = args.out
         row = resume(out, args.epochs if "epochs" in args.given else None, device=args.device,
@@ -507,6 +510,8 @@ _ZEROTH_ORDER = ("steps", "epochs", "batch_size", "head_lr", "seed", "max_querie
                  "spsa_o", "spsa_alpha", "spsa_gamma", "spsa_q", "spsa_momentum", "spsa_gradient_correction",
                  "spsa_subspace", "trainable", "answers", "readout_epochs", "retries", "backoff", "checkpoint_every",
                  "log_every", "evaluate")
+_API_ONLY = ("api_kind", "api_model", "api_input", "api_tensor_format", "api_output", "timeout", "init", "mean", "std",
+             "cell_size")
 
 
 def _train_through_api(args) -> int:
