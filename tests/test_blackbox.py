@@ -338,6 +338,16 @@ def test_through_pgn_serve_the_weights_are_never_opened_and_the_budget_is_exact(
     assert _served(url) - before == row["images_sent"]  # the server counted exactly what the ledger did
     assert json.loads((tmp_path / "run" / "queries.json").read_text())["images_sent"] == row["images_sent"]
     assert "stopped at the query budget after step 4" in out
+    # What was trained is what deploys: the same endpoint, the same test images, the same accuracy.
+    from pgn.blackbox import load_trained
+    from pgn.client import RemoteClassifier
+    from pgn.data import build_dataset
+
+    adapter = load_trained(tmp_path / "run")
+    test = build_dataset("digits", img_size=adapter.img_size, mean=adapter.mean, std=adapter.std, train_limit=40,
+                         test_limit=10).test
+    assert RemoteClassifier(adapter, url).evaluate(test, batch=8, progress=False)["top1"] == pytest.approx(
+        row["test_top1"])
     # The audit can fail: a command that builds the model does open its weights, and is stopped.
     control = _client(weights, "train", "--backbone", "test-cnn-timm", "--weights", weights, "--method", "vp",
                       "--dataset", "digits", "--train-limit", 8, "--test-limit", 8, "--out", tmp_path / "gradients")
