@@ -248,6 +248,14 @@ def test_the_budget_stops_the_run_cleanly_and_exactly(digits, tmp_path, caplog):
                                  _cfg(steps=100, max_queries=200, log_every=2))
     assert row["stopped"] == "budget" and row["step"] == 5 and row["images_sent"] == 5 * 32 + 20 <= 200
     assert "stopped at the query budget after step 5" in caplog.text
+    sent = []
+    counted = CallableEndpoint(lambda c: sent.append(len(c)) or _linear_model()(c))
+    again = train_zeroth_order(counted, digits, m, mi, tmp_path / "b", _cfg(steps=100, max_queries=200, log_every=2),
+                               resume=True)
+    assert again == row and not sent  # the budget is still spent: nothing is sent
+    more = train_zeroth_order(counted, digits, m, mi, tmp_path / "b", _cfg(steps=100, max_queries=264, log_every=2),
+                              resume=True)  # a larger budget: two more steps and the evaluation again
+    assert (more["step"], more["images_sent"], sum(sent)) == (7, 264, 2 * 32 + 20)
     with pytest.raises(PGNError, match="does not cover the setup"):
         train_zeroth_order(CallableEndpoint(_linear_model()), digits, m, mi, tmp_path / "c", _cfg(max_queries=19))
     assert not (tmp_path / "c").exists()

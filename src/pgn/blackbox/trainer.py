@@ -238,8 +238,9 @@ class _Run:
         self.readout_scores: torch.Tensor | None = None  # method linear: every training image's scores, once
         n = len(data.train)
         self.steps_per_epoch = math.ceil(n / cfg.batch_size)
-        self.total_steps = cfg.steps or cfg.epochs * self.steps_per_epoch
-        self.reads = adapter.prompts is not None or adapter.input_prompt is not None
+        prompted = adapter.prompts is not None or adapter.input_prompt is not None
+        # A readout (no prompt) trains on the client: its "steps" are passes over the cached scores.
+        self.total_steps = (cfg.steps or cfg.epochs * self.steps_per_epoch) if prompted else cfg.readout_epochs
 
     # ------------------------------------------------------------------ parameters
 
@@ -572,11 +573,12 @@ def _train_readout(run: _Run) -> dict:
 def _loop(run: _Run, method, budget: QueryBudget, reserve: tuple[int, int], say, tqdm) -> dict:
     cfg, ledger = run.cfg, run.metered.ledger
     last = run.rows[-1] if run.rows else {}
-    if last.get("stopped") == "done" and last.get("step") == run.step >= run.total_steps:
-        return last  # a finished run: nothing to send
+    if last.get("stopped") and last.get("step") == run.step and (
+            run.step >= run.total_steps or not _next_step_fits(run, budget, reserve)):
+        return last  # a finished run, or one stopped at a budget that is still spent: nothing to send
     if method.method == "linear":
         summed = _train_readout(run)
-        run.step = run.total_steps = cfg.readout_epochs
+        run.step = run.total_steps
         return _finish(run, _row(run, [], **summed), "done", budget, reserve, say)
     # A fresh run with no checkpoint yet (nothing sent before its first step) is removed if that step fails.
     stopped, last_saved, window = "done", run.step if latest_checkpoint(run.run_dir) else -1, []
@@ -584,9 +586,7 @@ def _loop(run: _Run, method, budget: QueryBudget, reserve: tuple[int, int], say,
                disable=None if cfg.progress else True, dynamic_ncols=True)
     try:
         while run.step < run.total_steps:
-            batch = len(run.batch_indices(run.step))
-            calls, images = 2 * cfg.spsa.q, 2 * cfg.spsa.q * batch
-            if not budget.fits(ledger, calls + reserve[0], images + reserve[1]):
+            if not _next_step_fits(run, budget, reserve):
                 stopped = "budget"  # a step is sent whole or not at all
                 break
             try:
@@ -617,6 +617,12 @@ def _loop(run: _Run, method, budget: QueryBudget, reserve: tuple[int, int], say,
         say(f"stopped at the query budget after step {run.step}: {budget.describe(ledger)} sent; the next step needs "
             f"{2 * cfg.spsa.q} calls" + (f" (and the final evaluation {reserve[1]} images)" if reserve[1] else ""))
     return _finish(run, _row(run, window), stopped, budget, reserve, say)
+
+
+def _next_step_fits(run: _Run, budget: QueryBudget, reserve: tuple[int, int]) -> bool:
+    batch = len(run.batch_indices(run.step))
+    calls = 2 * run.cfg.spsa.q
+    return budget.fits(run.metered.ledger, calls + reserve[0], calls * batch + reserve[1])
 
 
 def _finish(run: _Run, row: dict, stopped: str, budget: QueryBudget, reserve, say) -> dict:
