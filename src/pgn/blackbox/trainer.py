@@ -392,12 +392,13 @@ def train_zeroth_order(endpoint, data, method, model_input: ModelInput, out: str
     if getattr(data, "augmented", False):
         raise PGNError("training through an endpoint is deterministic: give data without augmentation")
     check_method(method)
-    new = not (resume and latest_checkpoint(out) is not None)
-    if resume and new:
-        raise PGNError(f"{out} holds no checkpoint to resume; start the run without `resume`")
+    started = (out / CONFIG_FILE).is_file() and (out / LEDGER_FILE).is_file()  # stopped before its first checkpoint
+    new = latest_checkpoint(out) is None  # a run without a checkpoint starts over (keeping what it spent)
+    if resume and new and not started:
+        raise PGNError(f"{out} holds no run to resume; start the run without `resume`")
     with run_lock(out):
         fresh = not any(p.name != ".pgn.lock" for p in out.iterdir())
-        if new and not fresh:
+        if not resume and not fresh:
             raise PGNError(f"{out} already holds a run; resume it (`resume`) or choose a new directory")
         try:
             return _train(endpoint, data, method, model_input, out, config, init, new, endpoint_record or {}, say)
@@ -421,12 +422,11 @@ def _train(endpoint, data, method, model_input: ModelInput, out: Path, cfg: Zero
     from tqdm.auto import tqdm
 
     ledger_path = out / LEDGER_FILE
-    if new:
-        ledger = QueryLedger()
-    else:
+    if not new:
         repair(out)
-        ledger = QueryLedger.from_dict(json.loads(ledger_path.read_text()), str(ledger_path)) \
-            if ledger_path.is_file() else QueryLedger()
+    # What the run spent so far, also before a kill that came ahead of its first checkpoint (the budget is the user's).
+    ledger = QueryLedger.from_dict(json.loads(ledger_path.read_text()), str(ledger_path)) \
+        if ledger_path.is_file() else QueryLedger()
     metered = MeteredEndpoint(endpoint, cfg.budget, ledger, retries=cfg.retries, backoff=cfg.backoff,
                               on_send=lambda led: write_json(ledger_path, led.to_dict()))
     budget = cfg.budget
