@@ -214,6 +214,12 @@ def test_the_readout_baseline_costs_one_query_per_training_image_and_warm_starts
 
     a, b = load_file(tmp_path / "readout" / "adapter.safetensors"), load_file(tmp_path / "vp" / "adapter.safetensors")
     assert not torch.equal(a["head.fc.weight"], b["head.fc.weight"])  # the readout kept learning, exactly
+    # Or the readout fitted first on the prompt's own canvases as built: one more query per training image.
+    row3 = train_zeroth_order(CallableEndpoint(model), digits, method_config_of("pgn", **METHODS["pgn"]), mi,
+                              tmp_path / "pgn", _cfg(readout_warmup=True, readout_epochs=30, head_lr=0.05,
+                                                     spsa=SPSAConfig(q=2, c=0.2, a=0.01, subspace=16)))
+    assert row3["images_sent"] == 40 + 4 * 4 * 8 + 20
+    assert json.loads((tmp_path / "pgn" / "metrics.jsonl").read_text().splitlines()[0])["train_top1"] > 0.3
 
 
 def test_the_label_mapping_is_fitted_from_the_endpoints_answers(digits, tmp_path):

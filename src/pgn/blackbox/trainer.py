@@ -66,7 +66,9 @@ class ZerothOrderConfig:
     ``epochs``/``steps``: how long (``steps`` wins; the budget may stop it sooner); ``batch_size``: images
     per call (BlackVIP sends 128); ``spsa``: the optimiser (:class:`~.spsa.SPSAConfig`, BlackVIP's defaults);
     ``head_lr``: Adam's rate for the readout (exact gradients on the client); ``readout_epochs``: passes
-    over the cached scores for method ``linear``; ``answers``: what the endpoint's scores are, ``logits`` or
+    over the cached scores for method ``linear``, and for ``readout_warmup``: a prompt's readout first fitted
+    on the scores of the prompt's canvases as built (one query per training image), before any SPSA step;
+    ``answers``: what the endpoint's scores are, ``logits`` or
     ``probabilities`` (read as log-probabilities: for a softmax, the logits up to a constant per image);
     ``trainable``: which prompt parameters are searched (``all``; a PGN's pixel ``library``, its ``generator``,
     or its shared ``frame``; the rest stays as built or warm-started); ``max_queries``/``max_calls``: the
@@ -81,6 +83,7 @@ class ZerothOrderConfig:
     spsa: SPSAConfig = field(default_factory=SPSAConfig)
     head_lr: float = 0.01
     readout_epochs: int = 20
+    readout_warmup: bool = False
     answers: str = "logits"
     trainable: str = "all"
     max_queries: int | None = None
@@ -435,7 +438,7 @@ def _train(endpoint, data, method, model_input: ModelInput, out: Path, cfg: Zero
 
     if new:
         outputs = model_input.outputs
-        setup = _setup_cost(method, n_train, cfg.batch_size, outputs is None)
+        setup = _setup_cost(method, n_train, cfg.batch_size, outputs is None, cfg.readout_warmup)
         if not budget.fits(ledger, setup[0] + reserve[0], setup[1] + reserve[1]):
             raise PGNError(f"the query budget ({budget.describe(QueryLedger())} allowed) does not cover the setup "
                            f"({setup[1]} images in {setup[0]} calls) and the final evaluation ({reserve[1]} images); "
@@ -521,11 +524,12 @@ def _check_same(recorded: dict, asked: dict) -> None:
             raise ResumeMismatch(key, new[key], rec.get(key), RESUMABLE)
 
 
-def _setup_cost(method, n_train: int, batch: int, probe: bool) -> tuple[int, int]:
+def _setup_cost(method, n_train: int, batch: int, probe: bool, warmup: bool) -> tuple[int, int]:
     """(calls, images) sent before the first step: the probe, and one pass over the training images where the
-    label mapping is fitted from the endpoint's answers or the readout caches them."""
+    label mapping is fitted from the endpoint's answers or the readout caches them (or warms up)."""
     calls, images = (1, 1) if probe else (0, 0)
-    if method.method == "linear" or getattr(method, "head", "") == "labelmap-flm":
+    head = getattr(method, "head", "")
+    if method.method == "linear" or head == "labelmap-flm" or (warmup and head == "linear"):
         calls, images = calls + math.ceil(n_train / batch), images + n_train
     return calls, images
 
@@ -549,6 +553,12 @@ def _setup(run: _Run, method, say) -> None:
         scores, labels = _pass(run, run.data.train)
         run.head.fit(scores, labels)
         say(f"label mapping fitted from the endpoint's answers on {len(labels)} training images")
+    elif run.cfg.readout_warmup and isinstance(run.head, LinearHead):
+        run.readout_scores, _ = _pass(run, run.data.train)
+        fit = _train_readout(run)
+        run.readout_scores = None  # the prompt moves on: these scores are not the next step's
+        say(f"readout warmed up on the prompt's canvases as built: {len(run.data.train)} images, train top1 "
+            f"{fit['train_top1']:.4f}")
 
 
 def _train_readout(run: _Run) -> dict:

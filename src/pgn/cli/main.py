@@ -141,6 +141,8 @@ def _add_zeroth_order_args(p) -> None:
     g.add_argument("--trainable", default=None, choices=TRAINABLE, help="which prompt parameters are searched (all)")
     g.add_argument("--answers", default=None, choices=ANSWERS, help="what the API's scores are (default logits)")
     g.add_argument("--readout-epochs", type=_positive_int, default=None, help="--method linear: passes over the scores")
+    g.add_argument("--readout-warmup", action="store_const", const=True, default=None,
+                   help="first fit a prompt's readout on its canvases as built (one query per training image)")
     g.add_argument("--retries", type=int, default=None, help="retries of a failed call (default 3)")
     g.add_argument("--backoff", type=float, default=None, help="seconds before the first retry, doubled after (0.5)")
     g.add_argument("--api-timeout", dest="timeout", type=float, default=None, help="seconds per call (default 60)")
@@ -508,8 +510,8 @@ def cmd_train(args) -> int:
 # presets' values are for gradient training).
 _ZEROTH_ORDER = ("steps", "epochs", "batch_size", "head_lr", "seed", "max_queries", "max_calls", "spsa_a", "spsa_c",
                  "spsa_o", "spsa_alpha", "spsa_gamma", "spsa_q", "spsa_momentum", "spsa_gradient_correction",
-                 "spsa_subspace", "trainable", "answers", "readout_epochs", "retries", "backoff", "checkpoint_every",
-                 "log_every", "evaluate")
+                 "spsa_subspace", "trainable", "answers", "readout_epochs", "readout_warmup", "retries", "backoff",
+                 "checkpoint_every", "log_every", "evaluate")
 _API_ONLY = ("api_kind", "api_model", "api_input", "api_tensor_format", "api_output", "timeout", "init", "mean", "std",
              "cell_size")
 
