@@ -426,8 +426,7 @@ def train_through_api(api, data: str | DataSpec, method: str | MethodConfig = "v
     ``pgn serve``'s ``/info``; other servers and functions need it given. ``options``: fields of
     :class:`~pgn.blackbox.ZerothOrderConfig` (``steps``, ``epochs``, ``batch_size``, ``max_queries``,
     ``max_calls``, ``answers``, ``trainable``, ``head_lr``, ``readout_warmup``, ``retries``, ``seed``...) and
-    SPSA-GC's settings
-    as ``spsa_a``, ``spsa_c``, ``spsa_o``, ``spsa_alpha``, ``spsa_gamma``, ``spsa_q``, ``spsa_momentum``,
+    SPSA-GC's settings as ``spsa_a``, ``spsa_c``, ``spsa_o``, ``spsa_alpha``, ``spsa_gamma``, ``spsa_q``, ``spsa_momentum``,
     ``spsa_gradient_correction``, ``spsa_subspace`` (:class:`~pgn.blackbox.SPSAConfig`, BlackVIP's defaults).
     ``init``: an adapter to warm-start from (a prompt trained with gradients on a model you have, or a readout
     trained through this endpoint). Writes the run into ``out`` and returns its last metrics row (calls, images
