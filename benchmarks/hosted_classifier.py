@@ -154,7 +154,11 @@ class Endpoint:
     def close(self):
         self.endpoint.close()
         self.proc.terminate()
-        self.proc.wait(timeout=30)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a server stuck in a request: it holds nothing worth a clean exit
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _free_port() -> int:

@@ -510,7 +510,7 @@ def write_report(path: Path, comparison: dict, meta: dict, throughput: dict | No
 
     results = comparison["results"]
     tasks = ", ".join(results)
-    lines = [f"# The method comparison: {tasks}, {meta['epochs']} epochs", "",
+    lines = [f"# The method comparison: {tasks}, {meta['img_size']} px, {meta['epochs']} epochs on {meta['machine']}", "",
              "## Accuracy: the paper's comparison on the embedded backbone", "",
              f"Command: `{meta['command']}` on {meta['machine']}, {meta['precision']}; backbone "
              f"{meta['backbone']} at {meta['img_size']} px. The runs below took {meta['seconds_of_all_runs']:,} s "
