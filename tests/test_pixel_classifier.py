@@ -177,3 +177,13 @@ def test_the_learned_readout_alone_reads_the_scores_of_the_unmodified_image(tmp_
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), model.head(model.backbone.model(x)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("options, parts", [
+    (dict(layout="overlay", shared_frame=6, head="linear"), ["shared frame", "learned readout of the scores"]),
+    (dict(layout="frame", head="labelmap-first"), ["label mapping"]),
+])
+def test_an_export_says_what_it_holds(options, parts):
+    """`pgn export`'s message: the shared frame and the learned readout are named, so a user sees they travel."""
+    model = pgn.create_model(CNN, "pgn", classes=["a", "b", "c"], img_size=64, seed=0, **dict(SMALL_PGN, **options))
+    assert model.deployable().contents() == ["generator", "pixel library", *parts]

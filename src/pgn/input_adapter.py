@@ -118,6 +118,23 @@ class InputAdapter(nn.Module):
             return "a learned linear readout of the model's scores"
         return "the exported linear head on the model's embedding"
 
+    def contents(self) -> list[str]:
+        """What the adapter holds, in words: its prompt parts, then its head (for the export's message)."""
+        from .prompts import PromptGenerator
+
+        parts = []
+        if isinstance(self.prompts, PromptGenerator):
+            parts += ["generator", f"{'pixel' if self.pixel_library else 'latent'} library"]
+        elif self.prompts is not None:
+            parts.append("prompt tokens")
+        if self.input_prompt is not None:
+            parts.append("shared frame" if self.prompts is not None else "pixel frame")
+        if self.embedding is not None and not self.pixel_library:
+            parts.append("patch embedding")
+        parts.append("label mapping" if self.label_map is not None else "no head: the model's own scores"
+                     if self.head is None else "learned readout of the scores" if self.reads_scores else "head")
+        return parts
+
     @property
     def label_map(self) -> torch.Tensor | None:
         """(C,) the source class of each task class, where the head is a label mapping of the model's scores."""

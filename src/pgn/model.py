@@ -208,7 +208,7 @@ class PromptedClassifier(nn.Module):
             raise PGNError(f"only PGN adapters deploy in the input (this one is {cfg.method!r})")
         if cfg.layout == "append":
             raise PGNError("an 'append' adapter adds tokens inside the model and cannot be sent as an image; "
-                           "train with `layout=extend` or `layout=frame`")
+                           "train with `layout=extend`, `layout=frame` or `layout=overlay`")
         if cfg.head.startswith("labelmap-") and not bool(self.head.fitted):
             raise PGNError("the frequency label mapping was never fitted; train the adapter first")
         bb, patch = self.backbone, self.backbone.patch_size

@@ -617,13 +617,7 @@ def cmd_export(args) -> int:
     from ..input_adapter import InputAdapter, export_adapter
 
     out = export_adapter(args.run, args.out)
-    exported = InputAdapter.from_pretrained(out)
-    space = exported.config.method_config.library_space
-    parts = ["generator", f"{space} library"]
-    if space != "pixel":
-        parts.append("patch embedding")
-    parts.append("label mapping" if exported.label_map is not None else "head" if exported.config.head == "linear" else
-                 "no head: the model's own scores")
+    parts = InputAdapter.from_pretrained(out).contents()
     print(f"exported {args.run} -> {out} ({', '.join(parts)}; nothing else of the model)")
     return 0
 
