@@ -53,6 +53,7 @@ import math
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -121,12 +122,15 @@ class Endpoint:
         import httpx
 
         port = _free_port()
+        # The server logs every request: into a file, since a pipe nobody reads fills up and stalls the server.
+        self.output = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([sys.executable, str(SERVER), BACKBONE, str(port), "scores", "classifier"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=self.output, stderr=subprocess.STDOUT, text=True)
         self.url = f"http://127.0.0.1:{port}"
         for _ in range(1200):
             if self.proc.poll() is not None:
-                raise SystemExit("the KServe server exited: " + self.proc.stdout.read()[-2000:])
+                self.output.seek(0)
+                raise SystemExit("the KServe server exited: " + self.output.read()[-2000:])
             try:
                 if httpx.get(self.url + "/v2/models/classifier/ready", timeout=1).status_code == 200:
                     break
@@ -156,9 +160,10 @@ class Endpoint:
         self.proc.terminate()
         try:
             self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # a server stuck in a request: it holds nothing worth a clean exit
+        except subprocess.TimeoutExpired:  # a server that does not stop: it holds nothing worth a clean exit
             self.proc.kill()
             self.proc.wait()
+        self.output.close()
 
 
 def _free_port() -> int:

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 # (file, section): every bash block of each, in this order (later commands use what earlier ones made).
 SOURCES = (("README.md", "## Quickstart"), ("README.md", "## Deploy as pixels to an unmodified model"),
+           ("README.md", "## When you can only query the model"),
            ("README.md", "## Reproducing the paper"), ("docs/guide/quickstart.md", "## More commands"),
            ("docs/guide/deployment.md", "## The model servers people already run"),
            ("docs/guide/deployment.md", "## The black-box flow, as a person sees it"),

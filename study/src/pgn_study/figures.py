@@ -195,9 +195,81 @@ def demo_seed_steps(records: Path = RECORDS) -> str:
     return "\n".join(lines)
 
 
+# The hosted study (benchmarks/hosted_classifier.py) and training through its endpoint (benchmarks/blackbox_study.py).
+HOSTED_TASKS = {"elpv": "ELPV (500 / 656)", "fashion-mnist": "Fashion-MNIST (500 / 500)"}
+HOSTED_METHODS = {"readout": "readout, no prompt", "zeroshot": "label mapping, no prompt",
+                  "vp": "VP", "vp-bounded": "VP, bounded", "iip-frame": "IIP, frame", "pgn-frame": "PGN, frame",
+                  "pgn-overlay": "PGN, overlay", "pgn-overlay-frame": "PGN, overlay + frame"}
+BLACKBOX_METHODS = {"readout": "readout alone", "zo-vp": "bounded VP + readout", "zo-pgn": "PGN + readout",
+                    "zo-vp-flm": "bounded VP + label mapping", "zo-pgn-flm": "PGN + label mapping"}
+
+
+def hosted_cells(records: Path = RECORDS) -> dict[str, dict[str, tuple[str, Cell]]]:
+    """``{task: {method: (head, Cell)}}``: each method's test seeds, under the head chosen on validation
+    (the one head folder holding test runs). The label mapping alone has one seed: nothing in it is random."""
+    out: dict = {}
+    for task in HOSTED_TASKS:
+        for method in HOSTED_METHODS:
+            folder = records / "hosted-classifier" / task / method
+            for head in sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []:
+                cell = read_cell(folder / head, 1 if method == "zeroshot" else SEEDS)
+                if cell.top1:
+                    out.setdefault(task, {})[method] = (head, cell)
+    return out
+
+
+def blackbox_cells(records: Path = RECORDS) -> dict[str, tuple[int, float, Cell]]:
+    """``{method: (budget, mean images sent, Cell)}`` of the black-box study at each method's largest budget."""
+    out = {}
+    root = records / "blackbox-study" / "elpv"
+    for method in BLACKBOX_METHODS:
+        runs: dict[int, list[dict]] = {}
+        for path in sorted((root / method).glob("seed*-q*.json")) if (root / method).is_dir() else []:
+            r = json.loads(path.read_text())
+            runs.setdefault(int(r["budget"] or 0), []).append(r)
+        if runs:
+            budget = max(runs)
+            rs = sorted(runs[budget], key=lambda r: r["seed"])[:SEEDS]
+            out[method] = (budget, statistics.mean(r["images_sent"] for r in rs),
+                           Cell(top1=tuple(r["test_top1"] for r in rs), seeds=SEEDS, precisions=("fp32",),
+                                devices=tuple(sorted({r["device"] for r in rs}))))
+    return out
+
+
+def readme_hosted(records: Path = RECORDS) -> str:
+    """The README's hosted table: every method on the scores-only model, and what training through it gives."""
+    cells = hosted_cells(records)
+    tasks = [t for t in HOSTED_TASKS if t in cells]
+    lines = ["| test top-1 (%) through the endpoint, 3 seeds (head) | " + " | ".join(HOSTED_TASKS[t] for t in tasks)
+             + " |", "|---|" + "---|" * len(tasks)]
+    for method, name in HOSTED_METHODS.items():
+        row = [cells[t].get(method) for t in tasks]
+        if any(row):
+            lines.append(f"| {name} | " + " | ".join(
+                (f"{100 * c.mean:.2f} (one run)" if c and c.seeds == 1 else
+                 f"{c.text()} ({head})" if c else "pending") for head, c in (r or ("", None) for r in row)) + " |")
+    for t in tasks:
+        if "readout" in cells[t]:
+            lines += ["", f"{HOSTED_TASKS[t].split(' (')[0]}, minus the readout alone (points, ± combined seed spread): "
+                      + "; ".join(f"{HOSTED_METHODS[m]} {compare_cells(c, cells[t]['readout'][1])}"
+                                  for m, (_, c) in cells[t].items() if m not in ("readout", "zeroshot")) + "."]
+    bb = blackbox_cells(records)
+    if bb:
+        lines += ["", "Trained through the endpoint, the weights never loaded (ELPV, "
+                  "`python benchmarks/blackbox_study.py`): " + "; ".join(
+                      f"{BLACKBOX_METHODS[m]} {c.text()} ({sent:,.0f} images sent)" for m, (_, sent, c) in bb.items())
+                  + "." + ("" if "readout" not in bb else " Against the readout alone: " + "; ".join(
+                      f"{BLACKBOX_METHODS[m]} {compare_cells(c, bb['readout'][2])}" for m, (_, _, c) in bb.items()
+                      if m != "readout") + ".")]
+    every = [c for row in cells.values() for _, c in row.values()] + [c for _, _, c in bb.values()]
+    lines += [f"Records: machines {'; '.join(sorted({_short_device(d) for c in every for d in c.devices}))}."]
+    return "\n".join(lines)
+
+
 # Which block is rendered into which file.
 BLOCKS: dict[str, tuple[str, Callable[[Path], str]]] = {
     "readme-results": ("README.md", readme_results),
+    "readme-hosted": ("README.md", readme_hosted),
     "results-standing": ("docs/results.md", results_standing),
     "demo-seed-steps": ("docs/results.md", demo_seed_steps),
 }
