@@ -135,9 +135,9 @@ def load() -> dict:
 
 
 def render(results: dict) -> str:
-    lines = ["# Training through a model you can only query", "",
+    lines = ["# Training through an endpoint, measured", "",
              "Rendered by `python benchmarks/blackbox_study.py --render-only` from "
-             "[records/blackbox-study](records/blackbox-study/); the protocol is the script's docstring. "
+             "`docs/records/blackbox-study`; the protocol is the script's docstring. "
              f"EfficientNet-Lite0 (ImageNet-1k, scores only) behind a real KServe server on 127.0.0.1; {TASK.upper()}, "
              f"{TRAIN_IMAGES} training images, 656 test images, {IMG} px. The client never loads the model's "
              "weights: every training and test forward is a call with 8-bit canvases. Images sent count "

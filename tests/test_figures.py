@@ -15,7 +15,7 @@ ROOT = figures.ROOT
 def test_every_figure_block_equals_what_the_records_give():
     differing = figures.render(ROOT, check=True)
     assert not differing, f"re-render with `python benchmarks/render_figures.py`: {differing}"
-    for rel, names in (("README.md", {"readme-results"}), ("docs/results.md", {"results-standing", "demo-seed-steps"})):
+    for rel, names in (("README.md", {"readme-results", "readme-hosted"}), ("docs/results.md", {"results-standing", "demo-seed-steps"})):
         assert names <= set(figures.blocks_in((ROOT / rel).read_text())), (rel, names)
 
 
@@ -82,3 +82,28 @@ def _prose(text: str) -> str:
 def test_the_readme_states_no_figure_outside_a_rendered_block():
     prose = _prose((ROOT / "README.md").read_text())
     assert not re.findall(r"\d+\.\d+ ?%|±|\b\d{2}\.\d{2}\b", prose)
+
+
+def test_the_hosted_block_reads_the_chosen_head_and_the_black_box_study_at_its_largest_budget(tmp_path):
+    """The README's hosted table: a method's cell is the head folder holding its test seeds; a black-box row is
+    its largest budget; a prompt is compared with the readout alone by the comparison's rule."""
+    device = "CPU (AMD EPYC, x86_64, 1 threads)"
+    hosted = tmp_path / "hosted-classifier" / "elpv"
+    for method, head, tops in (("readout", "readout", (0.80, 0.82, 0.84)), ("pgn-overlay", "readout", (0.70, 0.71, 0.72))):
+        (hosted / method / "flm").mkdir(parents=True)  # validation only: not the chosen head
+        (hosted / method / "flm" / "val-lr0.1-seed0.json").write_text(json.dumps({"top1": 0.99}))
+        (hosted / method / head).mkdir(parents=True, exist_ok=True)
+        for seed, top1 in enumerate(tops):
+            (hosted / method / head / f"test-lr0.1-seed{seed}.json").write_text(json.dumps({"top1": top1, "device": device}))
+    bb = tmp_path / "blackbox-study" / "elpv"
+    for method, budget, tops in (("readout", None, (0.8, 0.8, 0.8)), ("zo-vp", 2500, (0.5, 0.5, 0.5)),
+                                 ("zo-vp", 5000, (0.9, 0.9, 0.92))):
+        (bb / method).mkdir(parents=True, exist_ok=True)
+        for seed, top1 in enumerate(tops):
+            (bb / method / f"seed{seed}-q{budget or 0}.json").write_text(json.dumps(
+                {"budget": budget, "seed": seed, "test_top1": top1, "images_sent": 4900 + seed, "device": device}))
+    text = figures.readme_hosted(tmp_path)
+    assert "| readout, no prompt | 82.00 ± 2.00 (readout) |" in text
+    assert "PGN, overlay -11.00 ± 2.24 (behind, beyond the spread)" in text
+    assert "bounded VP + readout 90.67 ± 1.15 (4,901 images sent)" in text
+    assert "bounded VP + readout +10.67 ± 1.15 (ahead, beyond the spread)" in text
