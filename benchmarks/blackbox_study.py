@@ -143,19 +143,29 @@ def render(results: dict) -> str:
              "weights: every training and test forward is a call with 8-bit canvases. Images sent count "
              "everything a run sent (the probe, the readout's or mapping's pass, every step, one evaluation of "
              "the test split per budget). Test top-1 (%) through the endpoint, mean ± std over the seeds.", "",
-             "| method | budget (images, at most) | images sent | test top-1, % | seeds | seconds per seed | "
-             "images/s of the endpoint |", "|---|---|---|---|---|---|---|"]
+             "| method | budget (images, at most) | images sent | images sent, warm start included | "
+             "test top-1, % | seeds | seconds per seed (to this budget) | images/s of the endpoint |",
+             "|---|---|---|---|---|---|---|---|"]
     finals = {}
-    for method in METHODS:
-        for budget, seeds in sorted(results.get(method, {}).items()):
+    readout = {s["seed"]: s for s in results.get("readout", {}).get(0, [])}
+    for method, (_, _, warm) in METHODS.items():
+        stages = sorted(results.get(method, {}).items())
+        before = {}  # seed -> (images sent, seconds) at the previous budget: each record is one resumed stage
+        for budget, seeds in stages:
             top = [100 * s["test_top1"] for s in seeds]
             m, sd = _mean_std(top)
             sent = statistics.mean(s["images_sent"] for s in seeds)
-            secs = statistics.mean(s["seconds"] for s in seeds)
-            rate = sum(s["images_sent"] for s in seeds) / sum(s["seconds"] for s in seeds)
-            lines.append(f"| {method} | {budget or 'one pass'} | {sent:,.0f} | {m:.2f} ± {sd:.2f} | {len(seeds)} | "
-                         f"{secs:.0f} | {rate:.0f} |")
+            with_warm = statistics.mean(s["images_sent"] + (readout[s["seed"]]["images_sent"] if warm else 0)
+                                        for s in seeds if not warm or s["seed"] in readout) if seeds else 0
+            new_images = sum(s["images_sent"] - before.get(s["seed"], (0, 0))[0] for s in seeds)
+            stage_seconds = sum(s["seconds"] for s in seeds)
+            secs = statistics.mean(s["seconds"] + before.get(s["seed"], (0, 0))[1] for s in seeds)
+            before = {s["seed"]: (s["images_sent"], s["seconds"] + before.get(s["seed"], (0, 0))[1]) for s in seeds}
+            lines.append(f"| {method} | {budget or 'one pass'} | {sent:,.0f} | {with_warm:,.0f} | {m:.2f} ± {sd:.2f} | "
+                         f"{len(seeds)} | {secs:.0f} | {new_images / stage_seconds:.0f} |")
             finals[method] = (m, sd, len(seeds), budget)
+    lines += ["", "A warm-started row (zo-vp) starts from the readout row's run of the same seed: the images that run "
+              "sent are counted in the column that includes the warm start."]
     lines.append("")
     if HOSTED.is_file():
         hosted = json.loads(HOSTED.read_text()).get(TASK, {})
