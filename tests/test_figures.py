@@ -105,5 +105,5 @@ def test_the_hosted_block_reads_the_chosen_head_and_the_black_box_study_at_its_l
     text = figures.readme_hosted(tmp_path)
     assert "| readout, no prompt | 82.00 ± 2.00 (readout) |" in text
     assert "PGN, overlay -11.00 ± 2.24 (behind, beyond the spread)" in text
-    assert "bounded VP + readout 90.67 ± 1.15 (9,802 images sent, warm start included)" in text  # with the readout's
+    assert "bounded VP + readout 90.67 ± 1.15 (9,802 images)" in text  # with the readout's
     assert "bounded VP + readout +10.67 ± 1.15 (ahead, beyond the spread)" in text

@@ -262,8 +262,8 @@ def readme_hosted(records: Path = RECORDS) -> str:
     bb = blackbox_cells(records)
     if bb:
         lines += ["", "Trained through the endpoint, the weights never loaded (ELPV, "
-                  "`python benchmarks/blackbox_study.py`): " + "; ".join(
-                      f"{BLACKBOX_METHODS[m]} {c.text()} ({sent:,.0f} images sent, warm start included)" for m, (_, sent, c) in bb.items())
+                  "`python benchmarks/blackbox_study.py`; images sent, a warm start's included): " + "; ".join(
+                      f"{BLACKBOX_METHODS[m]} {c.text()} ({sent:,.0f} images)" for m, (_, sent, c) in bb.items())
                   + "." + ("" if "readout" not in bb else " Against the readout alone: " + "; ".join(
                       f"{BLACKBOX_METHODS[m]} {compare_cells(c, bb['readout'][2])}" for m, (_, _, c) in bb.items()
                       if m != "readout") + ".")]
