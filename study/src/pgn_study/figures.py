@@ -259,7 +259,7 @@ def readme_hosted(records: Path = RECORDS) -> str:
             lines += ["", f"{HOSTED_TASKS[t].split(' (')[0]}, minus the readout alone (points, ± combined seed spread): "
                       + "; ".join(f"{HOSTED_METHODS[m]} {compare_cells(c, cells[t]['readout'][1])}"
                                   for m, (_, c) in cells[t].items() if m not in ("readout", "zeroshot")) + "."]
-    bb = blackbox_cells(records)
+    bb = {m: v for m, v in blackbox_cells(records).items() if m in ("readout", "zo-vp", "zo-pgn")}  # the rest: its page
     if bb:
         lines += ["", "Trained through the endpoint, the weights never loaded (ELPV, "
                   "`python benchmarks/blackbox_study.py`; images sent, a warm start's included): " + "; ".join(
