@@ -145,8 +145,10 @@ def readme_results(records: Path = RECORDS) -> str:
                   + "; against the probe above: " + "; ".join(
                       f"{E10_TASKS[t][0]} {compare_cells(c, cells[t]['linear'])}" for t, c in gen.items()) + "."]
     every = [c for row in cells.values() for c in row.values() if c.top1] + [c for c in gen.values() if c.top1]
-    lines += [f"Records: {provenance(every)}. \"pending\": seeds being re-run under today's code "
-              "(the unseeded runs they replace are kept in docs/records/recipe-study-unseeded; no standing here uses them)."]
+    pending = any(not c.complete for row in cells.values() for c in row.values())
+    lines += [f"Records: {provenance(every)}. " + ("\"pending\": seeds being re-run under today's code " if pending else
+              "Every run made before models were seeded was re-run under today's code ") +
+              "(the unseeded runs are kept in docs/records/recipe-study-unseeded; no standing here uses them)."]
     return "\n".join(lines)
 
 
