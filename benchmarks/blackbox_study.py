@@ -220,9 +220,10 @@ def main() -> None:
                     run_seed(method, seed, endpoint.url, data, tuple(args.budgets), log)
         finally:
             endpoint.close()
+    results = load()
     with atomic_path(DOC) as tmp:
-        Path(tmp).write_text(render(load()))
-    write_json(DOC.with_suffix(".json"), load())
+        Path(tmp).write_text(render(results))
+    write_json(DOC.with_suffix(".json"), results)
     print(f"wrote {DOC}")
 
 

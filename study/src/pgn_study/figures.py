@@ -239,7 +239,7 @@ def blackbox_cells(records: Path = RECORDS) -> dict[str, tuple[int, float, Cell]
         warm = {r["seed"]: r["images_sent"] for b in runs.get(BLACKBOX_WARM.get(method), {}).values() for r in b}
         if all(r["seed"] in warm for r in rs) or method not in BLACKBOX_WARM:
             out[method] = (budget, statistics.mean(r["images_sent"] + warm.get(r["seed"], 0) for r in rs),
-                           Cell(top1=tuple(r["test_top1"] for r in rs), seeds=SEEDS, precisions=("fp32",),
+                           Cell(top1=tuple(r["test_top1"] for r in rs), seeds=SEEDS, precisions=("not recorded",),
                                 devices=tuple(sorted({r["device"] for r in rs}))))
     return out
 
