@@ -39,6 +39,7 @@ from pgn_study.comparison import (
     RECIPE,
     ComparisonConfig,
     Runner,
+    NotCached,
     Variant,
     finished_result,
     input_dependence,
@@ -83,12 +84,30 @@ def _generator_variants(lr: float) -> list[tuple[Variant, str]]:
     ]
 
 
+# The report each phase writes; its meta names the precision its runs were made in.
+REPORTS = {"ablations": "ablations.json", "convergence": "convergence.json", "generator": "ablations-generator.json"}
+
+
+def _precision(args) -> str:
+    """The precision of the runs this call reads or trains.
+
+    A render-only call with ``auto`` reads the precision the phase's report was made in: resolving ``auto`` on
+    this CPU could name another precision (bf16 where it is native), whose cache keys hold nothing, and the
+    report would come out empty."""
+    report = DOCS / REPORTS.get(args.phase, "")
+    if args.render_only and args.precision == "auto" and report.is_file():
+        recorded = json.loads(report.read_text()).get("meta", {}).get("precision")
+        # runs recorded before the precision was stored sit under the fp32 keys (no suffix)
+        return recorded if recorded in ("fp32", "bf16") else "fp32"
+    return resolve(args.precision, "cpu")
+
+
 def _setup(args):
     backbone = create_backbone(DEFAULT_BACKBONE)
     pre = backbone.preprocessing
     cfg = ComparisonConfig(methods=("linear", "pgn"), epochs=args.epochs, seeds=args.seeds, img_size=IMG,
-                           precision=resolve(args.precision, "cpu"), runs=Path(args.runs),
-                           record=Path(args.record) if args.record else None)
+                           precision=_precision(args), runs=Path(args.runs),
+                           record=Path(args.record) if args.record else None, render_only=args.render_only)
     return backbone, pre, cfg
 
 
@@ -108,7 +127,7 @@ def _recorded_precision(rows: list[dict], cfg) -> str:
 
 
 def _meta(args, cfg, t0) -> dict:
-    return {"command": "python benchmarks/recipe_study.py " + " ".join(sys.argv[1:]),
+    return {"command": _study_command(sys.argv[1:]),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
             "precision": cfg.precision, "img_size": IMG, "seconds": round(time.time() - t0)}
 
@@ -146,6 +165,11 @@ def ablations(args) -> None:
     recipe = select_and_test(runner, root, "pgn", data, val, args.grid, cfg.seeds)
     lr = recipe["lr"]
     rows = []
+    # The optimiser's statistics come from the runs' per-epoch logs, which the committed records do not hold:
+    # where those logs are gone (a fresh clone), a row keeps what the report last read from them.
+    report = DOCS / REPORTS["ablations"]
+    logged = {(r["method"], r["variant"]): r.get("optimizer") or {}
+              for r in (json.loads(report.read_text())["rows"] if report.is_file() else [])}
     for variant, what in _variants(lr):
         if variant.name not in (args.variants or DEFAULT_VARIANTS):
             continue
@@ -154,7 +178,7 @@ def ablations(args) -> None:
         lr_used = variant.train.get("lr", s["lr"])
         runs = [run_key(root, "pgn", "test", lr, seed, None, variant) for seed in range(cfg.seeds)]
         rows.append({"method": "pgn", "variant": variant.name, "what": what, **s, "lr": lr_used,
-                     "head_lr": variant.train.get("head_lr", lr_used), "optimizer": _optimizer_stats(runs)})
+                     "head_lr": variant.train.get("head_lr", lr_used), "optimizer": _optimizer_stats(runs) or logged.get(("pgn", variant.name), {})})
     for variant, what in ((RECIPE, "linear probe, BatchNorm head"),
                           (Variant("raw-head", adapter={"head_norm": "none"}), "linear probe, raw-feature head")):
         s = select_and_test(runner, root, "linear", data, val, args.grid, cfg.seeds, variant=variant)
@@ -292,8 +316,8 @@ def _pct(s: dict) -> str:
 def _render_ablations(meta: dict, rows: list[dict]) -> None:
     base = next(r for r in rows if r["method"] == "pgn" and r["variant"] == "recipe")
     lines = ["# Ablations of the training recipe", "",
-             f"Command: `{meta['command']}` ({meta['machine']}, {meta['precision']}, {meta['seconds']:,} s for "
-             f"this call; finished runs come from the cache). ELPV ({meta['split'][0]:,} train, a stratified seed-0 "
+             f"Command: `{meta['command']}` (rendered on {meta['machine']} in {meta['seconds']:,} s; finished runs "
+             f"come from the cache; the runs' precision: {meta['precision']}). ELPV ({meta['split'][0]:,} train, a stratified seed-0 "
              f"subset of the 1,968; {meta['split'][1]} test), embedded backbone "
              f"at {meta['img_size']} px, {meta['epochs']} epochs (warm-up over half), batch 32, SGD momentum 0.9, "
              f"{meta['seeds']} seeds per row. The recipe's rate was chosen on the validation split from "
@@ -369,10 +393,14 @@ def convergence(args) -> None:
                         continue
                 s = select_and_test(runner, root, method, data, None, [lr], seeds, epochs=epochs)
                 results.setdefault(name, {}).setdefault(method, {})[epochs] = s
+    if not results:  # nothing to report: keep the pages as they are rather than overwrite them with nothing
+        raise SystemExit(f"error: no convergence run of {', '.join(args.methods)} on {', '.join(args.datasets)} is "
+                         f"finished at {cfg.precision} in {cfg.runs} or {cfg.record}; run without --render-only "
+                         "to train them, or name the --precision they were made in")
     meta = {**_meta(args, cfg, t0), "seeds": cfg.seeds, "lrs": lrs, "budgets": sorted(args.budgets),
             "splits": {name: [len(d.train), len(d.test)] for name, d in specs.items()}}
-    write_json(DOCS / "convergence.json", {"meta": meta, "results": results})
     _render_convergence(meta, results)
+    write_json(DOCS / "convergence.json", {"meta": meta, "results": results})
 
 
 def _render_convergence(meta: dict, results: dict) -> None:
@@ -383,8 +411,8 @@ def _render_convergence(meta: dict, results: dict) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
     lines = ["# Convergence: test accuracy against the training budget", "",
-             f"Command: `{meta['command']}` ({meta['machine']}, {meta['precision']}, {meta['seconds']:,} s for this "
-             f"call). Embedded backbone at {meta['img_size']} px; each budget is its own run (warm-up over half, "
+             f"Command: `{meta['command']}` ({meta['machine']}, {meta['seconds']:,} s for this call; it read the "
+             f"{meta['precision']} cache, and each run's own precision is in the tables). Embedded backbone at {meta['img_size']} px; each budget is its own run (warm-up over half, "
              f"cosine), {meta['seeds']} seeds; training images: "
              + ", ".join(f"{n} {tr:,} (test {te:,})" for n, (tr, te) in meta["splits"].items())
              + f"; budgets not listed for a method were not run; rates fixed at the ablation budget's validation choice "
@@ -398,6 +426,9 @@ def _render_convergence(meta: dict, results: dict) -> None:
             per = {int(e): s for e, s in per.items()}
             lines.append(f"| {method} | " + " | ".join(_cell(per[e], meta["seeds"]) if e in per else "not run"
                                                       for e in budgets) + " |")
+            # what each run recorded (runs made before the precision was stored say "not recorded")
+            lines.append(f"| {method}: precision | " + " | ".join(per[e].get("precision") or "not recorded" if e in per
+                                                                 else "" for e in budgets) + " |")
             xs = [e for e in budgets if e in per and per[e]["mean"] is not None]
             ax.errorbar(xs, [100 * per[e]["mean"] for e in xs], yerr=[100 * per[e]["std"] for e in xs],
                         marker="o", capsize=3, label=method)
@@ -435,13 +466,18 @@ def main() -> None:
                         "('' for none; default docs/records/recipe-study, generator: docs/records/generator-study)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto: bf16 where the CPU runs it natively (part of every run's cache key)")
-    p.add_argument("--render-only", action="store_true", help="convergence, generator: only what is finished, train nothing")
+    p.add_argument("--render-only", action="store_true",
+                   help="ablations, convergence, generator: the report from finished runs; train nothing")
     args = p.parse_args()
     study = "generator-study" if args.phase == "generator" else "recipe-study"
     args.runs = args.runs or f"runs/{study}"
     args.record = f"docs/records/{study}" if args.record is None else args.record
-    {"perturbation": perturbation, "ablations": ablations, "convergence": convergence,
-     "generator": generator}[args.phase](args)
+    try:
+        {"perturbation": perturbation, "ablations": ablations, "convergence": convergence,
+         "generator": generator}[args.phase](args)
+    except NotCached as missing:  # only a render-only call raises it: one run the report needs is not finished
+        raise SystemExit(f"error: --render-only, but the run {missing} is not finished; run without --render-only "
+                         "to train it, or name the --precision the report's runs were made in") from None
 
 
 if __name__ == "__main__":
