@@ -38,8 +38,8 @@ from pgn.training import read_metrics
 from pgn_study.comparison import (
     RECIPE,
     ComparisonConfig,
-    Runner,
     NotCached,
+    Runner,
     Variant,
     finished_result,
     input_dependence,
@@ -178,7 +178,8 @@ def ablations(args) -> None:
         lr_used = variant.train.get("lr", s["lr"])
         runs = [run_key(root, "pgn", "test", lr, seed, None, variant) for seed in range(cfg.seeds)]
         rows.append({"method": "pgn", "variant": variant.name, "what": what, **s, "lr": lr_used,
-                     "head_lr": variant.train.get("head_lr", lr_used), "optimizer": _optimizer_stats(runs) or logged.get(("pgn", variant.name), {})})
+                     "head_lr": variant.train.get("head_lr", lr_used),
+                     "optimizer": _optimizer_stats(runs) or logged.get(("pgn", variant.name), {})})
     for variant, what in ((RECIPE, "linear probe, BatchNorm head"),
                           (Variant("raw-head", adapter={"head_norm": "none"}), "linear probe, raw-feature head")):
         s = select_and_test(runner, root, "linear", data, val, args.grid, cfg.seeds, variant=variant)
@@ -412,7 +413,8 @@ def _render_convergence(meta: dict, results: dict) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
     lines = ["# Convergence: test accuracy against the training budget", "",
              f"Command: `{meta['command']}` ({meta['machine']}, {meta['seconds']:,} s for this call; it read the "
-             f"{meta['precision']} cache, and each run's own precision is in the tables). Embedded backbone at {meta['img_size']} px; each budget is its own run (warm-up over half, "
+             f"{meta['precision']} cache, and each run's own precision is in the tables). Embedded backbone at "
+             f"{meta['img_size']} px; each budget is its own run (warm-up over half, "
              f"cosine), {meta['seeds']} seeds; training images: "
              + ", ".join(f"{n} {tr:,} (test {te:,})" for n, (tr, te) in meta["splits"].items())
              + f"; budgets not listed for a method were not run; rates fixed at the ablation budget's validation choice "
