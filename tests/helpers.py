@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -217,21 +218,51 @@ def fresh_classifier(method: str):
 KSERVE_SERVER = Path(__file__).parent / "servers" / "kserve_vit.py"
 
 
+def start_server(cmd: list, ready: str, what: str, env: dict | None = None, tries: int = 600) -> subprocess.Popen:
+    """Starts ``cmd`` and waits until ``ready`` (a URL) answers 200; the process, or the test fails with its log.
+
+    The server's log goes to a temporary file, never a pipe: a pipe nobody reads fills after about 64 KiB of
+    access log and the server stalls mid-test."""
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+
+    def tail() -> str:
+        log.seek(0)
+        return log.read()[-3000:]
+
+    for _ in range(tries):
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited: " + tail())
+        try:
+            if httpx.get(ready, timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"{what} did not come up: " + tail())
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def start_pgn_serve(backbone: str, weights: Path, *extra, env: dict | None = None, tries: int = 600):
+    """``pgn serve`` of ``backbone`` from ``weights`` (fp32) on a free loopback port; (the process, its URL)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server([sys.executable, "-m", "pgn", "serve", "--backbone", backbone, "--weights", weights,
+                         "--port", port, "--precision", "fp32", *extra], url + "/health",
+                        f"pgn serve --backbone {backbone}", env=env, tries=tries)
+    return proc, url
+
+
 def start_kserve(backbone: str, name: str, answer: str):
     """A real KServe server (tests/servers/kserve_vit.py) of ``backbone`` on a free loopback port, answering
     ``answer`` (scores or embeddings) as model ``name``; (the process, its URL). Skips where kserve is absent."""
     pytest.importorskip("kserve", reason="kserve is not installed (the Makefile installs it with the test extras)")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(KSERVE_SERVER), backbone, str(port), answer, name],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:
-            pytest.fail("the KServe server exited: " + proc.stdout.read()[-3000:])
-        try:
-            if httpx.get(f"{url}/v2/models/{name}/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    pytest.fail("the KServe server did not come up")
+    proc = start_server([sys.executable, KSERVE_SERVER, backbone, port, answer, name],
+                        f"{url}/v2/models/{name}/ready", "the KServe server")
+    return proc, url

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from helpers import free_port, one_line_error, pgn
+from helpers import one_line_error, pgn, start_pgn_serve, stop_server
 
 from pgn.blackbox import (
     HashedSubspace,
@@ -311,23 +311,9 @@ def served_cnn(tmp_path_factory):
 
     weights = tmp_path_factory.mktemp("model") / "cnn.pth"
     torch.save(create_backbone("test-cnn-timm").model.state_dict(), weights)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "pgn", "serve", "--backbone", "test-cnn-timm", "--weights",
-                               str(weights), "--port", str(port), "--precision", "fp32"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    else:
-        server.kill()
-        pytest.fail("pgn serve did not start: " + server.stdout.read().decode()[-2000:])
+    server, url = start_pgn_serve("test-cnn-timm", weights, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     yield url, weights
-    server.terminate()
-    server.wait(timeout=30)
+    stop_server(server)
 
 
 def _served(url) -> int:

@@ -1,15 +1,12 @@
 """End to end: train in latent space, export, compose canvases, classify through a real HTTP server."""
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
-from helpers import free_port, make_tiny_vit, one_line_error, pgn
+from helpers import make_tiny_vit, one_line_error, pgn, start_pgn_serve, stop_server
 from PIL import Image
 
 
@@ -27,23 +24,9 @@ def deployed(tmp_path_factory):
     assert r.returncode == 0, r.stderr
     r = pgn("export", run, "-o", exp)
     assert r.returncode == 0, r.stderr
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "pgn", "serve", "--backbone", "timm:test_vit", "--weights",
-                               str(weights), "--port", str(port), "--max-upload-mb", "1", "--precision", "fp32"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    else:
-        server.kill()
-        pytest.fail("server did not start: " + server.stdout.read().decode()[-2000:])
+    server, url = start_pgn_serve("timm:test_vit", weights, "--max-upload-mb", "1", tries=300)
     yield {"run": run, "export": exp, "url": url, "weights": weights, "root": root}
-    server.terminate()
-    server.wait(timeout=20)
+    stop_server(server)
 
 
 def test_api_predictions_equal_latent_model(deployed):

@@ -1,16 +1,13 @@
 """The adapter reaches the model through the servers people run: a real KServe process speaking the Open
 Inference Protocol on loopback, and a plain Python callable. Only canvases cross; answers equal the latent model's."""
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
-from helpers import free_port, pgn
+from helpers import free_port, pgn, start_kserve, stop_server
 
 from pgn import PGNError
 from pgn.client import RemoteClassifier
@@ -43,10 +40,9 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def kserve_server(exported):
-    proc, url = _start_kserve("test-vit-timm", "vit", "embeddings")
+    proc, url = start_kserve("test-vit-timm", "vit", "embeddings")
     yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop_server(proc)
 
 
 def test_a_real_kserve_server_reproduces_the_latent_model_through_the_protocol(exported, kserve_server):
@@ -96,31 +92,12 @@ def test_any_python_callable_is_an_endpoint(exported):
     assert all(seen) and torch.equal(api.argmax(-1), exported["latent"][:16].argmax(-1))
 
 
-def _start_kserve(backbone: str, name: str, answer: str):
-    pytest.importorskip("kserve", reason="kserve is not installed (the Makefile installs it with the test extras)")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(SERVER), backbone, str(port), answer, name], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:
-            pytest.fail("the KServe server exited: " + proc.stdout.read()[-3000:])
-        try:
-            if httpx.get(f"{url}/v2/models/{name}/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    pytest.fail("the KServe server did not come up")
-
-
 @pytest.fixture(scope="module")
 def cnn_server():
     """The tiny timm CNN on a real KServe server, answering its own 1000 scores and nothing else."""
-    proc, url = _start_kserve("test-cnn-timm", "cnn", "scores")
+    proc, url = start_kserve("test-cnn-timm", "cnn", "scores")
     yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop_server(proc)
 
 
 # The forms a PGN takes on a scores-only model, each with its head: (CLI options, tensors the export holds

@@ -234,33 +234,16 @@ def test_class_files_and_mismatched_heads(tmp_path):
 
 
 def _serve_from_factory(tmp_path, backbone: str, weights, *extra):
-    """``pgn serve --backbone NAME --weights FILE`` as a user starts it; yields its URL."""
-    import subprocess
-    import sys
-    import time
+    """``pgn serve --backbone NAME --weights FILE`` as a user starts it; (the process, its URL)."""
+    from helpers import start_pgn_serve
 
-    from helpers import free_port
-
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "pgn", "serve", "--backbone", backbone, "--weights", str(weights),
-                               "--port", str(port), "--precision", "fp32", *map(str, extra)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        if server.poll() is not None:
-            pytest.fail(f"pgn serve --backbone {backbone} exited: " + server.stdout.read().decode()[-2000:])
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return server, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    server.kill()
-    pytest.fail(f"pgn serve --backbone {backbone} did not start")
+    return start_pgn_serve(backbone, weights, *extra, tries=1200)
 
 
 def _stop(server):
-    server.terminate()
-    server.wait(timeout=30)
+    from helpers import stop_server
+
+    stop_server(server)
 
 
 def test_vit_b32_is_served_from_its_own_factory(tmp_path):

@@ -62,6 +62,8 @@ def _answer(model: str, rows: int):
         return 200, {"Content-Type": "application/json"}, json.dumps(bodies[model]).encode(), None
     if model == "error-list":
         return 500, {"Content-Type": "application/json"}, b"[1, 2]", None
+    if model == "not-found":
+        return 404, {"Content-Type": "application/json"}, b'{"error": "model not-found is not loaded"}', None
     if model == "redirect":
         return 302, {"Location": "http://127.0.0.1:9/elsewhere"}, b"", None
     if model == "big":  # 300 MB of JSON whitespace, streamed: never held by the server
@@ -149,6 +151,7 @@ def test_a_well_behaved_server_passes_the_contract(server):
     ("null-body", "JSON null, not an object"),
     ("number-body", "a JSON int, not an object"),
     ("error-list", "answered 500"),
+    ("not-found", "answered 404: model not-found is not loaded"),
     ("redirect", "answered 302 .*not followed"),
 ])
 def test_every_broken_answer_is_one_line(server, model, message):
@@ -156,6 +159,17 @@ def test_every_broken_answer_is_one_line(server, model, message):
         with pytest.raises(PGNError, match=message) as e:
             remote.scores_of_canvases(CANVASES)
     assert "\n" not in str(e.value) and server in str(e.value)
+    # Only the service's own fault is worth sending again: the 5xx; a 4xx or a malformed answer would recur.
+    assert e.value.transient is (model == "error-list")
+
+
+def test_a_server_that_is_not_there_is_transient():
+    from helpers import free_port
+
+    with _remote(f"http://127.0.0.1:{free_port()}", "good") as remote:
+        with pytest.raises(PGNError, match="is not reachable") as e:
+            remote.scores_of_canvases(CANVASES)
+    assert e.value.transient
 
 
 @pytest.mark.parametrize("model", ["big", "gzip-bomb"])
@@ -177,9 +191,10 @@ def test_an_answer_past_the_byte_cap_is_cut_off(server, model, monkeypatch):
 def test_a_server_that_drips_is_cut_off_at_the_deadline(server):
     start = time.monotonic()
     with _remote(server, "drip", timeout=3) as remote:
-        with pytest.raises(PGNError, match="within 3 s"):
+        with pytest.raises(PGNError, match="within 3 s") as e:
             remote.scores_of_canvases(CANVASES)
     assert time.monotonic() - start < 3 + 2  # the deadline, plus at most one byte's gap
+    assert e.value.transient
 
 
 @pytest.mark.parametrize("url", ["http://[::1", "ftp://127.0.0.1/", "", "127.0.0.1:8000"])

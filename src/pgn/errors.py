@@ -18,7 +18,14 @@ class PGNError(RuntimeError):
 
 
 class EndpointError(PGNError):
-    """A model's server (or callable) failed, or answered outside the contract (:mod:`pgn.client.wire`)."""
+    """A model's server (or callable) failed, or answered outside the contract (:mod:`pgn.client.wire`).
+
+    ``transient``: a fault of the service rather than of the request (a deadline passed, a 5xx answer, a
+    refused or dropped connection), so the same request may succeed later; a retry loop reads it."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class DivergedError(PGNError):

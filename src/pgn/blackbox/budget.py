@@ -12,7 +12,6 @@ the contract of :mod:`pgn.client.wire`) fails at once.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -25,11 +24,6 @@ __all__ = ["BudgetExhausted", "MeteredEndpoint", "QueryBudget", "QueryLedger", "
 
 log = logging.getLogger(__name__)
 
-# The one-line errors of pgn.client.wire that name a fault of the service rather than of the request: a
-# deadline passed, a 5xx status, a refused connection, a connection dropped mid-answer.
-_TRANSIENT = re.compile(r"did not (finish )?answer(ing)? within|answered 5\d\d\b|is not reachable|request to .* failed: ")
-
-
 def is_transient(error: BaseException) -> bool:
     """Whether ``error`` is a fault of the service worth retrying (the same request may succeed later).
 
@@ -37,7 +31,7 @@ def is_transient(error: BaseException) -> bool:
     ``OSError`` (``TimeoutError``, ``ConnectionError``) raised by a callable endpoint. A 4xx answer, a
     malformed answer or a PGNError of the caller's own making is not: sending it again cannot help."""
     if isinstance(error, EndpointError):
-        return bool(_TRANSIENT.search(str(error)))
+        return error.transient
     return isinstance(error, OSError)
 
 

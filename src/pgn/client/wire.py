@@ -69,19 +69,21 @@ def request_json(http, method: str, path: str, *, where: str, deadline: float = 
                         raw = inflate.unconsumed_tail
                 if time.monotonic() - start > deadline:
                     raise EndpointError(f"{where} did not finish answering within {deadline:g} s (the request's "
-                                        "deadline); check the server, or send fewer images per request")
+                                        "deadline); check the server, or send fewer images per request",
+                                        transient=True)
             if inflate is not None:
                 take(inflate.flush())
             status, reason, location = r.status_code, r.reason_phrase, r.headers.get("location")
     except httpx.ConnectError:
-        raise EndpointError(f"{where} is not reachable; {unreachable or 'start it, or check the URL'}") from None
+        raise EndpointError(f"{where} is not reachable; {unreachable or 'start it, or check the URL'}",
+                            transient=True) from None
     except httpx.TimeoutException:
         raise EndpointError(f"{where} did not answer within {deadline:g} s (the request's deadline); check the server, "
-                       "or send fewer images per request") from None
+                            "or send fewer images per request", transient=True) from None
     except zlib.error as e:
         raise EndpointError(f"{where} answered a corrupt compressed body ({e})") from None
     except httpx.HTTPError as e:  # a broken connection, a malformed response
-        raise EndpointError(f"request to {where} failed: {type(e).__name__}: {_short(e)}") from None
+        raise EndpointError(f"request to {where} failed: {type(e).__name__}: {_short(e)}", transient=True) from None
     text = b"".join(chunks)
     if 300 <= status < 400:
         raise EndpointError(f"{where} answered {status} (a redirect{f' to {location}' if location else ''}, not "
@@ -95,7 +97,8 @@ def request_json(http, method: str, path: str, *, where: str, deadline: float = 
                            "server?") from None
     if status >= 400:
         detail = (body.get("detail") or body.get("error")) if isinstance(body, dict) else None
-        raise EndpointError(f"{where} answered {status}: {_short(detail or text.decode('utf-8', 'replace')) or reason}")
+        raise EndpointError(f"{where} answered {status}: {_short(detail or text.decode('utf-8', 'replace')) or reason}",
+                            transient=status >= 500)
     if not isinstance(body, dict):
         raise EndpointError(f"{where} answered a JSON {type(body).__name__ if body is not None else 'null'}, not an "
                        "object; is it the right kind of server?")
