@@ -103,7 +103,15 @@ def test_the_hosted_block_reads_the_chosen_head_and_the_black_box_study_at_its_l
             (bb / method / f"seed{seed}-q{budget or 0}.json").write_text(json.dumps(
                 {"budget": budget, "seed": seed, "test_top1": top1, "images_sent": 4900 + seed, "device": device}))
     text = figures.readme_hosted(tmp_path)
-    assert "| readout, no prompt | 82.00 ± 2.00 (readout) |" in text
-    assert "PGN, overlay -11.00 ± 2.24 (behind, beyond the spread)" in text
+    assert "| readout, no prompt | 82.00 ± 2.00 |" in text
+    assert "| PGN, overlay | 71.00 ± 1.00 [-11.00 ± 2.24, beyond] |" in text
+    assert "Every prompt's head, chosen on validation: the readout." in text
+    # A prompt whose validation chose the label mapping: each cell then names its head; +0.67 within 3.61.
+    (hosted / "vp" / "flm").mkdir(parents=True)
+    for seed, top1 in enumerate((0.80, 0.83, 0.86)):
+        (hosted / "vp" / "flm" / f"test-lr1.0-seed{seed}.json").write_text(json.dumps({"top1": top1, "device": device}))
+    text = figures.readme_hosted(tmp_path)
+    assert "| VP | 83.00 ± 3.00 (flm) [+1.00 ± 3.61, within] |" in text
+    assert "| PGN, overlay | 71.00 ± 1.00 (readout) [-11.00 ± 2.24, beyond] |" in text
     assert "bounded VP + readout 90.67 ± 1.15 (9,802 images)" in text  # with the readout's
     assert "bounded VP + readout +10.67 ± 1.15 (ahead, beyond the spread)" in text

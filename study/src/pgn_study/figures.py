@@ -101,14 +101,21 @@ def generator_recipe_cells(records: Path = RECORDS) -> dict[str, Cell]:
             for task, (_, folder, _) in E10_TASKS.items() if (records / "generator-study" / folder).is_dir()}
 
 
-def compare_cells(a: Cell, b: Cell) -> str:
-    """'a minus b ± spread, where it stands' in points, by the comparison's rule; 'pending' when either is."""
+def difference(a: Cell, b: Cell) -> tuple[float, float] | None:
+    """(a minus b, combined seed spread) in points, by the comparison's rule; None while either is pending."""
     from pgn_study.comparison import standing
 
     if not (a.complete and b.complete):
-        return "pending"
+        return None
     t = standing({"task": {"a": a.summary(), "b": b.summary()}}, "a", ("b",))["b"]["per_task"]["task"]
-    d, s = 100 * t["difference"], 100 * t["spread"]
+    return 100 * t["difference"], 100 * t["spread"]
+
+
+def compare_cells(a: Cell, b: Cell) -> str:
+    """'a minus b ± spread, where it stands' in points, by the comparison's rule; 'pending' when either is."""
+    if (ds := difference(a, b)) is None:
+        return "pending"
+    d, s = ds
     where = ("ahead" if d > 0 else "behind" if d < 0 else "level") + (
         ", beyond the spread" if abs(d) > s else ", within the spread")
     return f"{d:+.2f} ± {s:.2f} ({where})"
@@ -248,19 +255,30 @@ def readme_hosted(records: Path = RECORDS) -> str:
     """The README's hosted table: every method on the scores-only model, and what training through it gives."""
     cells = hosted_cells(records)
     tasks = [t for t in HOSTED_TASKS if t in cells]
-    lines = ["| test top-1 (%) through the endpoint, 3 seeds (head) | " + " | ".join(HOSTED_TASKS[t] for t in tasks)
-             + " |", "|---|" + "---|" * len(tasks)]
+    heads = {head for t in tasks for m, (head, _) in cells[t].items() if m != "zeroshot"}
+    lines = ["| test top-1 (%) through the endpoint, 3 seeds [minus the readout alone] | "
+             + " | ".join(HOSTED_TASKS[t] for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
+
+    def cell(task: str, method: str) -> str:
+        head, c = cells[task].get(method, ("", None))
+        if c is None:
+            return "pending"
+        if c.seeds == 1:
+            return f"{100 * c.mean:.2f} (one run)"
+        text = c.text() + (f" ({head})" if len(heads) > 1 and method != "zeroshot" else "")
+        base = cells[task].get("readout")
+        if method in ("readout", "zeroshot") or base is None or (ds := difference(c, base[1])) is None:
+            return text
+        d, spread = ds
+        return f"{text} [{d:+.2f} ± {spread:.2f}, {'beyond' if abs(d) > spread else 'within'}]"
+
     for method, name in HOSTED_METHODS.items():
-        row = [cells[t].get(method) for t in tasks]
-        if any(row):
-            lines.append(f"| {name} | " + " | ".join(
-                (f"{100 * c.mean:.2f} (one run)" if c and c.seeds == 1 else
-                 f"{c.text()} ({head})" if c else "pending") for head, c in (r or ("", None) for r in row)) + " |")
-    for t in tasks:
-        if "readout" in cells[t]:
-            lines += ["", f"{HOSTED_TASKS[t].split(' (')[0]}, minus the readout alone (points, ± combined seed spread): "
-                      + "; ".join(f"{HOSTED_METHODS[m]} {compare_cells(c, cells[t]['readout'][1])}"
-                                  for m, (_, c) in cells[t].items() if m not in ("readout", "zeroshot")) + "."]
+        if any(method in cells[t] for t in tasks):
+            lines.append(f"| {name} | " + " | ".join(cell(t, method) for t in tasks) + " |")
+    lines += ["", "In brackets: the row minus the readout alone, points ± the combined seed spread, and whether the "
+              "difference is beyond that spread. "
+              + (f"Every prompt's head, chosen on validation: the {heads.pop()}." if len(heads) == 1 else
+                 "Each prompt's head, chosen on validation, in parentheses.")]
     bb = {m: v for m, v in blackbox_cells(records).items() if m in ("readout", "zo-vp", "zo-pgn")}  # the rest: its page
     if bb:
         lines += ["", "Trained through the endpoint, the weights never loaded (ELPV, "
