@@ -91,7 +91,7 @@ PGN_FORMS = ("pgn-frame", "pgn-overlay", "pgn-overlay-frame")
 # The first grid of each method's rate (the prompt's; the readout row's: its head's), spaced by 10.
 GRIDS = {"readout": [0.01, 0.1, 1.0], "vp": [0.1, 1.0, 10.0], "vp-bounded": [0.1, 1.0, 10.0],
          "iip-frame": [0.1, 1.0, 10.0], **{m: [0.01, 0.1, 1.0] for m in PGN_FORMS}}
-MAX_EXTENSIONS = 2        # per end of a grid
+MAX_EXTENSIONS = 4        # per end of a grid
 SEEDS = 3
 SERVER = Path(__file__).resolve().parent.parent / "tests" / "servers" / "kserve_vit.py"
 DOC = Path("docs/hosted-classifier.md")
@@ -347,6 +347,57 @@ def standing(rows: dict) -> list[tuple[str, float, float]]:
             if name not in ("pgn", chosen["form"]) and (theirs := stats(r)) is not None]
 
 
+def _verdict(diff: float, spread: float) -> str:
+    return "ahead beyond the spread" if diff > spread else "behind beyond the spread" if -diff > spread \
+        else "within the spread"
+
+
+def _test_stats(r: dict) -> tuple[float, float] | None:
+    tops = [s["top1"] for s in r.get("seeds") or []]
+    if not tops or len(tops) < (1 if r.get("lr") is None else SEEDS):
+        return None
+    return 100 * statistics.mean(tops), (100 * statistics.stdev(tops) if len(tops) > 1 else 0.0)
+
+
+def reading(task: str, methods: dict) -> list[str]:
+    """What the records say beyond the ranking: every prompt against the readout alone, whether validation picked
+    the PGN form that did best on test, and how much each form's answers depend on the image."""
+    out = [f"What the {task} records say:", ""]
+    base = _test_stats(methods.get("readout", {}))
+    prompts = {m: st for m, r in methods.items() if m not in ("pgn", "readout", "zeroshot") and (st := _test_stats(r))}
+    if base:
+        groups: dict[str, list[str]] = {}
+        for m, (mean, std) in prompts.items():
+            diff, spread = mean - base[0], math.hypot(std, base[1])
+            groups.setdefault(_verdict(diff, spread), []).append(f"{m} ({diff:+.2f} ± {spread:.2f})")
+        out.append("- Against the readout alone (no prompt): " + "; ".join(
+            f"{w}: {', '.join(groups[w])}" for w in ("ahead beyond the spread", "within the spread",
+                                                       "behind beyond the spread") if w in groups) + ".")
+    forms = {m: prompts[m] for m in PGN_FORMS if m in prompts}
+    chosen = methods.get("pgn", {}).get("form")
+    if chosen in forms and len(forms) == len(PGN_FORMS):
+        ranked = sorted(forms, key=lambda m: -forms[m][0])
+        val = {m: methods[m]["grids"][methods[m]["head"]]["val_top1"][methods[m]["lr"]] for m in forms}
+        n_val = round(0.2 * (TASKS[task][0] or 0)) or "its"
+        out.append(f"- The {n_val} validation images chose `{chosen}` (validation " + ", ".join(
+            f"{m} {100 * val[m]:.0f}" for m in PGN_FORMS) + " %); on test it is "
+            + ("the best of the three forms" if ranked[0] == chosen else
+               f"number {ranked.index(chosen) + 1} of 3 (best on test: `{ranked[0]}`, {forms[ranked[0]][0]:.2f})")
+            + f". The three forms' validation top-1 span {100 * (max(val.values()) - min(val.values())):.0f} points "
+            f"of {n_val} images.")
+    drops = {}
+    for m in PGN_FORMS:
+        ds = [d for s in methods.get(m, {}).get("seeds") or [] if (d := input_dependence(s)) is not None]
+        if ds:
+            drops[m] = 100 * statistics.mean(d["mean_mixture"] for d in ds)
+    if drops:
+        out.append("- Input dependence, each form's test top-1 lost when every image gets the mean mixture (points): "
+                   + ", ".join(f"{m} {v:+.2f}" for m, v in drops.items())
+                   + " (local, not through the endpoint). A drop near zero means the per-image mixtures add nothing "
+                   "the mean mixture does not.")
+    return out
+
+
 def render(results: dict, wall: float, majority: dict | None = None) -> str:
     lines = ["# Black-box adaptation of a real pretrained classifier (EfficientNet-Lite0, scores only)", "",
              "Made by `python benchmarks/hosted_classifier.py` (the study's docstring has the protocol); every "
@@ -416,10 +467,8 @@ def render(results: dict, wall: float, majority: dict | None = None) -> str:
             lines += ["(the chosen form has not finished its seeds)", ""]
             continue
         for name, diff, spread in rows:
-            verdict = ("ahead beyond the spread" if diff > spread else "behind beyond the spread" if -diff > spread
-                       else "within the spread")
-            lines.append(f"- {name}: {diff:+.2f} ± {spread:.2f}, {verdict}")
-        lines.append("")
+            lines.append(f"- {name}: {diff:+.2f} ± {spread:.2f}, {_verdict(diff, spread)}")
+        lines += ["", *reading(task, methods), ""]
     devices = sorted({s.get("device", "not recorded (before December 2, 2026)") for methods in results.values()
                       for m, r in methods.items() if m != "pgn" for s in r.get("seeds") or []})
     lines += [f"Wall time of the runs recorded: {wall / 60:.0f} min of training and evaluation (2 CPU cores, shared "

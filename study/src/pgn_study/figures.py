@@ -209,6 +209,8 @@ HOSTED_TASKS = {"elpv": "ELPV (500 / 656)", "fashion-mnist": "Fashion-MNIST (500
 HOSTED_METHODS = {"readout": "readout, no prompt", "zeroshot": "label mapping, no prompt",
                   "vp": "VP", "vp-bounded": "VP, bounded", "iip-frame": "IIP, frame", "pgn-frame": "PGN, frame",
                   "pgn-overlay": "PGN, overlay", "pgn-overlay-frame": "PGN, overlay + frame"}
+HOSTED_SHORT = {"vp": "VP", "vp-bounded": "bounded VP", "iip-frame": "IIP-frame", "pgn-frame": "PGN-frame",
+                "pgn-overlay": "PGN-overlay", "pgn-overlay-frame": "PGN-overlay+frame"}  # names without commas
 BLACKBOX_METHODS = {"readout": "readout alone", "zo-vp": "bounded VP + readout", "zo-pgn": "PGN + readout",
                     "zo-vp-flm": "bounded VP + label mapping", "zo-pgn-flm": "PGN + label mapping"}
 
@@ -225,6 +227,28 @@ def hosted_cells(records: Path = RECORDS) -> dict[str, dict[str, tuple[str, Cell
                 if cell.top1:
                     out.setdefault(task, {})[method] = (head, cell)
     return out
+
+
+PGN_FORMS = ("pgn-overlay", "pgn-overlay-frame", "pgn-frame")
+
+
+def hosted_chosen_form(records: Path, task: str) -> str | None:
+    """The PGN form the hosted study chose for ``task``: the one whose chosen (head, rate) has the best validation
+    top-1 (ties: the first form in the study's order), read from the validation record of the rate its test runs
+    took; None until every form has its test runs."""
+    best = None
+    for form in PGN_FORMS:
+        folder = records / "hosted-classifier" / task / form
+        tests = sorted(folder.glob("*/test-*-seed0.json")) if folder.is_dir() else []
+        if len(tests) != 1:
+            return None
+        val = tests[0].with_name(tests[0].name.replace("test-", "val-", 1))
+        if not val.is_file():
+            return None
+        top1 = json.loads(val.read_text())["top1"]
+        if best is None or top1 > best[1]:
+            best = (form, top1)
+    return best[0]
 
 
 BLACKBOX_WARM = {"zo-vp": "readout"}  # rows warm-started from another row's run of the same seed
@@ -251,12 +275,33 @@ def blackbox_cells(records: Path = RECORDS) -> dict[str, tuple[int, float, Cell]
     return out
 
 
+def _verdicts(mine: Cell, others: dict[str, Cell]) -> str:
+    """'behind A and B beyond the spread, within it of C': ``others`` grouped by where ``mine`` stands."""
+    groups: dict[str, list[str]] = {}
+    for name, c in others.items():
+        if (ds := difference(mine, c)) is not None:
+            d, spread = ds
+            groups.setdefault("within" if abs(d) <= spread else "ahead" if d > 0 else "behind", []).append(name)
+    text = {"ahead": "ahead of {} beyond the spread", "behind": "behind {} beyond the spread",
+            "within": "within the spread of {}"}
+    return ", ".join(text[w].format(", ".join(groups[w][:-1]) + " and " * (len(groups[w]) > 1) + groups[w][-1])
+                     for w in ("ahead", "behind", "within") if w in groups) or "pending"
+
+
+def _bracket(c: Cell, readout: tuple | None, method: str) -> str:
+    """' [minus the readout alone ± combined spread, beyond or within it]'; '' for the readout or while pending."""
+    if method == "readout" or readout is None or (ds := difference(c, readout[-1])) is None:
+        return ""
+    d, spread = ds
+    return f" [{d:+.2f} ± {spread:.2f}, {'beyond' if abs(d) > spread else 'within'}]"
+
+
 def readme_hosted(records: Path = RECORDS) -> str:
     """The README's hosted table: every method on the scores-only model, and what training through it gives."""
     cells = hosted_cells(records)
     tasks = [t for t in HOSTED_TASKS if t in cells]
     heads = {head for t in tasks for m, (head, _) in cells[t].items() if m != "zeroshot"}
-    lines = ["| test top-1 (%) through the endpoint, 3 seeds [minus the readout alone] | "
+    lines = ["| test top-1 (%) through the endpoint, 3 seeds | "
              + " | ".join(HOSTED_TASKS[t] for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
 
     def cell(task: str, method: str) -> str:
@@ -266,27 +311,26 @@ def readme_hosted(records: Path = RECORDS) -> str:
         if c.seeds == 1:
             return f"{100 * c.mean:.2f} (one run)"
         text = c.text() + (f" ({head})" if len(heads) > 1 and method != "zeroshot" else "")
-        base = cells[task].get("readout")
-        if method in ("readout", "zeroshot") or base is None or (ds := difference(c, base[1])) is None:
-            return text
-        d, spread = ds
-        return f"{text} [{d:+.2f} ± {spread:.2f}, {'beyond' if abs(d) > spread else 'within'}]"
+        return text + ("" if method == "zeroshot" else _bracket(c, cells[task].get("readout"), method))
 
     for method, name in HOSTED_METHODS.items():
         if any(method in cells[t] for t in tasks):
             lines.append(f"| {name} | " + " | ".join(cell(t, method) for t in tasks) + " |")
-    lines += ["", "In brackets: the row minus the readout alone, points ± the combined seed spread, and whether the "
-              "difference is beyond that spread. "
-              + (f"Every prompt's head, chosen on validation: the {heads.pop()}." if len(heads) == 1 else
-                 "Each prompt's head, chosen on validation, in parentheses.")]
+    lines += ["", "[ ]: minus the readout alone, points ± the combined seed spread, beyond or within it. "
+              + (f"Every prompt's head (chosen on validation): the {heads.pop()}." if len(heads) == 1 else
+                 "Each prompt's head (chosen on validation) in parentheses.")]
+    chosen = {t: f for t in tasks if (f := hosted_chosen_form(records, t)) and f in cells[t]}
+    if chosen:
+        lines.append("PGN's form chosen on validation, against the other prompts: " + "; ".join(
+            f"{HOSTED_TASKS[t].split(' (')[0]}, {HOSTED_METHODS[f].removeprefix('PGN, ')}: "
+            + _verdicts(cells[t][f][1], {HOSTED_SHORT[m]: c for m, (_, c) in cells[t].items()
+                                          if m not in ("readout", "zeroshot", f)}) for t, f in chosen.items()) + ".")
     bb = {m: v for m, v in blackbox_cells(records).items() if m in ("readout", "zo-vp", "zo-pgn")}  # the rest: its page
     if bb:
-        lines += ["", "Trained through the endpoint, the weights never loaded (ELPV, "
-                  "`python benchmarks/blackbox_study.py`; images sent, a warm start's included): " + "; ".join(
-                      f"{BLACKBOX_METHODS[m]} {c.text()} ({sent:,.0f} images)" for m, (_, sent, c) in bb.items())
-                  + "." + ("" if "readout" not in bb else " Against the readout alone: " + "; ".join(
-                      f"{BLACKBOX_METHODS[m]} {compare_cells(c, bb['readout'][2])}" for m, (_, _, c) in bb.items()
-                      if m != "readout") + ".")]
+        lines += ["", "Trained through the endpoint, the weights never loaded (ELPV, `python benchmarks/blackbox_study.py`;"
+                  " images sent, a warm start's included): " + "; ".join(
+                      f"{BLACKBOX_METHODS[m]} {c.text()} ({sent:,.0f})" + _bracket(c, bb.get("readout"), m)
+                      for m, (_, sent, c) in bb.items()) + "."]
     every = [c for row in cells.values() for _, c in row.values()] + [c for _, _, c in bb.values()]
     lines += [f"Records: machines {'; '.join(sorted({_short_device(d) for c in every for d in c.devices}))}."]
     return "\n".join(lines)
@@ -296,6 +340,7 @@ def readme_hosted(records: Path = RECORDS) -> str:
 BLOCKS: dict[str, tuple[str, Callable[[Path], str]]] = {
     "readme-results": ("README.md", readme_results),
     "readme-hosted": ("README.md", readme_hosted),
+    "results-hosted": ("docs/results.md", readme_hosted),
     "results-standing": ("docs/results.md", results_standing),
     "demo-seed-steps": ("docs/results.md", demo_seed_steps),
 }
