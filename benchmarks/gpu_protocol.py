@@ -44,8 +44,11 @@ from pgn.data.device import on_device
 
 METHODS = ("linear", "pgn", "iip", "vp", "pgn-frame")
 # Candidates at batch 256 (the CPU protocol's validation chose 0.01 at batch 32; x 8 is 0.08, hence 0.03 and 0.1;
-# VP's pixels take rates two orders larger, as on the CPU).
-RATES = {"linear": "0.1", "pgn": "0.03,0.1", "iip": "0.03,0.1", "vp": "10,40", "pgn-frame": "0.03,0.1"}
+# VP's pixels take rates two orders larger, as on the CPU). The first lease's two-point grids chose an end for
+# every method (PGN, PGN-frame and VP the upper, IIP the lower), so each grid now has a point past that end,
+# and the probe, which had one rate, has three.
+RATES = {"linear": "0.03,0.1,0.3,1", "pgn": "0.03,0.1,0.3", "iip": "0.01,0.03,0.1", "vp": "10,40,160,640",
+         "pgn-frame": "0.03,0.1,0.3"}
 
 
 def speed(args, out: Path) -> dict:
