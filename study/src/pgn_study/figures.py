@@ -316,7 +316,7 @@ def readme_hosted(records: Path = RECORDS) -> str:
     for method, name in HOSTED_METHODS.items():
         if any(method in cells[t] for t in tasks):
             lines.append(f"| {name} | " + " | ".join(cell(t, method) for t in tasks) + " |")
-    lines += ["", "[ ]: minus the readout alone, points ± the combined seed spread, beyond or within it. "
+    lines += ["", "In brackets: minus the readout alone, points ± the combined seed spread, beyond or within it. "
               + (f"Every prompt's head (chosen on validation): the {heads.pop()}." if len(heads) == 1 else
                  "Each prompt's head (chosen on validation) in parentheses.")]
     chosen = {t: f for t in tasks if (f := hosted_chosen_form(records, t)) and f in cells[t]}
