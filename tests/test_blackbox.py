@@ -197,6 +197,14 @@ def test_every_pixel_prompt_trains_through_a_callable_and_the_same_seed_gives_th
 
     adapter = load_trained(tmp_path / "0")
     assert adapter.deploy.answers == "scores" and adapter.deploy.outputs == 10
+    # Deployed as trained: the client composes the canvases the trainer sent (IIP's free patches included), so
+    # its test top-1 through the same model is the run's, image for image.
+    from pgn.client import RemoteClassifier
+
+    with RemoteClassifier(adapter, CallableEndpoint(_linear_model())) as remote:
+        # the run records its top-1 in float32: equal within that, where one image of 20 is 0.05
+        assert remote.evaluate(digits.test, batch=8, progress=False)["top1"] == pytest.approx(row["test_top1"],
+                                                                                              abs=1e-6)
 
 
 def test_the_readout_baseline_costs_one_query_per_training_image_and_warm_starts_a_prompt(digits, tmp_path):

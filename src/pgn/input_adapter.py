@@ -125,8 +125,8 @@ class InputAdapter(nn.Module):
         parts = []
         if isinstance(self.prompts, PromptGenerator):
             parts += ["generator", f"{'pixel' if self.pixel_library else 'latent'} library"]
-        elif self.prompts is not None:
-            parts.append("prompt tokens")
+        elif self.prompts is not None:  # IIP: prompts without a generator
+            parts.append("pixel prompt patches" if self.pixel_library else "prompt tokens")
         if self.input_prompt is not None:
             parts.append("shared frame" if self.prompts is not None else "pixel frame")
         if self.embedding is not None and not self.pixel_library:

@@ -42,7 +42,6 @@ from ..errors import EndpointError, PGNError
 from ..files import check_owned, mark_owned, run_lock, write_json
 from ..heads import LabelMapHead, LinearHead
 from ..input_adapter import InputAdapter
-from ..prompts import InputIndependentPixelPrompts
 from ..training.checkpoint import latest_checkpoint, load_state, read_metrics, repair, save_checkpoint
 from ..training.run_dir import remove_new_run
 from .budget import BudgetExhausted, MeteredEndpoint, QueryBudget, QueryLedger
@@ -347,10 +346,8 @@ class _Run:
 
 @torch.no_grad()
 def canvases(adapter: InputAdapter, images: torch.Tensor) -> np.ndarray:
-    """(B, 3, S, S) normalised -> (B, Hc, Wc, 3) uint8: what the endpoint receives, as deployment composes it
-    (IIP's free pixel patches, which have no mixture to invert, through the canvas the trainer composes)."""
-    if isinstance(adapter.prompts, InputIndependentPixelPrompts):
-        return adapter.to_uint8(adapter.trainable_canvas(images))
+    """(B, 3, S, S) normalised -> (B, Hc, Wc, 3) uint8: what the endpoint receives, exactly as deployment
+    (:class:`~pgn.client.RemoteClassifier`) composes it."""
     return adapter.canvases(images)
 
 

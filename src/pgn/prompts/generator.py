@@ -209,14 +209,16 @@ class InputIndependentPixelPrompts(nn.Module):
     def num_prompts(self) -> int:
         return self.choice.shape[0]
 
-    def _coefficients(self, images: torch.Tensor) -> torch.Tensor:
+    def coefficients(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, K, K): prompt k takes patch k, whatever the image (so a deployed canvas composes
+        them as it composes a PGN's mixtures)."""
         return self.choice.unsqueeze(0).expand(images.shape[0], -1, -1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.library(self._coefficients(images))
+        return self.library(self.coefficients(images))
 
     def patches(self, images: torch.Tensor) -> torch.Tensor:
-        return self.library.trainable_patches(self._coefficients(images))
+        return self.library.trainable_patches(self.coefficients(images))
 
 
 class InputIndependentPrompts(nn.Module):
