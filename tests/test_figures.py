@@ -15,7 +15,8 @@ ROOT = figures.ROOT
 def test_every_figure_block_equals_what_the_records_give():
     differing = figures.render(ROOT, check=True)
     assert not differing, f"re-render with `python benchmarks/render_figures.py`: {differing}"
-    for rel, names in (("README.md", {"readme-results", "readme-hosted"}), ("docs/results.md", {"results-standing", "demo-seed-steps", "results-hosted"})):
+    for rel, names in (("README.md", {"readme-results", "readme-hosted"}),
+                       ("docs/results.md", {"results-standing", "demo-seed-steps", "results-hosted"})):
         assert names <= set(figures.blocks_in((ROOT / rel).read_text())), (rel, names)
 
 
