@@ -229,7 +229,7 @@ def hosted_cells(records: Path = RECORDS) -> dict[str, dict[str, tuple[str, Cell
     return out
 
 
-PGN_FORMS = ("pgn-overlay", "pgn-overlay-frame", "pgn-frame")
+PGN_FORMS = ("pgn-frame", "pgn-overlay", "pgn-overlay-frame")  # the hosted study's order: ties go to the first
 
 
 def hosted_chosen_form(records: Path, task: str) -> str | None:
