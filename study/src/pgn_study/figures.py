@@ -297,7 +297,8 @@ def _bracket(c: Cell, readout: tuple | None, method: str) -> str:
 
 
 def readme_hosted(records: Path = RECORDS) -> str:
-    """The README's hosted table: every method on the scores-only model, and what training through it gives."""
+    """The hosted table (README and docs/results.md): every method on the scores-only model, each against the
+    readout alone, PGN's chosen form against the other prompts, and what training through the endpoint gives."""
     cells = hosted_cells(records)
     tasks = [t for t in HOSTED_TASKS if t in cells]
     heads = {head for t in tasks for m, (head, _) in cells[t].items() if m != "zeroshot"}
@@ -310,8 +311,7 @@ def readme_hosted(records: Path = RECORDS) -> str:
             return "pending"
         if c.seeds == 1:
             return f"{100 * c.mean:.2f} (one run)"
-        text = c.text() + (f" ({head})" if len(heads) > 1 and method != "zeroshot" else "")
-        return text + ("" if method == "zeroshot" else _bracket(c, cells[task].get("readout"), method))
+        return c.text() + (f" ({head})" if len(heads) > 1 else "") + _bracket(c, cells[task].get("readout"), method)
 
     for method, name in HOSTED_METHODS.items():
         if any(method in cells[t] for t in tasks):
