@@ -268,7 +268,7 @@ class _Run:
     def query(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised -> (B, F) what the head reads: the endpoint's scores of the adapter's canvases
         (log-probabilities where it answers probabilities), checked."""
-        raw = self.metered.scores(canvases(self.adapter, images))
+        raw = self.metered.scores(self.adapter.canvases(images))  # exactly what RemoteClassifier sends
         return read_scores(raw, len(images), self.adapter.deploy.outputs, self.metered.where, self.cfg.answers)
 
     # ------------------------------------------------------------------ one SPSA step
@@ -342,13 +342,6 @@ class _Run:
     def checkpoint(self) -> Path:
         return save_checkpoint(self.run_dir, self.step, lambda d: self.adapter.save_pretrained(d), self.state(),
                                self.rows)
-
-
-@torch.no_grad()
-def canvases(adapter: InputAdapter, images: torch.Tensor) -> np.ndarray:
-    """(B, 3, S, S) normalised -> (B, Hc, Wc, 3) uint8: what the endpoint receives, exactly as deployment
-    (:class:`~pgn.client.RemoteClassifier`) composes it."""
-    return adapter.canvases(images)
 
 
 def read_scores(raw, rows: int, width: int, where: str, answers: str) -> torch.Tensor:
@@ -446,7 +439,7 @@ def _train(endpoint, data, method, model_input: ModelInput, out: Path, cfg: Zero
             x, _ = data.train[0]
             probe = build_adapter(method, data.class_names, model_input, max(2, len(data.class_names)), seed=cfg.seed,
                                   dataset=data.name)
-            answer = np.asarray(metered.scores(canvases(probe, x[None])))
+            answer = np.asarray(metered.scores(probe.canvases(x[None])))
             if answer.ndim != 2 or answer.shape[1] < 2:
                 read_scores(answer, 1, 2, metered.where, cfg.answers)  # the one-line error
             outputs = int(answer.shape[1])
